@@ -1,0 +1,108 @@
+"""Settings, resolved once from the environment and passed down as a frozen value.
+
+Nothing else in modelctl reads ``os.environ``: the CLI calls :func:`from_env` and hands the result to services.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelctl.errors import UsageError
+
+ENV_VARS = (
+    "MODELCTL_HOME",
+    "MODELCTL_MIRRORS",
+    "MODELCTL_INSECURE_REGISTRIES",
+    "MODELCTL_PARTS",
+    "MODELCTL_PART_SIZE",
+    "MODELCTL_STALL_TIMEOUT",
+    "MODELCTL_RETRIES",
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    home: Path
+    mirrors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    insecure_registries: frozenset[str] = frozenset()
+    docker_config: Path = Path.home() / ".docker"
+    parts: int = 8
+    """Parallel Range parts per blob."""
+    min_part_size: int = 32 << 20
+    """Blobs smaller than ``parts * min_part_size`` get fewer parts; tiny blobs one."""
+    stall_timeout: float = 30.0
+    """Seconds without a byte before a part is cancelled and retried."""
+    retries: int = 5
+    connect_timeout: float = 10.0
+    hf_token: str | None = None
+    hf_endpoint: str | None = None
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def ingest_dir(self) -> Path:
+        return self.home / "ingest"
+
+    def is_insecure(self, registry: str) -> bool:
+        """Plain HTTP for loopback registries (as Docker does) and those listed in MODELCTL_INSECURE_REGISTRIES."""
+        host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+        host = host.strip("[]")
+        if registry in self.insecure_registries or host in self.insecure_registries:
+            return True
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    home = env.get("MODELCTL_HOME")
+    if home:
+        home_path = Path(home).expanduser()
+    else:
+        import platformdirs
+
+        home_path = Path(platformdirs.user_data_dir("modelctl"))
+    docker_config = Path(env["DOCKER_CONFIG"]).expanduser() if env.get("DOCKER_CONFIG") else Path.home() / ".docker"
+    return Config(
+        home=home_path,
+        mirrors=parse_mirrors(env.get("MODELCTL_MIRRORS", "")),
+        insecure_registries=frozenset(x.strip() for x in env.get("MODELCTL_INSECURE_REGISTRIES", "").split(",") if x.strip()),
+        docker_config=docker_config,
+        parts=_int(env, "MODELCTL_PARTS", 8, low=1, high=64),
+        min_part_size=_int(env, "MODELCTL_PART_SIZE", 32 << 20, low=1 << 16, high=1 << 40),
+        stall_timeout=float(_int(env, "MODELCTL_STALL_TIMEOUT", 30, low=1, high=3600)),
+        retries=_int(env, "MODELCTL_RETRIES", 5, low=0, high=100),
+        hf_token=env.get("HF_TOKEN") or None,
+        hf_endpoint=env.get("HF_ENDPOINT") or None,
+    )
+
+
+def parse_mirrors(text: str) -> dict[str, tuple[str, ...]]:
+    """``docker.io=http://127.0.0.1:5050,docker.io=https://m2`` -> ``{"docker.io": ("http://...", "https://m2")}``."""
+    out: dict[str, list[str]] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        registry, sep, url = item.partition("=")
+        if not sep or not registry or not url.startswith(("http://", "https://")):
+            raise UsageError(
+                f"bad MODELCTL_MIRRORS entry {item!r}",
+                hint="use REGISTRY=http(s)://HOST[:PORT], comma-separated",
+            )
+        out.setdefault(registry.strip(), []).append(url.rstrip("/"))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not an integer", hint=f"set {name} to a number") from None
+    if not low <= value <= high:
+        raise UsageError(f"{name}={value} is out of range", hint=f"use {low}..{high}")
+    return value

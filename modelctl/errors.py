@@ -1,0 +1,104 @@
+"""Typed errors: every failure a user can cause is one of these, with a one-line message and an exit code.
+
+The library raises; only the CLI prints and exits. The tree::
+
+    ModelctlError                      exit 1   (unexpected / generic)
+    +-- UsageError                     exit 2   bad arguments that typer cannot see
+    |   +-- InvalidReference           exit 2   a name, tag or digest that does not parse
+    +-- NotFound                       exit 3   model, tag, blob or file absent (locally or remotely)
+    +-- AuthError                      exit 4   401/403 from a registry or token service
+    +-- IntegrityError                 exit 5   digest mismatch, corrupt file, malformed manifest
+    |   +-- DigestMismatch
+    |   +-- UnsupportedFormat          (an artifact we cannot read: a format, not corruption)
+    |   +-- GGUFError
+    +-- DoesNotFit                     exit 6   refused: the model does not fit in memory
+    +-- RegistryError                  exit 7   unreachable / 5xx after retries, protocol violations
+    +-- NoSpace                        exit 8   not enough free disk for the download
+
+``RegistryError`` carries the HTTP status and the OCI error code; ``temporary`` says whether a retry may help.
+``hint`` is the second half of the one-line message: what the user can do about it.
+"""
+
+from __future__ import annotations
+
+
+class ModelctlError(Exception):
+    """Base of every error modelctl raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
+
+class UsageError(ModelctlError):
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    """A model reference that does not follow the OCI/Docker name grammar."""
+
+
+class NotFound(ModelctlError):
+    exit_code = 3
+
+
+class AuthError(ModelctlError):
+    exit_code = 4
+
+
+class IntegrityError(ModelctlError):
+    exit_code = 5
+
+
+class DigestMismatch(IntegrityError):
+    def __init__(self, expected: str, actual: str, *, what: str = "content") -> None:
+        super().__init__(
+            f"digest mismatch for {what}: expected {expected}, got {actual}",
+            hint="the download was corrupted or the registry served wrong data; pull again",
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class UnsupportedFormat(IntegrityError):
+    """An artifact whose media types modelctl does not understand."""
+
+
+class GGUFError(IntegrityError):
+    """A GGUF file (or header) that is malformed or hostile."""
+
+
+class DoesNotFit(ModelctlError):
+    exit_code = 6
+
+
+class RegistryError(ModelctlError):
+    """A registry answered with an error (or not at all)."""
+
+    exit_code = 7
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        temporary: bool = False,
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.code = code
+        self.temporary = temporary
+        self.retry_after = retry_after
+
+
+class NoSpace(ModelctlError):
+    exit_code = 8

@@ -1,0 +1,1 @@
+"""OCI primitives (media types, descriptors, manifests) and the registry client."""
