@@ -5,6 +5,7 @@ Nothing else in modelctl reads ``os.environ``: the CLI calls :func:`from_env` an
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,11 +51,18 @@ class Config:
 
     def is_insecure(self, registry: str) -> bool:
         """Plain HTTP for loopback registries (as Docker does) and those listed in MODELCTL_INSECURE_REGISTRIES."""
-        host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-        host = host.strip("[]")
+        if registry.startswith("["):
+            host = registry[1 : registry.index("]")] if "]" in registry else registry
+        else:
+            host = registry.rsplit(":", 1)[0]
         if registry in self.insecure_registries or host in self.insecure_registries:
             return True
-        return host in ("localhost", "::1") or host.startswith("127.")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Config:
@@ -66,11 +74,15 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         import platformdirs
 
         home_path = Path(platformdirs.user_data_dir("modelctl"))
-    docker_config = Path(env["DOCKER_CONFIG"]).expanduser() if env.get("DOCKER_CONFIG") else Path.home() / ".docker"
+    docker_config = (
+        Path(env["DOCKER_CONFIG"]).expanduser() if env.get("DOCKER_CONFIG") else Path.home() / ".docker"
+    )
     return Config(
         home=home_path,
         mirrors=parse_mirrors(env.get("MODELCTL_MIRRORS", "")),
-        insecure_registries=frozenset(x.strip() for x in env.get("MODELCTL_INSECURE_REGISTRIES", "").split(",") if x.strip()),
+        insecure_registries=frozenset(
+            x.strip() for x in env.get("MODELCTL_INSECURE_REGISTRIES", "").split(",") if x.strip()
+        ),
         docker_config=docker_config,
         parts=_int(env, "MODELCTL_PARTS", 8, low=1, high=64),
         min_part_size=_int(env, "MODELCTL_PART_SIZE", 32 << 20, low=1 << 16, high=1 << 40),

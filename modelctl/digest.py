@@ -18,7 +18,9 @@ def is_valid(digest: str) -> bool:
 def check(digest: str) -> str:
     """Return ``digest`` if it is a well-formed sha256 digest; a hostile value never reaches a path."""
     if not is_valid(digest):
-        raise IntegrityError(f"malformed digest {digest!r}", hint="expected sha256: and 64 lowercase hex digits")
+        raise IntegrityError(
+            f"malformed digest {digest!r}", hint="expected sha256: and 64 lowercase hex digits"
+        )
     return digest
 
 

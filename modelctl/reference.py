@@ -89,9 +89,11 @@ def parse(text: str) -> Reference:
     """Parse and normalise ``text``; raise :class:`InvalidReference` with a hint on bad input."""
     original = text
     if not text or text != text.strip():
-        raise InvalidReference(f"invalid reference {original!r}", hint="give a name such as ai/smollm2:135M-Q4_K_M")
+        raise InvalidReference(
+            f"invalid reference {original!r}", hint="give a name such as ai/smollm2:135M-Q4_K_M"
+        )
     if text.startswith("ollama://"):
-        text = f"{OLLAMA_REGISTRY}/{text[len('ollama://'):]}"
+        text = f"{OLLAMA_REGISTRY}/{text[len('ollama://') :]}"
     elif "://" in text:
         raise InvalidReference(
             f"invalid reference {original!r}: URL schemes are not part of a model name",
@@ -148,7 +150,9 @@ def _check_repository(path: str, original: str, *, hugging_face: bool) -> str:
     pattern = _HF_COMPONENT if hugging_face else _COMPONENT
     for component in path.split("/"):
         if not pattern.fullmatch(component):
-            raise InvalidReference(f"invalid reference {original!r}: bad name component {component!r}", hint=_NAME_HELP)
+            raise InvalidReference(
+                f"invalid reference {original!r}: bad name component {component!r}", hint=_NAME_HELP
+            )
     if hugging_face and path.count("/") != 1:
         raise InvalidReference(
             f"invalid reference {original!r}: Hugging Face references are hf.co/<org>/<repo>[:QUANT]"

@@ -27,7 +27,7 @@ want=$(sha256sum pyproject.toml | cut -c1-64)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
   echo "setup: installing the project into $VENV (first build of llama-cpp-python takes ~15 min)" >&2
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e '.[test,run]'
+  "$VENV/bin/pip" install -q -e '.[test]'
   echo "$want" > "$STAMP"
 fi
 

@@ -1,0 +1,3 @@
+from modelctl.cli import main
+
+main()

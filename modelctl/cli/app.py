@@ -1,0 +1,51 @@
+"""The typer application: global options, command registration, and the one error boundary."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from modelctl import __version__
+from modelctl.cli import errors
+
+app = typer.Typer(
+    name="modelctl",
+    help="Pull, verify, fit-check and run open models from OCI registries.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"modelctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and runtime logs."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """modelctl: Docker-style pulls of open models, verified, resumable, checked against your memory."""
+
+
+def _register() -> None:
+    from modelctl.cli import models, pull
+
+    pull.register(app)
+    models.register(app)
+
+
+def run() -> None:
+    _register()
+    debug = "--debug" in sys.argv[1:]
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        sys.exit(errors.report(exc, debug=debug))

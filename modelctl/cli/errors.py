@@ -1,0 +1,31 @@
+"""One place that turns a failure into a one-line message and an exit code."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from modelctl.errors import ModelctlError
+
+EXIT_UNEXPECTED = 1
+EXIT_INTERRUPTED = 130
+
+
+def report(exc: BaseException, *, debug: bool) -> int:
+    """Print ``modelctl: error: ...`` on stderr (a traceback only with --debug) and return the exit code."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        print("modelctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, ModelctlError):
+        print(f"modelctl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, OSError) and exc.filename:
+        print(f"modelctl: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return EXIT_UNEXPECTED
+    print(
+        f"modelctl: error: unexpected {type(exc).__name__}: {exc}: re-run with --debug and report it",
+        file=sys.stderr,
+    )
+    return EXIT_UNEXPECTED

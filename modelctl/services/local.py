@@ -1,0 +1,122 @@
+"""Resolving references against the local store, and the per-model file view llama.cpp loads from.
+
+Blobs in an OCI layout are named by digest, but llama.cpp finds the shards of a split GGUF by file name
+(``x-00002-of-00003.gguf`` beside ``x-00001-of-00003.gguf``). So each model gets a directory of symlinks,
+``$MODELCTL_HOME/models/<manifest hex>/<file name>``, pointing at its blobs. It is derived state: rebuilt on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelctl import artifact, reference
+from modelctl.config import Config
+from modelctl.digest import hex_of
+from modelctl.errors import NotFound, UsageError
+from modelctl.oci import descriptor
+from modelctl.oci.descriptor import Descriptor, Manifest
+from modelctl.store import Layout
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalModel:
+    name: str
+    """The stored reference (full normalised form)."""
+    desc: Descriptor
+    manifest: Manifest
+    model: artifact.Model
+
+
+def layout(config: Config) -> Layout:
+    return Layout(config.store_dir)
+
+
+def load(store: Layout, name: str, desc: Descriptor) -> LocalModel:
+    manifest = descriptor.parse(store.read_blob(desc.digest, max_size=4 << 20), desc.media_type)
+    if not isinstance(manifest, Manifest):
+        raise UsageError(f"{name} is an index, not a model manifest")
+    config_bytes = store.read_blob(manifest.config.digest)
+    return LocalModel(name=name, desc=desc, manifest=manifest, model=artifact.from_manifest(manifest, config_bytes))
+
+
+def find(store: Layout, text: str) -> list[tuple[str, Descriptor]]:
+    """Entries matching a reference (normalised first) or a model ID prefix (>= 6 hex digits)."""
+    entries = store.entries()
+    candidates: list[tuple[str, Descriptor]] = []
+    if _looks_like_id(text):
+        candidates = store.find_by_digest(text)
+        if candidates:
+            return candidates
+    ref = reference.parse(text)
+    exact = [(n, d) for n, d in entries if n == str(ref)]
+    if exact:
+        return exact
+    if ref.digest:
+        return [(n, d) for n, d in entries if d.digest == ref.digest and reference.parse(n).name == ref.name]
+    return []
+
+
+def resolve(store: Layout, text: str) -> LocalModel:
+    """The one local model ``text`` names; NotFound (exit 3) with the pull hint otherwise."""
+    matches = find(store, text)
+    if not matches:
+        raise NotFound(f"model {text} is not in the local store", hint=f"run: modelctl pull {text}")
+    digests = {d.digest for _, d in matches}
+    if len(digests) > 1:
+        raise UsageError(f"{text} matches several models", hint="give more of the model ID or the full reference")
+    name, desc = matches[0]
+    return load(store, name, desc)
+
+
+def files_dir(config: Config, manifest_digest: str) -> Path:
+    return config.home / "models" / hex_of(manifest_digest)
+
+
+def materialise(config: Config, store: Layout, local: LocalModel) -> list[Path]:
+    """Create (or repair) the symlink view of a model; return the GGUF paths in shard order.
+
+    GGUF shards always get llama.cpp's split names (``model-00001-of-00003.gguf``), whatever their annotations say,
+    so that llama.cpp finds shard 2 beside shard 1; other layers keep their (sanitised) annotated names.
+    """
+    target_dir = files_dir(config, local.manifest.digest)
+    names = file_names(local)
+    for layer in local.manifest.layers:
+        link = target_dir / names[layer.digest]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        blob = store.blob_path(layer.digest)
+        if not (link.is_symlink() and Path(os.readlink(link)) == blob):
+            tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(blob)
+            os.replace(tmp, link)
+    return [target_dir / names[d.digest] for d in local.model.gguf]
+
+
+def file_names(local: LocalModel) -> dict[str, str]:
+    """digest -> relative file name inside the model's directory."""
+    shards = local.model.gguf
+    names: dict[str, str] = {}
+    for i, desc in enumerate(shards, start=1):
+        names[desc.digest] = "model.gguf" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.gguf"
+    taken = set(names.values())
+    for index, layer in enumerate(local.manifest.layers):
+        if layer.digest in names:
+            continue
+        name = artifact.file_name(layer, index)
+        if name in taken:
+            name = f"{index}-{name}"
+        names[layer.digest] = name
+        taken.add(name)
+    return names
+
+
+def drop_files(config: Config, manifest_digest: str) -> None:
+    shutil.rmtree(files_dir(config, manifest_digest), ignore_errors=True)
+
+
+def _looks_like_id(text: str) -> bool:
+    raw = text.removeprefix("sha256:")
+    return 6 <= len(raw) <= 64 and all(c in "0123456789abcdef" for c in raw)

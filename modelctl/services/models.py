@@ -1,0 +1,191 @@
+"""Local model management: list, inspect, tag, remove, path, disk usage. No network here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelctl import reference
+from modelctl.config import Config
+from modelctl.errors import NotFound, UsageError
+from modelctl.services import local
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelRow:
+    """One line of ``modelctl list``."""
+
+    name: str
+    short: str
+    parameters: str | None
+    quantization: str | None
+    architecture: str | None
+    model_id: str
+    digest: str
+    created: str | None
+    size: int
+    format: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": self.name,
+            "name": self.short,
+            "parameters": self.parameters,
+            "quantization": self.quantization,
+            "architecture": self.architecture,
+            "id": self.model_id,
+            "digest": self.digest,
+            "created": self.created,
+            "size": self.size,
+            "format": self.format,
+        }
+
+
+def list_models(config: Config) -> list[ModelRow]:
+    store = local.layout(config)
+    if not (store.root / "index.json").exists():
+        return []
+    rows = []
+    for name, desc in store.entries():
+        entry = local.load(store, name, desc)
+        model = entry.model
+        rows.append(
+            ModelRow(
+                name=name,
+                short=reference.parse(name).short,
+                parameters=model.parameters,
+                quantization=model.quantization,
+                architecture=model.architecture,
+                model_id=desc.digest.removeprefix("sha256:")[:12],
+                digest=desc.digest,
+                created=model.created,
+                size=model.size,
+                format=model.format,
+            )
+        )
+    return rows
+
+
+def inspect_local(config: Config, text: str) -> dict[str, Any]:
+    store = local.layout(config)
+    entry = local.resolve(store, text)
+    config_doc = json.loads(store.read_blob(entry.manifest.config.digest))
+    files = local.materialise(config, store, entry)
+    return describe(entry.name, entry.manifest.digest, json.loads(entry.manifest.raw), config_doc, entry.model) | {
+        "files": [str(p) for p in files],
+    }
+
+
+def describe(name: str, digest: str, manifest: Any, config_doc: Any, model: Any) -> dict[str, Any]:
+    """The document ``inspect`` prints, local or remote."""
+    return {
+        "reference": name,
+        "id": digest.removeprefix("sha256:")[:12],
+        "digest": digest,
+        "format": model.format,
+        "parameters": model.parameters,
+        "quantization": model.quantization,
+        "architecture": model.architecture,
+        "context_size": model.context_size,
+        "size": model.size,
+        "created": model.created,
+        "gguf": [d.digest for d in model.gguf],
+        "manifest": manifest,
+        "config": config_doc,
+    }
+
+
+def model_path(config: Config, text: str) -> Path:
+    """The first GGUF file of a local model (llama.cpp finds the other shards beside it)."""
+    store = local.layout(config)
+    entry = local.resolve(store, text)
+    files = local.materialise(config, store, entry)
+    if not files:
+        raise UsageError(f"{entry.name} has no GGUF file", hint="modelctl runs GGUF models only")
+    return files[0]
+
+
+def tag(config: Config, source: str, target: str) -> str:
+    store = local.layout(config)
+    entry = local.resolve(store, source)
+    name = str(reference.parse(target))
+    store.tag(name, entry.desc)
+    return name
+
+
+def remove(config: Config, texts: Sequence[str], *, force: bool = False) -> list[str]:
+    """Untag each model and delete the blobs no other tag uses. Returns the removed names."""
+    store = local.layout(config)
+    removed: list[str] = []
+    for text in texts:
+        matches = local.find(store, text) if (store.root / "index.json").exists() else []
+        if not matches:
+            if force:
+                continue
+            raise NotFound(f"model {text} is not in the local store", hint="see: modelctl list")
+        if len(matches) > 1 and not force:
+            names = ", ".join(n for n, _ in matches)
+            raise UsageError(f"{text} matches several tags ({names})", hint="name one, or add --force to remove all")
+        for name, desc in matches:
+            store.remove(name)
+            if not any(d.digest == desc.digest for _, d in store.entries()):
+                local.drop_files(config, desc.digest)
+            removed.append(name)
+    return removed
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DiskUsage:
+    models: int
+    blobs: int
+    store_bytes: int
+    unreferenced_bytes: int
+    partial_bytes: int
+    free_bytes: int
+    home: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "home": str(self.home),
+            "models": self.models,
+            "blobs": self.blobs,
+            "store_bytes": self.store_bytes,
+            "unreferenced_bytes": self.unreferenced_bytes,
+            "partial_bytes": self.partial_bytes,
+            "free_bytes": self.free_bytes,
+        }
+
+
+def disk_usage(config: Config) -> DiskUsage:
+    store = local.layout(config)
+    store.ensure()
+    usage = store.disk_usage()
+    partial = (
+        sum(p.stat().st_size for p in config.ingest_dir.rglob("*") if p.is_file()) if config.ingest_dir.exists() else 0
+    )
+    return DiskUsage(
+        models=usage.models,
+        blobs=usage.blobs,
+        store_bytes=usage.total_bytes,
+        unreferenced_bytes=usage.unreferenced_bytes,
+        partial_bytes=partial,
+        free_bytes=shutil.disk_usage(config.home).free,
+        home=config.home,
+    )
+
+
+def prune(config: Config) -> list[str]:
+    store = local.layout(config)
+    store.ensure()
+    removed = store.prune()
+    live = {desc.digest for _, desc in store.entries()}
+    models_dir = config.home / "models"
+    if models_dir.exists():
+        for child in models_dir.iterdir():
+            if f"sha256:{child.name}" not in live:
+                shutil.rmtree(child, ignore_errors=True)
+    return removed
