@@ -87,9 +87,7 @@ def parse(raw: bytes, media_type: str | None = None) -> Manifest | Index:
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntegrityError(
-            f"malformed manifest: not JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
-        ) from None
+        raise IntegrityError(f"malformed manifest: not JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
     if not isinstance(doc, dict):
         raise IntegrityError("malformed manifest: expected a JSON object")
     kind = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else media_type

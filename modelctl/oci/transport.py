@@ -1,0 +1,310 @@
+"""HTTP plumbing for the registry client: endpoints, the shared ``httpx.Client``, redirects and error mapping.
+
+One ``httpx.Client`` per :class:`~modelctl.oci.client.RegistryClient`, shared by all its threads. TLS is
+verified; ``trust_env`` makes httpx honour ``HTTPS_PROXY``/``NO_PROXY`` and ``SSL_CERT_FILE``/``SSL_CERT_DIR``
+(one SSL context is built up front and shared by the direct and proxy transports). Redirects are followed
+here, not by httpx: ``Range`` survives every hop and ``Authorization`` is dropped when the host changes (a 307
+to a CDN carries a signed URL, never our token). :class:`BlobReader` streams one blob response as raw bytes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpcore
+import httpx
+
+from modelctl import __version__
+from modelctl.config import Config
+from modelctl.errors import AuthError, ModelctlError, NotFound, RegistryError
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
+MAX_REDIRECTS = 5
+USER_AGENT = f"modelctl/{__version__}"
+SCOPES = "modelctl.scopes"
+"""Request extension naming the token scopes a request needs (read by ``auth.RegistryAuth``)."""
+
+READ_SIZE = 1 << 20
+"""Bytes per socket read on HTTP/1.1 connections (httpcore's default is 64 KiB)."""
+_ERROR_BODY_LIMIT = 64 << 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN", "BLOB_UPLOAD_UNKNOWN"})
+_AUTH_CODES = frozenset({"UNAUTHORIZED", "DENIED"})
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_LINK_NEXT = re.compile(r'<([^>]*)>\s*;[^,]*\brel="?next"?')
+
+
+def endpoint_for(config: Config, registry: str) -> str:
+    """Base URL of ``registry``'s API: ``http://`` for insecure/loopback hosts; Docker Hub at registry-1."""
+    host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
+    scheme = "http" if config.is_insecure(registry) else "https"
+    return f"{scheme}://{host}"
+
+
+def registry_for_host(netloc: str) -> str:
+    """The registry name a request host belongs to (``registry-1.docker.io`` -> ``docker.io``)."""
+    return DOCKER_HUB if netloc in (DOCKER_HUB_ENDPOINT, "index.docker.io") else netloc
+
+
+def build_client(
+    config: Config, *, auth: httpx.Auth | None = None, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """The shared client: verified TLS, env proxies and CA bundle, a pool sized for parallel ranged reads."""
+    _raise_read_size()
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout, read=config.stall_timeout, write=config.stall_timeout, pool=120.0
+    )
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
+    return httpx.Client(
+        auth=auth,
+        transport=transport,
+        verify=httpx.create_ssl_context(verify=True, trust_env=True),
+        trust_env=True,
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=False,
+        # identity: a blob's bytes on the wire are the blob (iter_raw, Range offsets and digests agree).
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+    )
+
+
+def _raise_read_size() -> None:
+    """Read blob bodies 1 MiB per ``recv`` rather than 64 KiB: measured 1.3-1.9x the verified throughput of an
+    ``iter_raw`` + sha256 loop on loopback. httpcore offers no per-pool knob, so this raises its class constant
+    (never lowers it); a later httpcore without the constant is left alone."""
+    connection = getattr(httpcore, "HTTP11Connection", None)
+    current = getattr(connection, "READ_NUM_BYTES", None)
+    if connection is not None and isinstance(current, int) and current < READ_SIZE:
+        connection.READ_NUM_BYTES = READ_SIZE
+
+
+def send(client: httpx.Client, request: httpx.Request, *, max_redirects: int = MAX_REDIRECTS) -> httpx.Response:
+    """Send ``request`` (streamed), following redirects of GET/HEAD; the caller closes the response.
+
+    Connection failures and timeouts become ``RegistryError(temporary=True)``.
+    """
+    auth: httpx.Auth | None = client.auth
+    for _ in range(max_redirects + 1):
+        try:
+            response = client.send(request, stream=True, auth=auth)
+        except httpx.TransportError as exc:
+            raise unreachable(exc, _failed_host(exc, request)) from None
+        location = response.headers.get("Location")
+        if response.status_code not in _REDIRECTS or request.method not in ("GET", "HEAD") or not location:
+            return response
+        response.close()
+        target = request.url.join(location)
+        headers = httpx.Headers(request.headers)
+        headers.pop("Host", None)
+        same_host = target.host == request.url.host and not (request.url.scheme == "https" and target.scheme != "https")
+        if not same_host:
+            headers.pop("Authorization", None)
+            auth = None
+        request = httpx.Request(request.method, target, headers=headers, extensions=dict(request.extensions))
+    raise RegistryError(f"registry {request.url.host} redirected more than {max_redirects} times", temporary=False)
+
+
+def _failed_host(exc: httpx.TransportError, request: httpx.Request) -> str:
+    """The host that failed: the token service's when the auth flow's request failed, else the request's."""
+    try:
+        failed = exc.request
+    except RuntimeError:
+        failed = request
+    return failed.url.netloc.decode("ascii")
+
+
+def unreachable(exc: Exception, host: str) -> RegistryError:
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        detail = f"timed out ({type(exc).__name__})"
+    return RegistryError(
+        f"registry {host} unreachable: {detail}",
+        temporary=True,
+        hint="check the network, proxy settings (HTTPS_PROXY/NO_PROXY) and the registry's address",
+    )
+
+
+def read_bounded(response: httpx.Response, limit: int, *, what: str) -> bytes:
+    """Read at most ``limit`` bytes of body (whatever Content-Length claims); more is an error."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise RegistryError(f"{what} is larger than the {limit >> 10} KiB limit", temporary=False)
+            chunks.append(chunk)
+    except httpx.TransportError as exc:
+        raise unreachable(exc, response.url.netloc.decode("ascii")) from None
+    return b"".join(chunks)
+
+
+def error_for(response: httpx.Response, *, what: str, registry: str, push: bool = False) -> ModelctlError:
+    """The typed error for a failed response; reads (at most 64 KiB of) the error body."""
+    status = response.status_code
+    body = b""
+    if response.request.method != "HEAD":
+        try:
+            body = read_bounded(response, _ERROR_BODY_LIMIT, what="error body")
+        except RegistryError:
+            body = b""
+    codes, detail = parse_errors(body)
+    code = codes[0] if codes else None
+    suffix = f" ({detail})" if detail else f" (HTTP {status})"
+    if status == 404 or (codes and codes[0] in _NOT_FOUND_CODES):
+        return NotFound(
+            f"{what} not found on {registry}{suffix}",
+            hint="check the name, tag or digest; `modelctl ls` shows local models",
+        )
+    if status in (401, 403) or (codes and codes[0] in _AUTH_CODES):
+        action = "push to" if push else "pull from"
+        return AuthError(
+            f"access to {what} denied by {registry}{suffix}",
+            hint=f"check the name; if you may {action} it, run `modelctl login {registry}`",
+        )
+    temporary = status in (408, 429) or status >= 500
+    return RegistryError(
+        f"{registry} failed on {what}{suffix}",
+        status=status,
+        code=code,
+        temporary=temporary,
+        retry_after=retry_after(response.headers) if temporary else None,
+    )
+
+
+def parse_errors(body: bytes) -> tuple[list[str], str]:
+    """OCI error body ``{"errors":[{"code","message"}]}`` -> (codes, "CODE: message; ...")."""
+    try:
+        doc = json.loads(body) if body else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return [], ""
+    items = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        return [], ""
+    codes: list[str] = []
+    parts: list[str] = []
+    for item in items[:5]:
+        if not isinstance(item, dict):
+            continue
+        code, message = item.get("code"), item.get("message")
+        if isinstance(code, str):
+            codes.append(code)
+        text = ": ".join(x for x in (code, message) if isinstance(x, str) and x)
+        if text:
+            parts.append(text[:200])
+    return codes, "; ".join(parts)
+
+
+def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None when absent or unreadable."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when: datetime | None = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+class BlobReader:
+    """One open blob response. ``offset`` is where the body starts in the blob (``start`` on a matching 206,
+    else 0); ``total`` the blob size when known; ``length`` the body size when known."""
+
+    __slots__ = ("_host", "_response", "length", "offset", "status", "total")
+
+    def __init__(self, response: httpx.Response, *, start: int, end: int | None) -> None:
+        self._response = response
+        self._host = response.url.netloc.decode("ascii")
+        self.status = response.status_code
+        self.offset = 0
+        self.total: int | None = None
+        self.length: int | None = int_header(response, "Content-Length")
+        if self.status == 206:
+            text = response.headers.get("Content-Range", "")
+            found = _CONTENT_RANGE.fullmatch(text.strip())
+            first = int(found[1]) if found else -1
+            last = int(found[2]) if found else -1
+            if not found or first != start or last < first or (end is not None and last > end):
+                asked = f"{start}-{'' if end is None else end}"
+                raise RegistryError(
+                    f"registry {self._host} answered a request for bytes {asked} with Content-Range {text!r}",
+                    status=206,
+                    temporary=True,
+                )
+            self.offset = start
+            self.total = None if found[3] == "*" else int(found[3])
+            self.length = last - first + 1
+        else:
+            self.total = self.length
+
+    def iter_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The body's raw bytes as they arrive (no copies; pieces longer than ``size`` are split)."""
+        if self._response.is_stream_consumed:  # a body already in memory (httpx.MockTransport)
+            content = self._response.content
+            yield from (content[i : i + size] for i in range(0, len(content), size))
+            return
+        try:
+            for chunk in self._response.iter_raw():
+                if len(chunk) <= size:
+                    yield chunk
+                else:
+                    for i in range(0, len(chunk), size):
+                        yield chunk[i : i + size]
+        except httpx.TransportError as exc:
+            raise unreachable(exc, self._host) from None
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def media_type(response: httpx.Response) -> str:
+    return str(response.headers.get("Content-Type", "")).split(";", 1)[0].strip().lower()
+
+
+def int_header(response: httpx.Response, name: str) -> int | None:
+    value = response.headers.get(name, "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def json_page(response: httpx.Response, limit: int, *, what: str) -> tuple[dict[str, Any], httpx.URL | None]:
+    """A JSON object page of a listing (closed after reading) and the URL of the next page (``Link``)."""
+    try:
+        body = read_bounded(response, limit, what=what)
+    finally:
+        response.close()
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise RegistryError(
+            f"registry {response.url.netloc.decode('ascii')} sent malformed JSON for {what}", temporary=False
+        )
+    found = _LINK_NEXT.search(response.headers.get("Link", ""))
+    return doc, response.url.join(found[1]) if found else None
+
+
+def location(response: httpx.Response, what: str) -> httpx.URL:
+    location = response.headers.get("Location")
+    if not location:
+        raise RegistryError(f"registry sent no upload location for {what}", temporary=False)
+    return response.url.join(location)
