@@ -34,10 +34,11 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import models, pull
+    from modelctl.cli import auth, models, pull
 
     pull.register(app)
     models.register(app)
+    auth.register(app)
 
 
 def run() -> None:
