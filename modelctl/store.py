@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import filelock
-
 from modelctl import digest as _digest
 from modelctl.errors import DigestMismatch, IntegrityError, InvalidReference, ModelctlError, NotFound
 from modelctl.oci import descriptor
@@ -99,6 +97,8 @@ class Layout:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the store's cross-process lock; re-entrant within a process (one lock object per path)."""
+        import filelock  # lazily: it costs ~25 ms of start-up that read-only commands never need
+
         self.root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(
             os.path.abspath(self.root / LOCK_FILE), timeout=LOCK_TIMEOUT, is_singleton=True
