@@ -1,0 +1,104 @@
+"""Pull speed, in one run on one machine: modelctl pull vs skopeo copy vs curl vs the sha256 floor.
+
+1. A 2 GiB model in a local docker-registry. Interleaved rounds of: hashlib sha256 of the file from the page cache
+   (verification floor), `curl -o` of the blob (unverified download floor), `modelctl pull` (verified, into the
+   store), `skopeo copy docker://... oci:...`. Medians and ratios.
+2. Per-connection throttling (a local TCP proxy capping each connection, as CDNs do): 1 part vs N parts.
+
+Usage: .venv/bin/python benchmarks/pull.py [--size-mib 2048] [--rounds 3] [--throttle-mib 16] [--parts 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from _harness import ThrottlingProxy, docker_registry, make_blob, median, push_model, rmtree, sha256_file, timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--throttle-mib", type=float, default=16.0)
+    parser.add_argument("--throttled-size-mib", type=int, default=256)
+    parser.add_argument("--parts", type=int, default=8)
+    args = parser.parse_args()
+    modelctl = [sys.executable, "-m", "modelctl"]
+    with tempfile.TemporaryDirectory(prefix="bench-pull-", dir=os.environ.get("BENCH_TMP")) as tmp:
+        work = Path(tmp)
+        blob = work / "model.gguf"
+        digest = make_blob(blob, args.size_mib << 20)
+        with docker_registry() as reg:
+            push_model(reg.host, "ai/big:2g", blob, digest)
+            ref = f"{reg.host}/ai/big:2g"
+            url = f"http://{reg.host}/v2/ai/big/blobs/{digest}"
+            times: dict[str, list[float]] = {"sha256": [], "curl": [], "modelctl": [], "skopeo": []}
+            for r in range(args.rounds):
+                times["sha256"].append(sha256_file(blob))
+                out = work / "curl.out"
+                times["curl"].append(timed(["curl", "-sf", "-o", str(out), url]))
+                out.unlink()
+                home = work / f"home{r}"
+                env = dict(os.environ, MODELCTL_HOME=str(home), MODELCTL_PARTS=str(args.parts))
+                times["modelctl"].append(timed([*modelctl, "pull", "-q", ref], env))
+                rmtree(home)
+                dest = work / f"skopeo{r}"
+                times["skopeo"].append(
+                    timed(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}:x"])
+                )
+                rmtree(dest)
+            med = {k: median(v) for k, v in times.items()}
+            gib = args.size_mib / 1024
+            print(f"## {args.size_mib} MiB model from a local docker-registry ({args.rounds} rounds, medians)\n")
+            print("| what | seconds | GiB/s | vs sha256 floor |")
+            print("|---|---|---|---|")
+            for k, label in [
+                ("sha256", "sha256 of the file (page cache): verification floor"),
+                ("curl", "curl -o (unverified)"),
+                ("modelctl", f"modelctl pull ({args.parts} parts, verified)"),
+                ("skopeo", "skopeo copy docker:// -> oci:"),
+            ]:
+                print(f"| {label} | {med[k]:.2f} | {gib / med[k]:.2f} | {med[k] / med['sha256']:.2f}x |")
+            print(
+                f"\nmodelctl / sha256 floor: {med['modelctl'] / med['sha256']:.2f}x (target <= 1.6x); "
+                f"skopeo / modelctl: {med['skopeo'] / med['modelctl']:.2f}x (target >= 3x); "
+                f"modelctl / curl: {med['modelctl'] / med['curl']:.2f}x"
+            )
+
+            small = work / "small.gguf"
+            small_digest = make_blob(small, args.throttled_size_mib << 20)
+            push_model(reg.host, "ai/small:t", small, small_digest)
+            rate = args.throttle_mib * (1 << 20)
+            with ThrottlingProxy(reg.host, rate) as proxy:
+                res: dict[int, list[float]] = {1: [], args.parts: []}
+                for r in range(2):
+                    for parts in (1, args.parts):
+                        home = work / f"t{parts}-{r}"
+                        env = dict(
+                            os.environ,
+                            MODELCTL_HOME=str(home),
+                            MODELCTL_PARTS=str(parts),
+                            MODELCTL_PART_SIZE=str(1 << 20),
+                        )
+                        res[parts].append(timed([*modelctl, "pull", "-q", f"{proxy.host}/ai/small:t"], env))
+                        rmtree(home)
+            one, many = median(res[1]), median(res[args.parts])
+            mib = args.throttled_size_mib
+            print(f"\n## {mib} MiB through a proxy capping each connection at {args.throttle_mib:g} MiB/s\n")
+            print("| parts | seconds | MiB/s |")
+            print("|---|---|---|")
+            print(f"| 1 | {one:.2f} | {mib / one:.1f} |")
+            print(f"| {args.parts} | {many:.2f} | {mib / many:.1f} |")
+            speedup = one / many
+            print(
+                f"\nspeed-up {speedup:.2f}x with {args.parts} parts "
+                f"(target >= {0.8 * args.parts:.1f}x = 0.8 x N)"
+            )
+
+
+if __name__ == "__main__":
+    main()
