@@ -1,0 +1,75 @@
+"""Part state of a partial download: which byte ranges of the preallocated file are already written.
+
+Persisted as a small JSON file beside the data (temp file + ``os.replace``), so a ``kill -9`` loses at most the
+bytes written since the last save and the next pull resumes every part where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_FILE = "state.json"
+DATA_FILE = "data"
+
+
+@dataclass(slots=True)
+class Part:
+    start: int
+    end: int
+    """Exclusive."""
+    done: int = 0
+    """Bytes written from ``start``."""
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    @property
+    def position(self) -> int:
+        return self.start + self.done
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.length
+
+
+def split(size: int, parts: int, min_part_size: int) -> list[Part]:
+    """Equal parts, each at least ``min_part_size`` (one part for small blobs)."""
+    count = max(1, min(parts, size // max(min_part_size, 1)))
+    step = -(-size // count) if size else 0
+    out = [Part(i * step, min(size, (i + 1) * step)) for i in range(count)]
+    return [p for p in out if p.length > 0] or [Part(0, 0)]
+
+
+def load(directory: Path, digest: str, size: int) -> list[Part] | None:
+    """The saved parts, or None when there is no usable state (absent, corrupt, or for another blob/size)."""
+    try:
+        doc = json.loads((directory / STATE_FILE).read_text())
+        if doc.get("digest") != digest or doc.get("size") != size:
+            return None
+        parts = [Part(int(s), int(e), int(d)) for s, e, d in doc["parts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (directory / DATA_FILE).is_file() or (directory / DATA_FILE).stat().st_size != size:
+        return None
+    expected = 0
+    for p in parts:  # the parts must tile [0, size) exactly, with sane progress
+        if p.start != expected or p.end < p.start or not 0 <= p.done <= p.length:
+            return None
+        expected = p.end
+    return parts if expected == size else None
+
+
+def save(directory: Path, digest: str, size: int, parts: list[Part]) -> None:
+    doc = {"digest": digest, "size": size, "parts": [[p.start, p.end, p.done] for p in parts]}
+    tmp = directory / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, directory / STATE_FILE)
+
+
+def saved_bytes(directory: Path, digest: str, size: int) -> int:
+    parts = load(directory, digest, size)
+    return sum(p.done for p in parts) if parts else 0
