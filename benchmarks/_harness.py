@@ -46,7 +46,7 @@ def docker_registry() -> Iterator[Registry]:
         root = Path(tmp)
         config = root / "config.yml"
         config.write_text(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{port}\n"
         )

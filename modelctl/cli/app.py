@@ -34,9 +34,10 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import auth, models, pull
+    from modelctl.cli import auth, models, pull, run
 
     pull.register(app)
+    run.register(app)
     models.register(app)
     auth.register(app)
 

@@ -1,0 +1,239 @@
+"""``modelctl run`` one-shot against a plain llama-cpp-python script with identical settings, in one run.
+
+Both are separate processes that load SmolLM2-135M-Instruct (Q4_1) with the same context, batch, threads,
+messages, seed and greedy sampling, stream the answer to stdout and report their own timing on stderr,
+measured the same way: time to first token from the chat-completion request to the first streamed text, and
+generation speed as tokens decoded after the first one (llama.cpp's perf counter) over the time after it.
+The harness also times each process from its start to the first byte of the answer on stdout.
+Rounds are interleaved (the order alternates) because this machine's two cores are shared and noisy;
+the verdict is the median of the per-round ratios.
+
+    .venv/bin/python benchmarks/run.py [--rounds 7] [--max-tokens 200] [--ctx-size 2048] [--threads 2]
+
+Prints a Markdown table and writes it to docs/run_benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modelctl.oci import mediatypes as mt  # noqa: E402
+from modelctl.oci.descriptor import Descriptor  # noqa: E402
+from modelctl.store import Layout  # noqa: E402
+
+MODEL = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct-Q4_1.gguf"
+REF = "ai/smollm2:135M-Q4_1"
+PROMPT = "Write a short story about a robot who learns to paint."
+SEED = 42
+OUT = ROOT / "docs" / "run_benchmark.md"
+
+PLAIN = r"""
+import json, sys, time
+import llama_cpp
+
+path, n_ctx, threads, max_tokens, seed, prompt = sys.argv[1:7]
+llm = llama_cpp.Llama(model_path=path, n_ctx=int(n_ctx), n_batch=512, n_ubatch=512, n_gpu_layers=0,
+                      n_threads=int(threads), n_threads_batch=int(threads), verbose=False)
+llama_cpp.llama_perf_context_reset(llm.ctx)
+started = time.perf_counter()
+first = None
+for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0,
+                                        top_p=0.95, top_k=40, seed=int(seed), max_tokens=int(max_tokens),
+                                        stream=True):
+    piece = chunk["choices"][0]["delta"].get("content")
+    if piece:
+        if first is None:
+            first = time.perf_counter()
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+ended = time.perf_counter()
+decoded = llama_cpp.llama_perf_context(llm.ctx).n_eval
+sys.stdout.write("\n")
+print(json.dumps({"ttft": first - started, "tps": decoded / (ended - first)}), file=sys.stderr)
+"""
+
+_STATS = re.compile(r"([\d.]+) tokens/s, time to first token (\d+) ms")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    tps: float
+    ttft: float
+    start_to_first: float
+    wall: float
+    text: str
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--ctx-size", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    if not MODEL.is_file():
+        sys.exit(f"{MODEL} is missing: run make setup")
+
+    with tempfile.TemporaryDirectory(prefix="modelctl-bench-") as tmp:
+        home = Path(tmp)
+        _store_model(Layout(home / "store"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELCTL_")}
+        env["MODELCTL_HOME"] = str(home)
+        script = home / "plain.py"
+        script.write_text(PLAIN)
+        settings = [str(args.ctx_size), str(args.threads), str(args.max_tokens), str(SEED), PROMPT]
+        modelctl_cmd = [
+            sys.executable, "-m", "modelctl", "run", REF, PROMPT, "--no-pull", "--verbose",
+            "--ctx-size", settings[0], "--threads", settings[1], "--max-tokens", settings[2],
+            "--seed", settings[3], "--temperature", "0",
+        ]  # fmt: skip
+        plain_cmd = [sys.executable, str(script), str(MODEL), *settings]
+
+        _timed(modelctl_cmd, env, _modelctl_stats)  # warm the page cache and Python's bytecode cache
+        _timed(plain_cmd, env, _plain_stats)
+        ours: list[Sample] = []
+        theirs: list[Sample] = []
+        for i in range(args.rounds):
+            pair = [(ours, modelctl_cmd, _modelctl_stats), (theirs, plain_cmd, _plain_stats)]
+            for samples, cmd, parse in pair if i % 2 == 0 else reversed(pair):
+                samples.append(_timed(cmd, env, parse))
+            print(
+                f"round {i + 1}: modelctl {ours[-1].tps:.1f} tok/s, plain {theirs[-1].tps:.1f} tok/s",
+                file=sys.stderr,
+            )
+    same_text = all(a.text == b.text for a, b in zip(ours, theirs, strict=True))
+    table = _table(ours, theirs, args, same_text)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+
+
+def _timed(cmd: list[str], env: dict[str, str], parse: Callable[[str], tuple[float, float]]) -> Sample:
+    subprocess.run(["sync"], check=False)
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None
+    first_byte = proc.stdout.read(1)
+    first = time.perf_counter()
+    rest = proc.stdout.read()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0 or not first_byte:
+        sys.exit(f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {err.decode(errors='replace')}")
+    tps, ttft = parse(err.decode(errors="replace"))
+    text = (first_byte + rest).decode(errors="replace").strip()
+    return Sample(tps=tps, ttft=ttft, start_to_first=first - started, wall=wall, text=text)
+
+
+def _modelctl_stats(stderr: str) -> tuple[float, float]:
+    match = _STATS.search(stderr)
+    if match is None:
+        sys.exit(f"no stats in modelctl's output: {stderr}")
+    return float(match.group(1)), int(match.group(2)) / 1000
+
+
+def _plain_stats(stderr: str) -> tuple[float, float]:
+    doc = json.loads(stderr.strip().splitlines()[-1])
+    return float(doc["tps"]), float(doc["ttft"])
+
+
+def _store_model(store: Layout) -> None:
+    """SmolLM2 as a Docker v0.1 model artifact tagged docker.io/ai/smollm2:135M-Q4_1, as a pull leaves it."""
+    store.ensure()
+    data = MODEL.read_bytes()
+    layer = store.write_blob(data)
+    config = json.dumps(
+        {
+            "config": {"format": "gguf", "quantization": "Q4_1", "parameters": "135M", "architecture": "llama"},
+            "descriptor": {"created": "2025-01-01T00:00:00Z"},
+            "rootfs": {"type": "rootfs", "diff_ids": [layer]},
+        }
+    ).encode()
+    config_digest = store.write_blob(config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.DOCKER_MODEL_CONFIG_V01, "digest": config_digest, "size": len(config)},
+            "layers": [{"mediaType": mt.DOCKER_GGUF, "digest": layer, "size": len(data)}],
+        }
+    ).encode()
+    digest = store.write_blob(manifest)
+    assert digest == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    store.tag(f"docker.io/{REF}", Descriptor(media_type=mt.OCI_MANIFEST, digest=digest, size=len(manifest)))
+
+
+def _table(ours: list[Sample], theirs: list[Sample], args: argparse.Namespace, same_text: bool) -> str:
+    def med(samples: list[Sample], field: str) -> float:
+        return float(statistics.median(getattr(s, field) for s in samples))
+
+    def ratio(field: str) -> float:
+        return float(
+            statistics.median(getattr(a, field) / getattr(b, field) for a, b in zip(ours, theirs, strict=True))
+        )
+
+    import llama_cpp
+
+    rows = [
+        ("generation speed (tokens/s)", "tps", 1.0, "{:.1f}"),
+        ("time to first token (ms)", "ttft", 1000.0, "{:.0f}"),
+        ("process start to first token (ms)", "start_to_first", 1000.0, "{:.0f}"),
+        ("process wall time (ms)", "wall", 1000.0, "{:.0f}"),
+    ]
+    lines = [
+        "# `modelctl run` vs plain llama-cpp-python",
+        "",
+        f"SmolLM2-135M-Instruct Q4_1, CPU only, `--ctx-size {args.ctx_size} --threads {args.threads} "
+        f"--max-tokens {args.max_tokens} --seed {SEED} --temperature 0`, one-shot prompt {PROMPT!r}; "
+        f"llama-cpp-python {llama_cpp.__version__}, Python {platform.python_version()}, "
+        f"{_cpu()}, {os.cpu_count()} CPUs; {args.rounds} interleaved rounds, medians; ratio = median of "
+        "per-round modelctl / plain.",
+        "",
+        "| metric | modelctl run | plain script | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, field, scale, fmt in rows:
+        lines.append(
+            f"| {label} | {fmt.format(med(ours, field) * scale)} | {fmt.format(med(theirs, field) * scale)} "
+            f"| {ratio(field):.3f} |"
+        )
+    lines += [
+        "",
+        f"Identical answers from both in every round: {'yes' if same_text else 'NO'}. "
+        "Command: `.venv/bin/python benchmarks/run.py`"
+        + (f" --rounds {args.rounds}" if args.rounds != 7 else "")
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""A loaded model: llama-cpp-python's ``Llama`` with modelctl's settings, chat template and streaming stats.
+
+``llama_cpp`` is imported inside :func:`load` only, so commands that never run a model never pay for it.
+llama.cpp's load logs are hidden unless ``verbose`` (the CLI's ``--debug``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelctl.errors import ModelctlError, UsageError
+from modelctl.runtime.conversation import Message, Sampling, Stats
+
+RANDOM_SEED = 0xFFFFFFFF
+"""llama.cpp's LLAMA_DEFAULT_SEED: a fresh random seed."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadSpec:
+    """Everything llama.cpp needs to load a model; the fit check sized ``n_ctx`` and ``n_gpu_layers``."""
+
+    model_path: Path
+    n_ctx: int
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_gpu_layers: int = 0
+    n_threads: int | None = None
+    """None: llama-cpp-python's default (half the CPUs for generation, all of them for the prompt)."""
+    chat_template: str | None = None
+    """A Jinja chat template that replaces the GGUF's own (the artifact's chat-template layer)."""
+    verbose: bool = False
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can place layers on a GPU (CPU-only builds cannot)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class Engine:
+    """One loaded model. Not thread-safe: one answer at a time."""
+
+    def __init__(self, llm: Any, spec: LoadSpec, *, template: str | None, template_source: str) -> None:
+        self._llm = llm
+        self.spec = spec
+        self.template = template
+        """The Jinja chat template in use, if any."""
+        self.template_source = template_source
+        """Where the template came from: ``gguf``, ``artifact`` or ``builtin`` (llama-cpp-python's default)."""
+        self._formatter: Any = None
+        if template is not None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos = llm.token_eos()
+            bos = llm.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=_token_text(llm, eos),
+                bos_token=_token_text(llm, bos),
+                stop_token_ids=[eos],
+            )
+            # Generation renders with exactly the formatter that counts the prompt's tokens.
+            llm.chat_handler = self._formatter.to_chat_handler()
+
+    # -- facts ----------------------------------------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._llm.n_ctx())
+
+    @property
+    def n_ctx_train(self) -> int:
+        import llama_cpp
+
+        return int(llama_cpp.llama_model_n_ctx_train(self._llm.model))
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._llm.metadata)
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of the loaded weights, as llama.cpp counts them."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_model_size(self._llm.model))
+
+    # -- tokens ---------------------------------------------------------------------------------------------
+
+    def count(self, messages: list[Message]) -> int:
+        """Tokens of the prompt these messages render to (with the generation prompt), as generation sees it."""
+        if self._formatter is not None:
+            prompt = self._formatter(messages=messages).prompt
+            return len(self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+        # No template (llama-cpp-python's built-in format): content plus a small per-message overhead.
+        body = "\n".join(m["content"] for m in messages)
+        return len(self._llm.tokenize(body.encode("utf-8"), add_bos=True, special=False)) + 8 * len(messages)
+
+    # -- generation -----------------------------------------------------------------------------------------
+
+    def chat(self, messages: list[Message], sampling: Sampling) -> Reply:
+        """Start an answer; iterate the returned Reply for its text as it is generated."""
+        prompt_tokens = self.count(messages)
+        room = self.n_ctx - prompt_tokens
+        if room < 1:
+            raise UsageError(
+                f"the prompt ({prompt_tokens} tokens) fills the whole context window ({self.n_ctx})",
+                hint="shorten it, or run with a larger --ctx-size",
+            )
+        max_tokens = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+        return Reply(self._llm, messages, sampling, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
+
+    def complete(self, messages: list[Message], sampling: Sampling, *, model: str) -> dict[str, Any]:
+        """A whole answer as an OpenAI ``chat.completion`` object (``modelctl run --json``)."""
+        reply = self.chat(messages, sampling)
+        text = "".join(reply)
+        stats = reply.stats
+        return {
+            "id": reply.id or f"chatcmpl-{int(time.time() * 1000)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+                "total_tokens": reply.prompt_tokens + stats.completion_tokens,
+            },
+            "timings": stats.to_json(),
+        }
+
+    def close(self) -> None:
+        self._llm.close()
+
+
+class Reply:
+    """One streamed answer. Iterate it for text pieces; afterwards ``text``, ``finish_reason`` and ``stats``.
+
+    :meth:`cancel` (from a signal handler, e.g. Ctrl-C) ends the stream after the piece in progress; the
+    model's state stays consistent, so the next answer reuses the cached prompt prefix.
+    """
+
+    def __init__(
+        self, llm: Any, messages: list[Message], sampling: Sampling, *, max_tokens: int, prompt_tokens: int
+    ) -> None:
+        self._llm = llm
+        self._messages = messages
+        self._sampling = sampling
+        self._max_tokens = max_tokens
+        self.prompt_tokens = prompt_tokens
+        self.text = ""
+        self.id: str | None = None
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self._stats: Stats | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    @property
+    def stats(self) -> Stats:
+        if self._stats is None:
+            raise RuntimeError("the reply has not been streamed yet")
+        return self._stats
+
+    def __iter__(self) -> Iterator[str]:
+        import llama_cpp
+
+        llm = self._llm
+        sampling = self._sampling
+        llama_cpp.llama_perf_context_reset(llm.ctx)
+        started = time.perf_counter()
+        first: float | None = None
+        pieces: list[str] = []
+        stream = llm.create_chat_completion(
+            messages=self._messages,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=RANDOM_SEED if sampling.seed is None else sampling.seed,
+            max_tokens=self._max_tokens,
+            stream=True,
+        )
+        try:
+            for chunk in stream:
+                self.id = self.id or chunk.get("id")
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    if first is None:
+                        first = time.perf_counter()
+                    pieces.append(piece)
+                    yield piece
+                if self.cancelled:
+                    self.finish_reason = "interrupted"
+                    break
+        finally:
+            stream.close()
+            ended = time.perf_counter()
+            self.text = "".join(pieces)
+            perf = llama_cpp.llama_perf_context(llm.ctx)
+            decoded = int(perf.n_eval)
+            sampled = decoded + 1 if first is not None else 0
+            completion = sampled - 1 if self.finish_reason == "stop" and sampled else sampled
+            self._stats = Stats(
+                prompt_tokens=int(perf.n_p_eval),
+                completion_tokens=max(completion, 0),
+                time_to_first_token=(first or ended) - started,
+                generation_seconds=ended - (first or ended),
+                decoded_tokens=decoded,
+            )
+
+
+def _token_text(llm: Any, token: int) -> str:
+    if token < 0:
+        return ""
+    return bytes(llm.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+
+def load(spec: LoadSpec) -> Engine:
+    """Load the GGUF at ``spec.model_path``; ModelctlError (with the --debug hint) when llama.cpp refuses it."""
+    try:
+        import llama_cpp
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise ModelctlError(
+            f"the llama.cpp runtime is not installed ({exc})",
+            hint="install modelctl with its dependencies: pip install modelctl",
+        ) from None
+
+    kwargs: dict[str, Any] = {}
+    if spec.n_threads is not None:
+        kwargs["n_threads"] = spec.n_threads
+        kwargs["n_threads_batch"] = spec.n_threads
+    try:
+        llm = llama_cpp.Llama(
+            model_path=str(spec.model_path),
+            n_ctx=spec.n_ctx,
+            n_batch=spec.n_batch,
+            n_ubatch=spec.n_ubatch,
+            n_gpu_layers=spec.n_gpu_layers,
+            verbose=spec.verbose,
+            **kwargs,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ModelctlError(
+            f"llama.cpp could not load {spec.model_path.name}: {exc}",
+            hint="re-run with --debug to see llama.cpp's log",
+        ) from None
+    return wrap(llm, spec)
+
+
+def wrap(llm: Any, spec: LoadSpec) -> Engine:
+    """An Engine around a loaded ``Llama``, with the chat template chosen: the artifact's, else the GGUF's own."""
+    if spec.chat_template:
+        return Engine(llm, spec, template=spec.chat_template, template_source="artifact")
+    gguf_template = llm.metadata.get("tokenizer.chat_template")
+    if gguf_template:
+        return Engine(llm, spec, template=gguf_template, template_source="gguf")
+    return Engine(llm, spec, template=None, template_source="builtin")

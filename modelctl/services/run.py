@@ -1,0 +1,211 @@
+"""run: find a model locally (pulling it when missing), check that it fits, and load it on llama.cpp.
+
+The order is the promise made to users: nothing is loaded before the fit check has said yes (or ``--force``),
+and a model that is present locally needs no network at all. ``serve`` prepares a model the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelctl import reference
+from modelctl.config import Config
+from modelctl.errors import DoesNotFit, NotFound, UsageError
+from modelctl.services import local
+
+if TYPE_CHECKING:
+    from modelctl.fit.settings import RunSettings
+    from modelctl.oci.descriptor import Descriptor
+    from modelctl.runtime.engine import Engine, LoadSpec
+    from modelctl.services.fit import FitReport
+    from modelctl.services.pull import Reporter
+    from modelctl.store import Layout
+
+MIN_AUTO_CTX = 256
+"""Below this, shrinking the context to make a model fit would leave no room for a conversation."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunOptions:
+    """How to resolve, check and load a model; what the CLI flags of ``run`` and ``serve`` say."""
+
+    ctx_size: int | None = None
+    """None: the artifact's context_size, else the fit settings' default, shrunk to what fits."""
+    gpu_layers: int | None = None
+    """None: ``auto``, the fit plan's choice (0 on CPU-only builds)."""
+    no_pull: bool = False
+    force: bool = False
+    debug: bool = False
+    n_threads: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prepared:
+    """A model ready to load: where it is, what the fit check said, and the settings it will load with."""
+
+    name: str
+    """The full normalised reference, e.g. ``docker.io/ai/smollm2:135M-Q4_1``."""
+    entry: local.LocalModel
+    paths: tuple[Path, ...]
+    fit: FitReport
+    load: LoadSpec
+    system: str | None = None
+    """The artifact's default system prompt (Ollama's ``system`` layer), if any."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    """Things the user should know (a context shrunk to fit, a refusal overridden by --force)."""
+
+    @property
+    def short(self) -> str:
+        return reference.parse(self.name).short
+
+    def info(self) -> dict[str, Any]:
+        """What ``/show info`` prints."""
+        model = self.entry.model
+        return {
+            "model": self.name,
+            "id": self.entry.desc.digest.removeprefix("sha256:")[:12],
+            "architecture": model.architecture,
+            "parameters": model.parameters,
+            "quantization": model.quantization,
+            "context": self.load.n_ctx,
+            "gpu_layers": self.load.n_gpu_layers,
+            "fit": self.fit.to_json(),
+            "files": [str(p) for p in self.paths],
+        }
+
+
+def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) -> Prepared:
+    """Resolve ``text`` (pulling unless ``no_pull``), run the fit check and choose the load settings.
+
+    Raises NotFound (exit 3) for an absent model with ``no_pull``, DoesNotFit (exit 6) with the fit check's
+    suggestion unless ``force``.
+    """
+    store = local.layout(config)
+    entry = _resolve_or_pull(config, text, options, reporter)
+    paths = tuple(local.materialise(config, store, entry))
+    if not paths:
+        raise UsageError(f"{entry.name} has no GGUF file", hint="modelctl runs GGUF models only")
+    notes: list[str] = []
+    gpu_ok = _gpu_offload_supported()
+    settings = _settings(entry, options, gpu_ok)
+    report = _fit(paths, settings)
+    if report.verdict == "does_not_fit" and options.ctx_size is None:
+        wanted = _effective_ctx(settings, report)
+        smaller = _shrunk(report, settings, wanted)
+        if smaller is not None:
+            retry = _fit(paths, smaller)
+            if retry.verdict != "does_not_fit":
+                notes.append(f"context reduced from {wanted} to {smaller.n_ctx} tokens to fit in memory")
+                settings, report = smaller, retry
+    if report.verdict == "does_not_fit":
+        message = f"{reference.parse(entry.name).short} does not fit in this machine's memory"
+        if not options.force:
+            raise DoesNotFit(message, hint=_hint(report))
+        notes.append(f"{message}; loading anyway (--force)")
+    gpu_layers = options.gpu_layers if options.gpu_layers is not None else int(report.gpu_layers or 0)
+    if not gpu_ok:
+        gpu_layers = 0
+    from modelctl.runtime.engine import LoadSpec
+
+    load = LoadSpec(
+        model_path=paths[0],
+        n_ctx=_effective_ctx(settings, report),
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        n_gpu_layers=gpu_layers,
+        n_threads=options.n_threads,
+        chat_template=_text_layer(store, entry.model.chat_template),
+        verbose=options.debug,
+    )
+    return Prepared(
+        name=entry.name,
+        entry=entry,
+        paths=paths,
+        fit=report,
+        load=load,
+        system=_text_layer(store, entry.model.system),
+        notes=tuple(notes),
+    )
+
+
+def start(prepared: Prepared) -> Engine:
+    """Load the prepared model (seconds for large models)."""
+    from modelctl.runtime.engine import load
+
+    return load(prepared.load)
+
+
+def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: Reporter) -> local.LocalModel:
+    store = local.layout(config)
+    try:
+        return local.resolve(store, text)
+    except NotFound:
+        if options.no_pull:
+            raise NotFound(
+                f"model {text} is not in the local store",
+                hint=f"run without --no-pull, or: modelctl pull {text}",
+            ) from None
+    from modelctl.services.pull import pull
+
+    ref = reference.parse(text)
+    result = pull(config, [ref], reporter)[0]
+    return local.resolve(store, result.reference)
+
+
+def _settings(entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> RunSettings:
+    from modelctl.fit.settings import RunSettings
+
+    changes: dict[str, Any] = {}
+    n_ctx = options.ctx_size or entry.model.context_size
+    if n_ctx:
+        changes["n_ctx"] = n_ctx
+    if options.gpu_layers is not None:
+        changes["gpu_layers"] = options.gpu_layers if gpu_ok else 0
+    elif not gpu_ok:
+        changes["gpu_layers"] = 0
+    return RunSettings(**changes)
+
+
+def _fit(paths: tuple[Path, ...], settings: RunSettings) -> FitReport:
+    from modelctl.services.fit import fit_local
+
+    return fit_local(list(paths), settings)
+
+
+def _effective_ctx(settings: RunSettings, report: FitReport) -> int:
+    """The context the fit check judged: the settings' own, else the one the report says it resolved."""
+    if settings.n_ctx:
+        return int(settings.n_ctx)
+    resolved = report.to_json().get("settings", {}).get("ctx_size")
+    if not isinstance(resolved, int) or resolved <= 0:
+        raise UsageError("the fit check did not settle a context size", hint="give one with --ctx-size")
+    return resolved
+
+
+def _shrunk(report: FitReport, settings: RunSettings, wanted: int) -> RunSettings | None:
+    """The same settings with the largest context the fit plan allows, when that is still a useful context."""
+    best = report.max_ctx_size
+    if best is None or best < MIN_AUTO_CTX or best >= wanted:
+        return None
+    return replace(settings, n_ctx=int(best))
+
+
+def _hint(report: FitReport) -> str:
+    suggestion = report.suggestion or "use a smaller --ctx-size or a smaller variant of the model"
+    return f"{suggestion} (or add --force to load it anyway)"
+
+
+def _gpu_offload_supported() -> bool:
+    from modelctl.runtime.engine import gpu_offload_supported
+
+    return gpu_offload_supported()
+
+
+def _text_layer(store: Layout, desc: Descriptor | None) -> str | None:
+    """A small text layer (chat template, system prompt) of the model, or None."""
+    if desc is None:
+        return None
+    text: str = store.read_blob(desc.digest, max_size=1 << 20).decode("utf-8", errors="replace")
+    return text.strip() or None
