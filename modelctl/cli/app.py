@@ -34,11 +34,12 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import auth, models, pull, run
+    from modelctl.cli import auth, models, publish, pull, run
 
     pull.register(app)
     run.register(app)
     models.register(app)
+    publish.register(app)
     auth.register(app)
 
 

@@ -1,0 +1,202 @@
+"""package: turn local GGUF file(s) into a Docker Model Runner v0.1 artifact in the local store.
+
+The config follows Docker's model-spec field by field (snake_case, string values, ``context_size`` an integer,
+the ``gguf`` map of metadata as strings without arrays longer than 50 items), so ``docker model`` reads what we
+write. Digests are deterministic: the creation time comes from ``--created`` or ``SOURCE_DATE_EPOCH``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelctl.config import Config
+from modelctl.errors import NotFound, UsageError
+from modelctl.oci import mediatypes as mt
+from modelctl.oci.descriptor import Descriptor
+from modelctl.reference import Reference
+from modelctl.services import local
+from modelctl.store import Layout
+
+MAX_GGUF_ARRAY = 50
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PackageInput:
+    gguf: Sequence[Path]
+    license: Sequence[Path] = ()
+    mmproj: Path | None = None
+    chat_template: Path | None = None
+    context_size: int | None = None
+    card: Path | None = None
+    created: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PackageResult:
+    reference: str
+    digest: str
+    size: int
+
+
+def package(config: Config, refs: Sequence[Reference], spec: PackageInput) -> PackageResult:
+    for path in [*spec.gguf, *spec.license, spec.mmproj, spec.chat_template, spec.card]:
+        if path is not None and not path.is_file():
+            raise NotFound(f"{path} does not exist", hint="check the path")
+    if not spec.gguf:
+        raise UsageError("no GGUF file given", hint="pass --gguf FILE (once per shard, in order)")
+    store = local.layout(config)
+    store.ensure()
+    layers: list[Descriptor] = []
+    shards = len(spec.gguf)
+    for i, path in enumerate(spec.gguf, start=1):
+        name = path.name if shards > 1 else (path.name or f"model-{i}.gguf")
+        layers.append(_add_file(config, store, path, mt.DOCKER_GGUF, name))
+    for path in spec.license:
+        layers.append(_add_file(config, store, path, mt.DOCKER_LICENSE, path.name))
+    if spec.mmproj:
+        layers.append(_add_file(config, store, spec.mmproj, mt.DOCKER_MMPROJ, spec.mmproj.name))
+    if spec.chat_template:
+        layers.append(_add_file(config, store, spec.chat_template, mt.DOCKER_CHAT_TEMPLATE, spec.chat_template.name))
+    gguf_layers = [layer for layer in layers if layer.media_type == mt.DOCKER_GGUF]
+    model_config = _config_doc(spec, gguf_layers, layers)
+    config_bytes = json.dumps(model_config, separators=(",", ":")).encode()
+    config_digest = store.write_blob(config_bytes)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.DOCKER_MODEL_CONFIG_V01, "digest": config_digest, "size": len(config_bytes)},
+        "layers": [layer.to_json() for layer in layers],
+    }
+    raw = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = store.write_blob(raw)
+    desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=digest, size=len(raw))
+    for ref in refs:
+        store.tag(str(ref), desc)
+    if spec.card:
+        attach_card(store, desc, spec.card.read_bytes(), created=model_config["descriptor"]["created"])
+    return PackageResult(reference=str(refs[0]), digest=digest, size=sum(x.size for x in layers) + len(raw))
+
+
+def attach_card(store: Layout, subject: Descriptor, card: bytes, *, created: str) -> str:
+    """Store a model card as an OCI referrer of ``subject`` (artifactType application/vnd.modelctl.card.v1)."""
+    empty = b"{}"
+    empty_digest = store.write_blob(empty)
+    card_digest = store.write_blob(card)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "artifactType": mt.MODEL_CARD_ARTIFACT,
+        "config": {"mediaType": mt.OCI_EMPTY, "digest": empty_digest, "size": len(empty)},
+        "layers": [
+            {
+                "mediaType": mt.MODEL_CARD_LAYER,
+                "digest": card_digest,
+                "size": len(card),
+                "annotations": {mt.TITLE: "README.md"},
+            }
+        ],
+        "subject": subject.to_json(),
+        "annotations": {"org.opencontainers.image.created": created},
+    }
+    raw = json.dumps(manifest, separators=(",", ":")).encode()
+    return store.write_blob(raw)
+
+
+def _add_file(config: Config, store: Layout, path: Path, media_type: str, name: str) -> Descriptor:
+    """Copy a file into the store while hashing it (one read), then commit it atomically."""
+    config.ingest_dir.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    size = 0
+    with tempfile.NamedTemporaryFile(dir=config.ingest_dir, prefix=".package-", delete=False) as out:
+        tmp = Path(out.name)
+        try:
+            with path.open("rb") as src:
+                while block := src.read(8 << 20):
+                    h.update(block)
+                    out.write(block)
+                    size += len(block)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    digest = "sha256:" + h.hexdigest()
+    if store.has_blob(digest, size):
+        tmp.unlink()
+    else:
+        store.commit_blob(tmp, digest)
+    return Descriptor(media_type=media_type, digest=digest, size=size, annotations={mt.FILEPATH: name})
+
+
+def _created(spec: PackageInput) -> str:
+    if spec.created:
+        return spec.created
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")  # the reproducible-builds convention
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch and epoch.isdigit() else datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _config_doc(spec: PackageInput, gguf_layers: list[Descriptor], layers: list[Descriptor]) -> dict[str, Any]:
+    meta = _gguf_metadata(spec.gguf[0])
+    summary = meta.pop("__summary__")
+    inner: dict[str, Any] = {
+        "format": "gguf",
+        "quantization": summary["quantization"],
+        "parameters": summary["parameters"],
+        "architecture": summary["architecture"],
+        "size": _size_text(sum(layer.size for layer in gguf_layers)),
+        "gguf": meta,
+    }
+    if spec.context_size is not None:
+        inner["context_size"] = spec.context_size
+    return {
+        "config": inner,
+        "descriptor": {"created": _created(spec)},
+        "rootfs": {"type": "rootfs", "diff_ids": [layer.digest for layer in layers]},
+    }
+
+
+def _size_text(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.2f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _gguf_metadata(path: Path) -> dict[str, Any]:
+    """GGUF metadata as Docker writes it (strings; long arrays left out) plus a summary for the config fields."""
+    from modelctl import gguf
+
+    header = gguf.read_header(gguf.FileSource(path))
+    out: dict[str, Any] = {}
+    for key, value in header.metadata.items():
+        if isinstance(value, list | tuple):
+            if len(value) > MAX_GGUF_ARRAY:
+                continue
+            out[key] = json.dumps(list(value))
+        elif isinstance(value, bytes):
+            continue
+        else:
+            out[key] = str(value)
+    params = header.parameter_count()
+    out["__summary__"] = {
+        "quantization": header.quantization or "unknown",
+        "parameters": _params_text(params),
+        "architecture": header.architecture or "unknown",
+    }
+    return out
+
+
+def _params_text(n: int) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)

@@ -1,0 +1,85 @@
+"""push: copy a local model to its registry: blobs first (skipped when present, mounted when another repository
+of the same registry has them, chunked when large, several at once), the manifest last, so a registry never
+holds a manifest whose blobs are missing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from modelctl import reference
+from modelctl.config import Config
+from modelctl.oci.descriptor import Descriptor
+from modelctl.reference import Reference
+from modelctl.services import local
+from modelctl.store import Layout
+
+CHUNKED_ABOVE = 256 << 20
+CHUNK_SIZE = 64 << 20
+PARALLEL_BLOBS = 3
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PushResult:
+    reference: str
+    digest: str
+    uploaded: int
+    skipped: int
+    mounted: int
+
+
+def push(
+    config: Config,
+    text: str,
+    *,
+    target: str | None = None,
+    on_blob: Callable[[Descriptor, str], None] | None = None,
+) -> PushResult:
+    """Push local model ``text`` (to ``target`` when given, else to the registry its name says)."""
+    from modelctl.oci.client import RegistryClient
+
+    store = local.layout(config)
+    entry = local.resolve(store, text)
+    ref = reference.parse(target) if target else reference.parse(entry.name)
+    blobs = [entry.manifest.config, *_unique(entry.manifest.layers)]
+    counts = {"uploaded": 0, "skipped": 0, "mounted": 0}
+    with RegistryClient(config) as client:
+
+        def one(desc: Descriptor) -> None:
+            if client.blob_exists(ref, desc.digest):
+                outcome = "skipped"
+            elif any(client.mount_blob(ref, desc.digest, repo) for repo in _mount_sources(store, ref, desc.digest)):
+                outcome = "mounted"
+            else:
+                chunk = CHUNK_SIZE if desc.size > CHUNKED_ABOVE else None
+                client.upload_blob(ref, desc.digest, desc.size, store.blob_path(desc.digest), chunk_size=chunk)
+                outcome = "uploaded"
+            counts[outcome] += 1
+            if on_blob:
+                on_blob(desc, outcome)
+
+        with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
+            list(pool.map(one, blobs))
+        digest = client.put_manifest(ref, entry.manifest.raw, entry.manifest.media_type)
+    return PushResult(reference=str(ref), digest=digest, **counts)
+
+
+def _mount_sources(store: Layout, ref: Reference, digest: str) -> list[str]:
+    """Other repositories of the same registry that, per the local store, hold ``digest``."""
+    out: list[str] = []
+    for name, desc in store.entries():
+        other = reference.parse(name)
+        if other.registry != ref.registry or other.repository == ref.repository or other.repository in out:
+            continue
+        entry = local.load(store, name, desc)
+        if digest in {entry.manifest.config.digest, *(layer.digest for layer in entry.manifest.layers)}:
+            out.append(other.repository)
+    return out
+
+
+def _unique(layers: Sequence[Descriptor]) -> list[Descriptor]:
+    seen: dict[str, Descriptor] = {}
+    for layer in layers:
+        seen.setdefault(layer.digest, layer)
+    return list(seen.values())
