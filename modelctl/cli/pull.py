@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from modelctl.cli import render
 from modelctl.cli.context import settings
 from modelctl.cli.progress import reporter
+from modelctl.errors import UsageError
 
 
 def pull(
-    refs: list[str] = typer.Argument(..., metavar="REF...", help="Model references, e.g. ai/smollm2:135M-Q4_K_M."),
+    refs: list[str] | None = typer.Argument(None, metavar="REF...", help="References, e.g. ai/smollm2:135M-Q4_K_M."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the manifest digests."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document describing the pulled models."),
+    lock: Path | None = typer.Option(None, "--lock", help="Record each reference and its digest in this lockfile."),
+    locked: Path | None = typer.Option(None, "--locked", help="Pull exactly the digests of this lockfile."),
 ) -> None:
     """Pull models: parallel, resumable, every byte verified."""
     from modelctl import reference
+    from modelctl.services import lock as lockfile
     from modelctl.services.pull import pull as pull_models
 
-    parsed = [reference.parse(r) for r in refs]
+    if locked is not None:
+        if refs:
+            raise UsageError("--locked pulls what the lockfile names", hint="drop the REF arguments or --locked")
+        parsed = lockfile.read(locked)
+    elif not refs:
+        raise UsageError("no model given", hint="modelctl pull REF... (or --locked FILE)")
+    else:
+        parsed = [reference.parse(r) for r in refs]
     out = reporter(quiet=quiet or json_out)
     try:
         results = pull_models(settings(), parsed, out)
     finally:
         out.close()
+    if lock is not None:
+        lockfile.write(lock, results)
     if json_out:
         render.print_json({"models": [r.to_json() for r in results]})
     elif quiet:

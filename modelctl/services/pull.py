@@ -101,15 +101,17 @@ def _pull_one(config: Config, client: RegistryClient, store: Layout, ref: Refere
         store.write_blob(manifest.raw, manifest.digest)
         fetched = work.bytes_to_fetch
     desc = Descriptor(media_type=manifest.media_type, digest=manifest.digest, size=len(manifest.raw))
+    # name:tag@digest is stored as name:tag (the content was verified to be that digest); name@digest as is.
+    name = str(Reference(ref.registry, ref.repository, ref.tag, None)) if ref.tag else str(ref)
     with store.locked():
         for layer in manifest.layers:  # a concurrent rm may have removed a shared blob meanwhile
             if not store.has_blob(layer.digest):
                 raise NotFound(f"blob {layer.digest} vanished during the pull", hint=f"run: modelctl pull {ref}")
-        store.tag(str(ref), desc)
-    entry = local.LocalModel(name=str(ref), desc=desc, manifest=manifest, model=model)
+        store.tag(name, desc)
+    entry = local.LocalModel(name=name, desc=desc, manifest=manifest, model=model)
     files = local.materialise(config, store, entry)
     size = sum(layer.size for layer in manifest.layers) + manifest.config.size + len(manifest.raw)
-    return PullResult(reference=str(ref), digest=manifest.digest, size=size, files=tuple(files), fetched=fetched)
+    return PullResult(reference=name, digest=manifest.digest, size=size, files=tuple(files), fetched=fetched)
 
 
 def _download_all(

@@ -1,0 +1,59 @@
+"""Lockfiles for scripted pulls: record each reference with its manifest digest, later pull exactly those digests.
+
+``models.lock`` is JSON (``{"version": 1, "models": [{"reference", "digest"}]}``), written atomically. A locked
+pull never resolves a tag, and when every digest is already in the store it makes no network request at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from modelctl import reference
+from modelctl.errors import IntegrityError, NotFound
+from modelctl.reference import Reference
+from modelctl.services.pull import PullResult
+
+VERSION = 1
+
+
+def write(path: Path, results: Sequence[PullResult]) -> None:
+    entries = {r.reference: r.digest for r in _existing(path)} | {r.reference: r.digest for r in results}
+    doc = {"version": VERSION, "models": [{"reference": k, "digest": v} for k, v in sorted(entries.items())]}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> list[Reference]:
+    """The pinned references (``name:tag@digest``) of a lockfile."""
+    if not path.is_file():
+        raise NotFound(f"lockfile {path} does not exist", hint=f"create it with: modelctl pull --lock {path} REF...")
+    return [reference.parse(e["reference"]).with_digest(e["digest"]) for e in _entries(path)]
+
+
+def _existing(path: Path) -> list[PullResult]:
+    if not path.is_file():
+        return []
+    return [
+        PullResult(reference=e["reference"], digest=e["digest"], size=0, files=(), fetched=0) for e in _entries(path)
+    ]
+
+
+def _entries(path: Path) -> list[dict[str, str]]:
+    try:
+        doc = json.loads(path.read_text())
+        models = doc["models"]
+        if doc.get("version") != VERSION or not isinstance(models, list):
+            raise ValueError
+        for e in models:
+            if not isinstance(e.get("reference"), str) or not isinstance(e.get("digest"), str):
+                raise ValueError
+        return list(models)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise IntegrityError(
+            f"lockfile {path} is not a modelctl lockfile (version {VERSION})",
+            hint="regenerate it with: modelctl pull --lock FILE REF...",
+        ) from None
