@@ -1,0 +1,93 @@
+"""HTTP Basic authentication against an htpasswd file of bcrypt hashes (``$2y$``, ``$2b$``, ``$2a$``).
+
+When configured, every write needs valid credentials; reads need them too unless anonymous pull is allowed.
+bcrypt is slow on purpose, so a verified (user, password) pair is remembered (as a salted hash, in memory)
+and checks run in a worker thread: a manifest GET with credentials costs a dictionary lookup, not a bcrypt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+from pathlib import Path
+from typing import Final
+
+import bcrypt
+
+from registry.errors import RegistryHTTPError
+
+CHALLENGE: Final = 'Basic realm="modelctl"'
+_CACHE_LIMIT: Final = 4096
+
+
+def load_htpasswd(path: Path) -> dict[str, bytes]:
+    """Parse ``user:hash`` lines (blank lines and ``#`` comments skipped); only bcrypt hashes are accepted."""
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user:
+            raise ValueError(f"{path}:{number}: expected user:hash")
+        if not hashed.startswith(("$2y$", "$2b$", "$2a$")):
+            raise ValueError(f"{path}:{number}: only bcrypt hashes ($2y$/$2b$) are supported")
+        users[user] = hashed.encode()
+    return users
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """Decode an ``Authorization: Basic`` header; None when absent or not Basic."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+class Authenticator:
+    """Checks credentials for each request according to the access rules above."""
+
+    def __init__(self, users: dict[str, bytes], *, allow_anonymous_pull: bool) -> None:
+        self.users = users
+        self.allow_anonymous_pull = allow_anonymous_pull
+        self._salt = os.urandom(16)
+        self._verified: set[bytes] = set()
+
+    def _key(self, user: str, password: str) -> bytes:
+        return hashlib.sha256(self._salt + user.encode() + b"\0" + password.encode()).digest()
+
+    async def _valid(self, user: str, password: str) -> bool:
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        key = self._key(user, password)
+        if key in self._verified:
+            return True
+        ok = await asyncio.get_running_loop().run_in_executor(None, bcrypt.checkpw, password.encode(), hashed)
+        if ok:
+            if len(self._verified) >= _CACHE_LIMIT:
+                self._verified.clear()
+            self._verified.add(key)
+        return ok
+
+    async def check(self, authorization: str | None, *, write: bool) -> None:
+        """Raise UNAUTHORIZED (401 with a Basic challenge) unless this request may proceed."""
+        credentials = parse_basic(authorization)
+        if credentials is None and authorization is None and self.allow_anonymous_pull and not write:
+            return
+        if credentials is not None and await self._valid(*credentials):
+            return
+        raise RegistryHTTPError(
+            "UNAUTHORIZED",
+            "authentication required" if credentials is None else "invalid username or password",
+            headers={"WWW-Authenticate": CHALLENGE},
+        )

@@ -1,0 +1,151 @@
+"""Blob endpoints: GET/HEAD (sendfile, Range), DELETE, and uploads (POST, PATCH, PUT, GET, DELETE)."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aiohttp import web
+
+from registry import names
+from registry.context import Context
+from registry.errors import RegistryHTTPError
+from registry.uploads import Upload
+
+_CONTENT_RANGE: Final = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)")
+
+
+def _created(name: str, digest: str) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
+    )
+
+
+def _upload_headers(upload: Upload) -> dict[str, str]:
+    return {
+        "Location": upload.location,
+        "Range": upload.range_header,
+        "Docker-Upload-UUID": upload.id,
+    }
+
+
+async def get(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
+    name, digest = route.name, route.ref
+    if not ctx.storage.blob_linked(name, digest):
+        if ctx.proxy is None:
+            raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": digest})
+        if request.method == "HEAD":
+            size = await ctx.proxy.head_blob(name, digest)
+            if size is None:
+                raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": digest})
+            headers = {"Docker-Content-Digest": digest, "Content-Type": "application/octet-stream"}
+            head = web.StreamResponse(headers=headers)
+            head.content_length = size
+            await head.prepare(request)
+            await head.write_eof()
+            return head
+        if not await ctx.proxy.fetch_blob(name, digest):
+            raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": digest})
+    return web.FileResponse(
+        ctx.storage.blob_path(digest),
+        headers={
+            "Docker-Content-Digest": digest,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "max-age=31536000",
+        },
+    )
+
+
+async def delete(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
+    if not ctx.storage.unlink_blob(route.name, route.ref):
+        raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": route.ref})
+    return web.Response(status=202)
+
+
+async def start_upload(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
+    """POST: mount from another repository, single-request monolithic upload, or a new session."""
+    name, query = route.name, request.query
+    mount = query.get("mount")
+    if mount is not None:
+        names.check_digest(mount)
+        source = query.get("from")
+        if source is not None:
+            names.check_name(source)
+            if ctx.storage.blob_linked(source, mount):
+                ctx.storage.link_blob(name, mount)
+                return _created(name, mount)
+        # Not mountable: fall back to an upload session, as the spec asks (202).
+    upload = ctx.uploads.create(name)
+    digest = query.get("digest")
+    if digest is None or mount is not None:
+        return web.Response(status=202, headers=_upload_headers(upload))
+    try:
+        names.check_digest(digest)
+        await ctx.uploads.append(upload, request.content, expected=request.content_length)
+        await ctx.uploads.complete(upload, digest)
+    finally:
+        if not upload.done:
+            ctx.uploads.cancel(upload)
+    return _created(name, digest)
+
+
+def _check_range(request: web.Request, upload: Upload) -> int | None:
+    """Validate ``Content-Range`` against the upload's offset; the chunk length it declares, if any."""
+    header = request.headers.get("Content-Range")
+    if header is None:
+        return request.content_length
+    m = _CONTENT_RANGE.fullmatch(header.strip())
+    if m is None:
+        raise RegistryHTTPError("BLOB_UPLOAD_INVALID", f"malformed Content-Range {header[:100]!r}")
+    start, end = int(m.group(1)), int(m.group(2))
+    if start != upload.offset or end < start:
+        raise RegistryHTTPError(
+            "BLOB_UPLOAD_INVALID",
+            f"chunk {start}-{end} does not continue the upload at offset {upload.offset}",
+            status=416,
+            headers=_upload_headers(upload),
+        )
+    length = end - start + 1
+    if request.content_length is not None and request.content_length != length:
+        raise RegistryHTTPError(
+            "SIZE_INVALID", f"Content-Length {request.content_length} does not match Content-Range {header}"
+        )
+    return length
+
+
+async def patch_upload(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
+    upload = ctx.uploads.get(route.name, route.ref)
+    async with upload.lock:
+        upload = ctx.uploads.get(route.name, route.ref)
+        expected = _check_range(request, upload)
+        await ctx.uploads.append(upload, request.content, expected=expected)
+        return web.Response(status=202, headers=_upload_headers(upload))
+
+
+async def finish_upload(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
+    upload = ctx.uploads.get(route.name, route.ref)
+    async with upload.lock:
+        upload = ctx.uploads.get(route.name, route.ref)
+        digest = request.query.get("digest")
+        if digest is None:
+            raise RegistryHTTPError("DIGEST_INVALID", "the closing PUT needs ?digest=")
+        names.check_digest(digest)
+        expected = _check_range(request, upload)
+        if request.can_read_body and expected != 0:
+            await ctx.uploads.append(upload, request.content, expected=expected)
+        await ctx.uploads.complete(upload, digest)
+    return _created(route.name, digest)
+
+
+async def upload_status(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
+    upload = ctx.uploads.get(route.name, route.ref)
+    return web.Response(status=204, headers=_upload_headers(upload))
+
+
+async def cancel_upload(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
+    upload = ctx.uploads.get(route.name, route.ref)
+    async with upload.lock:
+        ctx.uploads.cancel(ctx.uploads.get(route.name, route.ref))
+    return web.Response(status=204)

@@ -1,0 +1,74 @@
+"""Garbage collection: mark every blob a stored manifest references, sweep the rest of the shared blob store.
+
+Like distribution's ``garbage-collect``, run it while no push is in flight (a blob uploaded but not yet
+named by a manifest is unreferenced); ``grace_seconds`` keeps blobs younger than that whatever their state.
+Stale uploads (no write for a day) are removed too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Final
+
+from registry import manifests, names
+from registry.storage import Storage
+
+STALE_UPLOAD_S: Final = 24 * 3600.0
+
+
+def _mark(storage: Storage) -> set[str]:
+    marked: set[str] = set()
+    todo = [digest for _, digest in storage.iter_revisions()]
+    while todo:
+        digest = todo.pop()
+        if digest in marked:
+            continue
+        marked.add(digest)
+        try:
+            raw = storage.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            continue
+        if len(raw) <= manifests.MAX_MANIFEST_BYTES:
+            # Index children are manifests: follow them so their layers stay too.
+            todo.extend(d for d in manifests.references(raw) if d not in marked)
+    return marked
+
+
+def gc(root: Path, *, grace_seconds: float = 0.0, dry_run: bool = False) -> list[str]:
+    """Remove blobs no manifest references (and their repository links); returns their digests, sorted."""
+    if not (root / "blobs").is_dir():
+        raise FileNotFoundError(f"{root} is not a registry root (no blobs/ directory)")
+    storage = Storage(root)
+    marked = _mark(storage)
+    now = time.time()
+    removed: list[str] = []
+    for entry in sorted(os.listdir(storage.blobs_dir)):
+        digest = f"sha256:{entry}"
+        if not names.is_digest(digest) or digest in marked:
+            continue
+        path = storage.blobs_dir / entry
+        try:
+            if now - path.stat().st_mtime < grace_seconds:
+                continue
+            if not dry_run:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(digest)
+    if not dry_run:
+        gone = set(removed)
+        for _, digest, link in list(storage.iter_layer_links()):
+            if digest in gone or not storage.has_blob(digest):
+                link.unlink(missing_ok=True)
+        for upload in os.listdir(storage.uploads_dir):
+            d = storage.uploads_dir / upload
+            try:
+                idle = now - max(p.stat().st_mtime for p in (d, *d.iterdir()))
+            except (FileNotFoundError, NotADirectoryError, ValueError):
+                continue
+            if idle > STALE_UPLOAD_S:
+                shutil.rmtree(d, ignore_errors=True)
+    return removed

@@ -1,0 +1,254 @@
+"""The registry's filesystem layout: content-addressed blobs shared by all repositories, per-repository links.
+
+    ROOT/blobs/sha256/<hex>                                   blob and manifest bytes, complete and verified
+    ROOT/uploads/<id>/{data,repository}                       uploads in progress (never served)
+    ROOT/repositories/<name>/_layers/sha256/<hex>             empty link: the blob is readable in <name>
+    ROOT/repositories/<name>/_manifests/revisions/sha256/<hex>  the manifest's media type
+    ROOT/repositories/<name>/_manifests/tags/<tag>            the tag's manifest digest
+    ROOT/repositories/<name>/_referrers/sha256/<subject hex>/<hex>  referrer descriptor (JSON)
+
+A file enters ``blobs/`` only by ``os.replace`` after its digest was verified; every small file is written to
+a temporary name, fsynced and renamed, so a kill -9 never leaves a torn file where a reader looks.
+Names and digests are validated by the caller (``registry.names``) and asserted again here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from registry import manifests, names
+from registry.errors import RegistryHTTPError
+
+_MANIFEST_CACHE_BYTES: Final = 64 * 1024 * 1024
+_TMP_PREFIX: Final = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def _hex(digest: str) -> str:
+    if not names.is_digest(digest):
+        raise ValueError(f"refusing unvalidated digest {digest!r}")
+    return digest.split(":", 1)[1]
+
+
+class Storage:
+    """Blobs, manifests, tags and referrers of every repository under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs" / "sha256"
+        self.uploads_dir = root / "uploads"
+        self.repos_dir = root / "repositories"
+        for d in (self.blobs_dir, self.uploads_dir, self.repos_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._manifest_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._manifest_cache_size = 0
+
+    # -- paths ---------------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / _hex(digest)
+
+    def repo_dir(self, name: str) -> Path:
+        if not names.is_name(name):
+            raise ValueError(f"refusing unvalidated repository name {name!r}")
+        return self.repos_dir / name
+
+    def _layer_link(self, name: str, digest: str) -> Path:
+        return self.repo_dir(name) / "_layers" / "sha256" / _hex(digest)
+
+    def _revision(self, name: str, digest: str) -> Path:
+        return self.repo_dir(name) / "_manifests" / "revisions" / "sha256" / _hex(digest)
+
+    def _tags_dir(self, name: str) -> Path:
+        return self.repo_dir(name) / "_manifests" / "tags"
+
+    def _tag(self, name: str, tag: str) -> Path:
+        if not names.is_tag(tag):
+            raise ValueError(f"refusing unvalidated tag {tag!r}")
+        return self._tags_dir(name) / tag
+
+    def _referrers_dir(self, name: str, subject: str) -> Path:
+        return self.repo_dir(name) / "_referrers" / "sha256" / _hex(subject)
+
+    # -- blobs ---------------------------------------------------------------------------------------
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_linked(self, name: str, digest: str) -> bool:
+        """The blob is readable through ``name``: linked there, and present in the shared store."""
+        return self._layer_link(name, digest).exists() and self.has_blob(digest)
+
+    def link_blob(self, name: str, digest: str) -> None:
+        link = self._layer_link(name, digest)
+        if link.exists():
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.touch()
+        fsync_dir(link.parent)
+
+    def unlink_blob(self, name: str, digest: str) -> bool:
+        try:
+            self._layer_link(name, digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def put_blob_bytes(self, digest: str, data: bytes) -> None:
+        """Store small verified content (manifests) in the shared store."""
+        path = self.blob_path(digest)
+        if not path.exists():
+            write_atomic(path, data)
+
+    # -- manifests -----------------------------------------------------------------------------------
+    def revision_media_type(self, name: str, digest: str) -> str | None:
+        """The stored media type of manifest ``digest`` in ``name``; None when it is not there."""
+        try:
+            return self._revision(name, digest).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def read_manifest(self, digest: str) -> bytes | None:
+        cached = self._manifest_cache.get(digest)
+        if cached is not None:
+            self._manifest_cache.move_to_end(digest)
+            return cached
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+        self._manifest_cache[digest] = data
+        self._manifest_cache_size += len(data)
+        while self._manifest_cache_size > _MANIFEST_CACHE_BYTES:
+            _, old = self._manifest_cache.popitem(last=False)
+            self._manifest_cache_size -= len(old)
+        return data
+
+    def put_manifest(self, name: str, raw: bytes, info: manifests.ManifestInfo, tag: str | None) -> None:
+        """Store the bytes, then the revision link, the referrer entry and the tag, in that order."""
+        self.put_blob_bytes(info.digest, raw)
+        write_atomic(self._revision(name, info.digest), info.media_type.encode())
+        if info.subject is not None:
+            entry = self._referrers_dir(name, info.subject) / _hex(info.digest)
+            write_atomic(entry, json.dumps(info.referrer_descriptor()).encode())
+        if tag is not None:
+            write_atomic(self._tag(name, tag), info.digest.encode())
+
+    def resolve_tag(self, name: str, tag: str) -> str | None:
+        try:
+            digest = self._tag(name, tag).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return digest if names.is_digest(digest) else None
+
+    def tag_manifest(self, name: str, tag: str, digest: str) -> None:
+        write_atomic(self._tag(name, tag), digest.encode())
+
+    def delete_tag(self, name: str, tag: str) -> bool:
+        try:
+            self._tag(name, tag).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_manifest(self, name: str, digest: str) -> bool:
+        """Delete a manifest from ``name``: its tags, its referrer entry, then the revision link."""
+        revision = self._revision(name, digest)
+        if not revision.exists():
+            return False
+        for tag in self.tags(name) or []:
+            if self.resolve_tag(name, tag) == digest:
+                self.delete_tag(name, tag)
+        raw = self.read_manifest(digest)
+        if raw is not None:
+            with contextlib.suppress(RegistryHTTPError):
+                info = manifests.parse(raw, revision.read_text())
+                if info.subject is not None:
+                    (self._referrers_dir(name, info.subject) / _hex(digest)).unlink(missing_ok=True)
+        revision.unlink(missing_ok=True)
+        return True
+
+    # -- discovery -----------------------------------------------------------------------------------
+    def repo_exists(self, name: str) -> bool:
+        d = self.repo_dir(name)
+        return (d / "_manifests").is_dir() or (d / "_layers").is_dir()
+
+    def tags(self, name: str) -> list[str] | None:
+        """Sorted tags of ``name``; None when the repository does not exist."""
+        try:
+            entries = os.listdir(self._tags_dir(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return [] if self.repo_exists(name) else None
+        return sorted(e for e in entries if names.is_tag(e))
+
+    def referrers(self, name: str, subject: str) -> list[dict[str, Any]]:
+        d = self._referrers_dir(name, subject)
+        try:
+            entries = sorted(os.listdir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out: list[dict[str, Any]] = []
+        for entry in entries:
+            if entry.startswith(_TMP_PREFIX):
+                continue
+            try:
+                descriptor = json.loads((d / entry).read_bytes())
+            except (FileNotFoundError, ValueError):
+                continue
+            if isinstance(descriptor, dict) and self.revision_media_type(name, f"sha256:{entry}") is not None:
+                out.append(descriptor)
+        return out
+
+    def repositories(self) -> list[str]:
+        """Every repository name, sorted (a directory walk: only the catalog and gc scan)."""
+        found: list[str] = []
+        for dirpath, dirnames, _ in os.walk(self.repos_dir):
+            if "_manifests" in dirnames or "_layers" in dirnames:
+                found.append(os.path.relpath(dirpath, self.repos_dir).replace(os.sep, "/"))
+            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
+        return sorted(n for n in found if names.is_name(n))
+
+    def iter_revisions(self) -> Iterator[tuple[str, str]]:
+        """(repository, manifest digest) for every stored manifest; used by garbage collection."""
+        for name in self.repositories():
+            d = self.repo_dir(name) / "_manifests" / "revisions" / "sha256"
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.listdir(d):
+                    if names.is_digest(f"sha256:{entry}"):
+                        yield name, f"sha256:{entry}"
+
+    def iter_layer_links(self) -> Iterator[tuple[str, str, Path]]:
+        for name in self.repositories():
+            d = self.repo_dir(name) / "_layers" / "sha256"
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.listdir(d):
+                    if names.is_digest(f"sha256:{entry}"):
+                        yield name, f"sha256:{entry}", d / entry
