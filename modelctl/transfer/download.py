@@ -202,8 +202,15 @@ class _Job:
                 self.fd = -1
 
     def _save(self) -> None:
+        """Flush the data written so far, then record it: the saved state never claims bytes a crash could lose.
+
+        Called every SAVE_INTERVAL while parts run, so the disk writes back continuously and the final fsync
+        before commit has little left to do (one big fsync at the end cost ~1.8 s per GiB here).
+        """
         with self.cond:
             snapshot = [Part(p.start, p.end, p.done) for p in self.parts]
+        if self.fd >= 0:
+            os.fdatasync(self.fd)
         if self.dir.exists():
             state.save(self.dir, self.desc.digest, self.desc.size, snapshot)
 
