@@ -65,7 +65,9 @@ def store() -> Layout:
     return Layout(Path(os.environ["MODELCTL_HOME"]) / "store")
 
 
-def test_list_inspect_path_tag_rm(store: Layout, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_inspect_path_tag_rm(
+    store: Layout, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     digest = add_model(store, "docker.io/ai/smollm2:135M-Q4_1", [b"GGUF one", b"GGUF two"])
     add_model(store, "docker.io/ai/other:latest", [b"GGUF one", b"GGUF other"], quant="Q8_0")
 
