@@ -34,10 +34,11 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import auth, models, publish, pull, run
+    from modelctl.cli import auth, fit, models, publish, pull, run
 
     pull.register(app)
     run.register(app)
+    fit.register(app)
     models.register(app)
     publish.register(app)
     auth.register(app)

@@ -95,6 +95,8 @@ def _pull_one(config: Config, client: RegistryClient, store: Layout, ref: Refere
         blobs = list(_unique(manifest.layers))
         work = transfer.plan(blobs, store, ingest_dir=config.ingest_dir)
         reporter.resolved(ref, model, work.bytes_to_fetch)
+        if work.missing:
+            _warn_if_too_big(client, ref, model, reporter)
         transfer.check_space(work, config.home)
         _download_all(config, client, store, ref, work.missing, reporter)
         store.write_blob(config_bytes, manifest.config.digest)
@@ -112,6 +114,23 @@ def _pull_one(config: Config, client: RegistryClient, store: Layout, ref: Refere
     files = local.materialise(config, store, entry)
     size = sum(layer.size for layer in manifest.layers) + manifest.config.size + len(manifest.raw)
     return PullResult(reference=name, digest=manifest.digest, size=size, files=tuple(files), fetched=fetched)
+
+
+def _warn_if_too_big(client: RegistryClient, ref: Reference, model: artifact.Model, reporter: Reporter) -> None:
+    """The fit check, before the download, from the GGUF headers alone. It warns and never refuses: the model
+    may be meant for another machine. A header it cannot read is not this command's problem."""
+    from modelctl.errors import ModelctlError
+    from modelctl.fit.settings import RunSettings
+    from modelctl.services.fit_ref import remote_report
+
+    if not model.gguf:
+        return
+    try:
+        report = remote_report(client, ref, model, RunSettings())
+    except ModelctlError:
+        return
+    if report.verdict == "does_not_fit":
+        reporter.warning(f"{ref.short} will not fit in this machine's memory: {report.suggestion}")
 
 
 def _download_all(

@@ -1,0 +1,77 @@
+"""fit for a reference: from the local files when the model is present, else from the registry by Range reads of
+the GGUF headers only (no weights downloaded). Also the pre-download warning of ``pull``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from modelctl import reference
+from modelctl.config import Config
+from modelctl.errors import NotFound, UsageError
+from modelctl.reference import Reference
+from modelctl.services import local
+
+if TYPE_CHECKING:
+    from modelctl.artifact import Model
+    from modelctl.fit.settings import RunSettings
+    from modelctl.oci.client import RegistryClient
+    from modelctl.services.fit import FitReport
+
+
+def fit_reference(config: Config, text: str, settings: RunSettings, *, remote: bool = False) -> FitReport:
+    from modelctl.services.fit import fit_local
+
+    ref = reference.parse(text)
+    if not remote:
+        store = local.layout(config)
+        try:
+            entry = local.resolve(store, text)
+        except NotFound:
+            pass
+        else:
+            paths = local.materialise(config, store, entry)
+            if not paths:
+                raise UsageError(f"{entry.name} has no GGUF file", hint="the fit check reads GGUF models only")
+            report = fit_local(paths, settings)
+            return _named(report, entry.name)
+    from modelctl.oci.client import RegistryClient
+    from modelctl.services.pull import resolve_remote
+
+    with RegistryClient(config) as client:
+        _, _, model = resolve_remote(client, ref)
+        return remote_report(client, ref, model, settings)
+
+
+def remote_report(client: RegistryClient, ref: Reference, model: Model, settings: RunSettings) -> FitReport:
+    """Fit from the registry: Range reads of each GGUF shard's header."""
+    from modelctl.services.fit import fit_remote
+
+    if not model.gguf:
+        raise UsageError(f"{ref} has no GGUF layer", hint="the fit check reads GGUF models only")
+
+    def fetch(digest: str, start: int, end: int) -> bytes:
+        want = end - start + 1
+        with client.open_blob(ref, digest, start=start, end=end) as reader:
+            skip = start - reader.offset  # a server that ignores Range sends from byte 0: skip, and stop early
+            pieces: list[bytes] = []
+            have = 0
+            for chunk in reader.iter_chunks():
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                pieces.append(chunk)
+                have += len(chunk)
+                if have >= want:
+                    break
+        return b"".join(pieces)[:want]
+
+    report = fit_remote(fetch, [(d.digest, d.size) for d in model.gguf], settings)
+    return _named(report, str(ref))
+
+
+def _named(report: FitReport, name: str) -> FitReport:
+    import dataclasses
+
+    if dataclasses.is_dataclass(report) and hasattr(report, "reference"):
+        return dataclasses.replace(report, reference=name)
+    return report
