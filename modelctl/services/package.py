@@ -173,9 +173,9 @@ def _size_text(n: int) -> str:
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:
     """GGUF metadata as Docker writes it (strings; long arrays left out) plus a summary for the config fields."""
-    from modelctl import gguf
+    from modelctl.gguf import FileSource, read_header
 
-    header = gguf.read_header(gguf.FileSource(path))
+    header = read_header(FileSource(path))
     out: dict[str, Any] = {}
     for key, value in header.metadata.items():
         if isinstance(value, list | tuple):
