@@ -60,7 +60,9 @@ def manifest_rate(host: str, requests: int, work: Path) -> float:
         "".join(f'url = "http://{host}/v2/ai/big/manifests/2g"\noutput = "/dev/null"\n' for _ in range(requests))
     )
     start = time.perf_counter()
-    subprocess.run(["curl", "-sSf", "--no-progress-meter", "-H", accept, "-Z", "--parallel-max", "16", "-K", str(urls)], check=True)
+    subprocess.run(
+        ["curl", "-sSf", "--no-progress-meter", "-H", accept, "-Z", "--parallel-max", "16", "-K", str(urls)], check=True
+    )
     return requests / (time.perf_counter() - start)
 
 
