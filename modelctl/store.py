@@ -330,6 +330,22 @@ class Layout:
                         hint=f"run: modelctl pull {name}",
                     )
 
+    def referrers(self, digest: str) -> list[Descriptor]:
+        """Stored manifests whose ``subject`` is ``digest`` (e.g. a model card attached by ``package --card``)."""
+        _digest.check(digest)
+        out = []
+        for child, (_, subject) in self._manifest_graph().items():
+            if subject == digest:
+                raw = self.blob_path(child).read_bytes()
+                doc = descriptor.parse(raw)
+                if isinstance(doc, Manifest):
+                    out.append(
+                        Descriptor(
+                            media_type=doc.media_type, digest=child, size=len(raw), artifact_type=doc.artifact_type
+                        )
+                    )
+        return out
+
     def _roots(self) -> list[str]:
         """Digests of every index entry, tagged or not (entries written by other tools count too)."""
         items = self._load_index()["manifests"]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from modelctl import reference
 from modelctl.config import Config
-from modelctl.oci.descriptor import Descriptor
+from modelctl.oci import descriptor
+from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
 from modelctl.services import local
 from modelctl.store import Layout
@@ -62,6 +63,13 @@ def push(
         with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
             list(pool.map(one, blobs))
         digest = client.put_manifest(ref, entry.manifest.raw, entry.manifest.media_type)
+        for referrer in store.referrers(entry.manifest.digest):  # the model card travels with the model
+            raw = store.read_blob(referrer.digest, max_size=4 << 20)
+            attached = descriptor.parse(raw, referrer.media_type)
+            if isinstance(attached, Manifest):
+                with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
+                    list(pool.map(one, [attached.config, *_unique(attached.layers)]))
+                client.put_manifest(Reference(ref.registry, ref.repository, None, referrer.digest), raw, referrer.media_type)
     return PushResult(reference=str(ref), digest=digest, **counts)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 
@@ -67,7 +68,7 @@ def modelctl(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[
     )
 
 
-def test_package_push_pull_lock(ours: Served, tmp_path: Path, smollm2_gguf: Path) -> None:
+def test_package_push_pull_lock(ours: Served, tmp_path: Path, smollm2_gguf: Path, repo_root: Path) -> None:
     publisher, user = tmp_path / "publisher", tmp_path / "user"
     name = f"{ours.host}/ai/smollm2"
     made = modelctl(
@@ -78,6 +79,8 @@ def test_package_push_pull_lock(ours: Served, tmp_path: Path, smollm2_gguf: Path
         "8192",
         "--created",
         "2025-01-01T00:00:00Z",
+        "--card",
+        str(repo_root / "cards" / "ai" / "smollm2.md"),
         f"{name}:135M-Q4_1",
         f"{name}:latest",
         home=publisher,
@@ -104,6 +107,8 @@ def test_package_push_pull_lock(ours: Served, tmp_path: Path, smollm2_gguf: Path
 
     pushed = modelctl("push", f"{name}:135M-Q4_1", home=publisher)
     assert pushed.returncode == 0, pushed.stderr
+    referrers = httpx.get(f"http://{ours.host}/v2/ai/smollm2/referrers/{digest.group(0)}").json()["manifests"]
+    assert [r["artifactType"] for r in referrers] == ["application/vnd.modelctl.card.v1"], "the card travels along"
     second = modelctl("push", f"{name}:latest", home=publisher)
     assert "uploaded 0" in second.stdout, "blobs already there are skipped"
 
