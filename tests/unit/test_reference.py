@@ -41,6 +41,12 @@ def test_normalises(text: str, expected: str) -> None:
     assert str(parse(text)) == expected
 
 
+def test_dotted_first_component_is_a_host() -> None:
+    assert parse("my.registry/x").registry == "my.registry"
+    with pytest.raises(InvalidReference, match="bad registry host"):
+        parse("0_0.0/0")
+
+
 def test_parts() -> None:
     ref = parse("127.0.0.1:5000/ai/smollm2:135M-Q4_1")
     assert ref == Reference("127.0.0.1:5000", "ai/smollm2", "135M-Q4_1", None)
@@ -96,6 +102,8 @@ _digest = st.from_regex(r"sha256:[a-f0-9]{64}", fullmatch=True)
 def test_normalising_is_idempotent_and_round_trips(
     host: str, path: list[str], tag: str | None, digest: str | None, upper: bool
 ) -> None:
+    if not host and "." in path[0]:
+        host = "docker.io/"  # without a host, a first component with a dot *is* the host (Docker's rule)
     text = host + "/".join(p.upper() if upper else p for p in path)
     if tag:
         text += ":" + tag
