@@ -50,14 +50,20 @@ def push(ref: str = typer.Argument(..., metavar="REF")) -> None:
     _push_one(ref)
 
 
-def _push_one(ref: str) -> None:
+def _push_one(ref: str, *, quiet: bool = False) -> None:
+    from modelctl.cli.progress import reporter
     from modelctl.services.push import push as do_push
 
-    def note(desc: object, outcome: str) -> None:
-        digest = getattr(desc, "digest", "")
-        print(f"  {digest[7:19]}: {outcome}", file=sys.stderr)
+    out = reporter(quiet=quiet)
 
-    result = do_push(settings(), ref, on_blob=note)
+    def note(desc: object, outcome: str) -> None:
+        if outcome != "uploaded" and not quiet:
+            print(f"  {getattr(desc, 'digest', '')[7:19]}: {outcome}", file=sys.stderr)
+
+    try:
+        result = do_push(settings(), ref, on_blob=note, progress=out.progress)
+    finally:
+        out.close()
     print(
         f"pushed {result.reference} {result.digest} "
         f"(uploaded {result.uploaded}, mounted {result.mounted}, already there {result.skipped})"

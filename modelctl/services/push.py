@@ -4,9 +4,11 @@ holds a manifest whose blobs are missing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from modelctl import reference
 from modelctl.config import Config
@@ -15,10 +17,12 @@ from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
 from modelctl.services import local
 from modelctl.store import Layout
+from modelctl.transfer import Progress
 
 CHUNKED_ABOVE = 256 << 20
 CHUNK_SIZE = 64 << 20
 PARALLEL_BLOBS = 3
+READ_SIZE = 8 << 20
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -36,6 +40,7 @@ def push(
     *,
     target: str | None = None,
     on_blob: Callable[[Descriptor, str], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> PushResult:
     """Push local model ``text`` (to ``target`` when given, else to the registry its name says)."""
     from modelctl.oci.client import RegistryClient
@@ -54,7 +59,8 @@ def push(
                 outcome = "mounted"
             else:
                 chunk = CHUNK_SIZE if desc.size > CHUNKED_ABOVE else None
-                client.upload_blob(ref, desc.digest, desc.size, store.blob_path(desc.digest), chunk_size=chunk)
+                source = _reading(store.blob_path(desc.digest), desc, progress)
+                client.upload_blob(ref, desc.digest, desc.size, source, chunk_size=chunk)
                 outcome = "uploaded"
             counts[outcome] += 1
             if on_blob:
@@ -69,8 +75,24 @@ def push(
             if isinstance(attached, Manifest):
                 with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
                     list(pool.map(one, [attached.config, *_unique(attached.layers)]))
-                client.put_manifest(Reference(ref.registry, ref.repository, None, referrer.digest), raw, referrer.media_type)
+                client.put_manifest(
+                    Reference(ref.registry, ref.repository, None, referrer.digest), raw, referrer.media_type
+                )
     return PushResult(reference=str(ref), digest=digest, **counts)
+
+
+def _reading(path: Path, desc: Descriptor, progress: Callable[[Progress], None] | None) -> Iterator[bytes]:
+    """The blob's bytes in 8 MiB pieces, reporting progress the way pull does (same renderers in the CLI)."""
+    done = 0
+    last = 0.0
+    with path.open("rb") as f:
+        while piece := f.read(READ_SIZE):
+            done += len(piece)
+            now = time.monotonic()
+            if progress and (now - last > 0.1 or done == desc.size):
+                last = now
+                progress(Progress(desc.digest, desc.size, done, done))
+            yield piece
 
 
 def _mount_sources(store: Layout, ref: Reference, digest: str) -> list[str]:
