@@ -1,0 +1,314 @@
+"""`modelctl pull` end to end against Debian's docker-registry (distribution 2.8), through a byte-counting proxy.
+
+Real server, real CLI processes: resume after kill -9, two concurrent pulls, auth, error exit codes, mirrors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    host: str
+    proc: subprocess.Popen[bytes]
+    auth: tuple[str, str] | None = None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def docker_registry(tmp: Path, *, htpasswd: tuple[str, str] | None = None) -> Iterator[Registry]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = (
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp / 'data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    if htpasswd:
+        hashed = bcrypt.hashpw(htpasswd[1].encode(), bcrypt.gensalt(rounds=4)).decode()
+        (tmp / "htpasswd").write_text(f"{htpasswd[0]}:{hashed}\n")
+        config += f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp / 'htpasswd'}\n"
+    (tmp / "config.yml").write_text(config)
+    proc = subprocess.Popen(["docker-registry", "serve", str(tmp / "config.yml")], stderr=subprocess.DEVNULL)
+    reg = Registry(f"127.0.0.1:{port}", proc, htpasswd)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://{reg.host}/v2/", timeout=1).status_code in (200, 401):
+                    break
+            time.sleep(0.05)
+        yield reg
+    finally:
+        reg.stop()
+
+
+def push(reg: Registry, repo: str, tag: str, layers: list[bytes]) -> str:
+    """Push a Docker model-spec v0.1 artifact over plain HTTP (independent of modelctl's client)."""
+    client = httpx.Client(base_url=f"http://{reg.host}", auth=reg.auth, timeout=120)
+
+    def blob(data: bytes) -> dict[str, object]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        start = client.post(f"/v2/{repo}/blobs/uploads/")
+        assert start.status_code == 202, start.text
+        loc = httpx.URL(start.headers["Location"])
+        done = client.put(str(loc.copy_merge_params({"digest": digest})), content=data)
+        assert done.status_code == 201, done.text
+        return {"digest": digest, "size": len(data)}
+
+    descs = [{"mediaType": "application/vnd.docker.ai.gguf.v3", **blob(data)} for data in layers]
+    config = json.dumps(
+        {
+            "config": {"format": "gguf", "quantization": "Q4_1", "parameters": "135M", "architecture": "llama"},
+            "descriptor": {"created": "2025-01-01T00:00:00Z"},
+            "rootfs": {"type": "rootfs", "diff_ids": [d["digest"] for d in descs]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.docker.ai.model.config.v0.1+json", **blob(config)},
+            "layers": descs,
+        }
+    ).encode()
+    put = client.put(f"/v2/{repo}/manifests/{tag}", content=manifest, headers={"Content-Type": MANIFEST})
+    assert put.status_code == 201, put.text
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+@dataclass
+class Proxy:
+    """A reverse proxy in front of a registry: counts blob bytes served, can fail or slow down on demand."""
+
+    upstream: str
+    port: int = field(default_factory=free_port)
+    blob_bytes: int = 0
+    fail_with: int | None = None
+    delay_per_mib: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                if proxy.fail_with:
+                    body = b'{"errors":[{"code":"UNKNOWN","message":"injected"}]}'
+                    self.send_response(proxy.fail_with)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, headers=headers)
+                resp = conn.getresponse()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.end_headers()
+                is_blob = "/blobs/" in self.path and self.command == "GET"
+                try:
+                    while chunk := resp.read(1 << 20):
+                        self.wfile.write(chunk)
+                        if is_blob:
+                            with proxy.lock:
+                                proxy.blob_bytes += len(chunk)
+                            if proxy.delay_per_mib:
+                                time.sleep(proxy.delay_per_mib * len(chunk) / (1 << 20))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                conn.close()
+
+        return Handler
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Proxy]:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def modelctl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelctl", *args],
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> None:
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith("modelctl: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def home() -> Path:
+    return Path(os.environ["MODELCTL_HOME"])
+
+
+def store_is_consistent() -> None:
+    store = home() / "store"
+    json.loads((store / "index.json").read_text())
+    for blob in (store / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, f"{blob} is not what its name says"
+
+
+def test_pull_smollm2_then_offline(tmp_path: Path, smollm2_gguf: Path) -> None:
+    data = smollm2_gguf.read_bytes()
+    with docker_registry(tmp_path / "reg") as reg, Proxy(reg.host).running() as proxy:
+        digest = push(reg, "ai/smollm2", "135M-Q4_1", [data])
+        ref = f"{proxy.host}/ai/smollm2:135M-Q4_1"
+        first = modelctl("pull", "--json", ref)
+        assert first.returncode == 0, first.stderr
+        doc = json.loads(first.stdout)["models"][0]
+        assert doc["digest"] == digest and doc["reference"] == ref
+        assert hashlib.sha256(Path(doc["files"][0]).read_bytes()).digest() == hashlib.sha256(data).digest()
+        raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", f"oci:{home() / 'store'}:{ref}"], capture_output=True, check=True
+        ).stdout
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+        listed = json.loads(modelctl("list", "--json").stdout)
+        assert [m["quantization"] for m in listed] == ["Q4_1"]
+        before = proxy.blob_bytes
+        assert modelctl("pull", "-q", ref).stdout.strip() == digest
+        assert proxy.blob_bytes - before < 4096, "a second pull fetches no layer again"
+    # registry and proxy are gone: a present model is used without any network
+    offline = modelctl("path", ref)
+    assert offline.returncode == 0 and Path(offline.stdout.strip()).is_file()
+
+
+def test_kill_9_then_resume_fetches_little_twice(tmp_path: Path) -> None:
+    size = 256 << 20
+    block = os.urandom(1 << 20)
+    data = b"GGUF" + b"".join(i.to_bytes(4, "little") + block[4:] for i in range(size >> 20))[4:]
+    with docker_registry(tmp_path / "reg") as reg, Proxy(reg.host, delay_per_mib=0.02).running() as proxy:
+        push(reg, "ai/big", "1", [data])
+        ref = f"{proxy.host}/ai/big:1"
+        env = dict(os.environ, MODELCTL_PARTS="4")
+        proc = subprocess.Popen([sys.executable, "-m", "modelctl", "pull", "-q", ref], env=env, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        progressed = 0
+        while time.monotonic() < deadline and progressed < size * 0.3:
+            for state in (home() / "ingest").glob("*/state.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    progressed = sum(p[2] for p in json.loads(state.read_text())["parts"])
+            time.sleep(0.05)
+        assert progressed >= size * 0.3, "the pull never got going"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        index = json.loads((home() / "store" / "index.json").read_text())
+        assert index["manifests"] == []
+        store_is_consistent()
+        proxy.delay_per_mib = 0.0
+        resumed = modelctl("pull", "-q", ref, MODELCTL_PARTS="4")
+        assert resumed.returncode == 0, resumed.stderr
+        assert proxy.blob_bytes < 1.5 * size, f"fetched {proxy.blob_bytes / size:.2f}x the blob"
+        store_is_consistent()
+
+
+def test_two_concurrent_pulls_fetch_once(tmp_path: Path) -> None:
+    data = b"GGUF" + os.urandom(64 << 20)
+    with docker_registry(tmp_path / "reg") as reg, Proxy(reg.host).running() as proxy:
+        push(reg, "ai/pair", "1", [data])
+        ref = f"{proxy.host}/ai/pair:1"
+        procs = [subprocess.Popen([sys.executable, "-m", "modelctl", "pull", "-q", ref]) for _ in range(2)]
+        assert [p.wait(120) for p in procs] == [0, 0]
+        assert proxy.blob_bytes < 1.3 * len(data)
+        store_is_consistent()
+
+
+def test_credentials_from_docker_config_and_wrong_password(tmp_path: Path) -> None:
+    with docker_registry(tmp_path / "reg", htpasswd=("alice", "s3cret-pw")) as reg:
+        push(reg, "ai/private", "1", [b"GGUF private"])
+        ref = f"{reg.host}/ai/private:1"
+        config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps({"auths": {reg.host: {"auth": "YWxpY2U6d3Jvbmc="}}}))  # alice:wrong
+        denied = modelctl("pull", ref)
+        one_line_error(denied, 4)
+        assert "wrong" not in denied.stderr
+        login = subprocess.run(
+            [sys.executable, "-m", "modelctl", "login", reg.host, "-u", "alice", "--password-stdin"],
+            input="s3cret-pw\n",
+            capture_output=True,
+            text=True,
+        )
+        assert login.returncode == 0, login.stderr
+        assert "s3cret-pw" not in login.stderr + login.stdout
+        assert modelctl("pull", ref).returncode == 0
+
+
+def test_error_exit_codes(tmp_path: Path) -> None:
+    with docker_registry(tmp_path / "reg") as reg, Proxy(reg.host).running() as proxy:
+        one_line_error(modelctl("pull", f"{proxy.host}/ai/absent:1"), 3)
+        proxy.fail_with = 500
+        one_line_error(modelctl("pull", f"{proxy.host}/ai/absent:1", MODELCTL_RETRIES="1"), 7)
+    one_line_error(modelctl("pull", f"127.0.0.1:{free_port()}/ai/x:1", MODELCTL_RETRIES="0"), 7)
+
+
+def test_mirror_serves_docker_hub_names(tmp_path: Path) -> None:
+    with docker_registry(tmp_path / "reg") as reg:
+        digest = push(reg, "ai/smollm2", "135M-Q4_1", [b"GGUF mirrored"])
+        result = modelctl("pull", "-q", "ai/smollm2:135M-Q4_1", MODELCTL_MIRRORS=f"docker.io=http://{reg.host}")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == digest
+        listed = json.loads(modelctl("list", "--json").stdout)
+        assert listed[0]["reference"] == "docker.io/ai/smollm2:135M-Q4_1"
+
+
+@pytest.mark.parametrize("bad", ["ai/x:-bad", "https://x/y"])
+def test_invalid_reference(bad: str) -> None:
+    one_line_error(modelctl("pull", bad), 2)
