@@ -73,8 +73,22 @@ def docker_registry(tmp: Path, *, htpasswd: tuple[str, str] | None = None) -> It
         reg.stop()
 
 
-def push(reg: Registry, repo: str, tag: str, layers: list[bytes]) -> str:
-    """Push a Docker model-spec v0.1 artifact over plain HTTP (independent of modelctl's client)."""
+def push(
+    reg: Registry,
+    repo: str,
+    tag: str,
+    layers: list[bytes],
+    *,
+    layer_type: str = "application/vnd.docker.ai.gguf.v3",
+    config_type: str = "application/vnd.docker.ai.model.config.v0.1+json",
+    config_doc: dict[str, object] | None = None,
+    manifest_type: str = MANIFEST,
+    artifact_type: str | None = None,
+    extra: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
+    annotate: bool = False,
+    names: list[str] | None = None,
+) -> str:
+    """Push a model artifact over plain HTTP (independent of modelctl's client); Docker v0.1 by default."""
     client = httpx.Client(base_url=f"http://{reg.host}", auth=reg.auth, timeout=120)
 
     def blob(data: bytes) -> dict[str, object]:
@@ -86,23 +100,30 @@ def push(reg: Registry, repo: str, tag: str, layers: list[bytes]) -> str:
         assert done.status_code == 201, done.text
         return {"digest": digest, "size": len(data)}
 
-    descs = [{"mediaType": "application/vnd.docker.ai.gguf.v3", **blob(data)} for data in layers]
-    config = json.dumps(
-        {
-            "config": {"format": "gguf", "quantization": "Q4_1", "parameters": "135M", "architecture": "llama"},
-            "descriptor": {"created": "2025-01-01T00:00:00Z"},
-            "rootfs": {"type": "rootfs", "diff_ids": [d["digest"] for d in descs]},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST,
-            "config": {"mediaType": "application/vnd.docker.ai.model.config.v0.1+json", **blob(config)},
-            "layers": descs,
-        }
-    ).encode()
-    put = client.put(f"/v2/{repo}/manifests/{tag}", content=manifest, headers={"Content-Type": MANIFEST})
+    descs: list[dict[str, object]] = []
+    for i, data in enumerate(layers, start=1):
+        desc: dict[str, object] = {"mediaType": layer_type, **blob(data)}
+        if annotate or names:
+            name = names[i - 1] if names else f"model-{i:05d}-of-{len(layers):05d}.gguf"
+            desc["annotations"] = {"org.cncf.model.filepath": name}
+        descs.append(desc)
+    descs += [{"mediaType": kind, **blob(data)} for kind, data in extra]
+    doc = config_doc or {
+        "config": {"format": "gguf", "quantization": "Q4_1", "parameters": "135M", "architecture": "llama"},
+        "descriptor": {"created": "2025-01-01T00:00:00Z"},
+        "rootfs": {"type": "rootfs", "diff_ids": [d["digest"] for d in descs]},
+    }
+    config = json.dumps(doc).encode()
+    body: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, **blob(config)},
+        "layers": descs,
+    }
+    if artifact_type:
+        body["artifactType"] = artifact_type
+    manifest = json.dumps(body).encode()
+    put = client.put(f"/v2/{repo}/manifests/{tag}", content=manifest, headers={"Content-Type": manifest_type})
     assert put.status_code == 201, put.text
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
@@ -307,6 +328,54 @@ def test_mirror_serves_docker_hub_names(tmp_path: Path) -> None:
         assert result.stdout.strip() == digest
         listed = json.loads(modelctl("list", "--json").stdout)
         assert listed[0]["reference"] == "docker.io/ai/smollm2:135M-Q4_1"
+
+
+def test_sharded_modelpack_and_ollama_artifacts(tmp_path: Path) -> None:
+    shards = [b"GGUF shard %d" % i for i in range(3)]
+    with docker_registry(tmp_path / "reg") as reg:
+        order = [2, 0, 1]  # layers out of shard order; the file names carry the shard numbers
+        names = [f"m-{i + 1:05d}-of-00003.gguf" for i in order]
+        push(reg, "ai/sharded", "1", [shards[i] for i in order], names=names)
+        push(
+            reg,
+            "ai/pack",
+            "1",
+            [b"GGUF packed"],
+            layer_type="application/vnd.cncf.model.weight.v1.raw",
+            config_type="application/vnd.cncf.model.config.v1+json",
+            artifact_type="application/vnd.cncf.model.manifest.v1+json",
+            config_doc={
+                "descriptor": {"createdAt": "2025-01-01T00:00:00Z"},
+                "config": {"format": "gguf", "paramSize": "135M", "quantization": "Q4_1", "architecture": "llama"},
+                "modelfs": {"type": "layers", "diffIds": []},
+            },
+            annotate=True,
+        )
+        push(
+            reg,
+            "library/olla",
+            "1",
+            [b"GGUF ollama"],
+            layer_type="application/vnd.ollama.image.model",
+            config_type="application/vnd.docker.container.image.v1+json",
+            manifest_type="application/vnd.docker.distribution.manifest.v2+json",
+            config_doc={"model_format": "gguf", "model_family": "llama", "model_type": "8.0B", "file_type": "Q4_0"},
+            extra=[("application/vnd.ollama.image.template", b"{{ .Prompt }}")],
+        )
+        result = modelctl(
+            "pull", "--json", f"{reg.host}/ai/sharded:1", f"{reg.host}/ai/pack:1", f"{reg.host}/library/olla:1"
+        )
+        assert result.returncode == 0, result.stderr
+    models = json.loads(result.stdout)["models"]
+    files = [Path(f) for f in models[0]["files"]]
+    assert [f.name for f in files] == [f"model-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    # shard order comes from the shard numbers in the file names, not from the layer order
+    assert [f.read_bytes() for f in files] == shards
+    assert Path(models[1]["files"][0]).read_bytes() == b"GGUF packed"
+    assert Path(models[2]["files"][0]).read_bytes() == b"GGUF ollama"
+    listed = {m["reference"].split("/", 1)[1]: m for m in json.loads(modelctl("list", "--json").stdout)}
+    assert listed["library/olla:1"]["quantization"] == "Q4_0" and listed["library/olla:1"]["format"] == "ollama"
+    assert listed["ai/pack:1"]["format"] == "modelpack"
 
 
 @pytest.mark.parametrize("bad", ["ai/x:-bad", "https://x/y"])
