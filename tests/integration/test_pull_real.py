@@ -24,6 +24,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
+from token_auth import ISSUER, SERVICE, TokenServer
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -47,7 +48,9 @@ class Registry:
 
 
 @contextlib.contextmanager
-def docker_registry(tmp: Path, *, htpasswd: tuple[str, str] | None = None) -> Iterator[Registry]:
+def docker_registry(
+    tmp: Path, *, htpasswd: tuple[str, str] | None = None, token: TokenServer | None = None
+) -> Iterator[Registry]:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = (
@@ -59,6 +62,11 @@ def docker_registry(tmp: Path, *, htpasswd: tuple[str, str] | None = None) -> It
         hashed = bcrypt.hashpw(htpasswd[1].encode(), bcrypt.gensalt(rounds=4)).decode()
         (tmp / "htpasswd").write_text(f"{htpasswd[0]}:{hashed}\n")
         config += f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp / 'htpasswd'}\n"
+    if token:
+        config += (
+            f"auth:\n  token:\n    realm: {token.realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n"
+            f"    rootcertbundle: {token.cert_path}\n"
+        )
     (tmp / "config.yml").write_text(config)
     proc = subprocess.Popen(["docker-registry", "serve", str(tmp / "config.yml")], stderr=subprocess.DEVNULL)
     reg = Registry(f"127.0.0.1:{port}", proc, htpasswd)
@@ -310,6 +318,54 @@ def test_credentials_from_docker_config_and_wrong_password(tmp_path: Path) -> No
         assert login.returncode == 0, login.stderr
         assert "s3cret-pw" not in login.stderr + login.stdout
         assert modelctl("pull", ref).returncode == 0
+
+
+def test_token_auth_with_cached_tokens(tmp_path: Path) -> None:
+    token = TokenServer(tmp_path / "signer.pem", {"bob": "pw"}, free_port())
+    server = token.serve()
+    try:
+        with docker_registry(tmp_path / "reg", token=token) as reg:
+            client = httpx.Client(timeout=30)
+            scope = "repository:ai/tok:pull,push"
+            bearer = client.get(token.realm, params={"service": SERVICE, "scope": scope}, auth=("bob", "pw")).json()
+            reg.auth = None
+            headers = {"Authorization": f"Bearer {bearer['token']}"}
+            push_with_headers = httpx.Client(base_url=f"http://{reg.host}", headers=headers, timeout=60)
+            data = b"GGUF token"
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            start = push_with_headers.post("/v2/ai/tok/blobs/uploads/")
+            assert start.status_code == 202, start.text
+            loc = httpx.URL(start.headers["Location"]).copy_merge_params({"digest": digest})
+            assert push_with_headers.put(str(loc), content=data).status_code == 201
+            config = b'{"config":{"format":"gguf"},"rootfs":{"type":"rootfs","diff_ids":[]}}'
+            cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
+            start = push_with_headers.post("/v2/ai/tok/blobs/uploads/")
+            loc = httpx.URL(start.headers["Location"]).copy_merge_params({"digest": cdigest})
+            assert push_with_headers.put(str(loc), content=config).status_code == 201
+            manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": MANIFEST,
+                    "config": {
+                        "mediaType": "application/vnd.docker.ai.model.config.v0.1+json",
+                        "digest": cdigest,
+                        "size": len(config),
+                    },
+                    "layers": [{"mediaType": "application/vnd.docker.ai.gguf.v3", "digest": digest, "size": len(data)}],
+                }
+            ).encode()
+            put = push_with_headers.put("/v2/ai/tok/manifests/1", content=manifest, headers={"Content-Type": MANIFEST})
+            assert put.status_code == 201, put.text
+            before = token.requests
+            anonymous = modelctl("pull", f"{reg.host}/ai/tok:1")
+            assert anonymous.returncode == 0, anonymous.stderr  # our token server grants anonymous pulls
+            assert token.requests - before <= 2, "one token per scope, reused for manifest, config and blobs"
+            config_json = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+            config_json.parent.mkdir(parents=True, exist_ok=True)
+            config_json.write_text(json.dumps({"auths": {reg.host: {"auth": "Ym9iOm5vcGU="}}}))  # bob:nope
+            one_line_error(modelctl("pull", f"{reg.host}/ai/tok:1"), 4)
+    finally:
+        server.shutdown()
 
 
 def test_error_exit_codes(tmp_path: Path) -> None:
