@@ -97,7 +97,9 @@ def download(
             job = _Job(desc, source, ingest_dir / hex_digest, 1, single, stall_timeout, retries, progress, sleep)
             job.reset()
             job.run()
-        return sink.commit_blob(job.data_path, desc.digest)
+        committed = sink.commit_blob(job.data_path, desc.digest)
+        job.reset()  # the data moved into the store; drop the now stale state.json with its directory
+        return committed
 
 
 class _Job:

@@ -48,7 +48,7 @@ def load(directory: Path, digest: str, size: int) -> list[Part] | None:
     """The saved parts, or None when there is no usable state (absent, corrupt, or for another blob/size)."""
     try:
         doc = json.loads((directory / STATE_FILE).read_text())
-        if doc.get("digest") != digest or doc.get("size") != size:
+        if not isinstance(doc, dict) or doc.get("digest") != digest or doc.get("size") != size:
             return None
         parts = [Part(int(s), int(e), int(d)) for s, e, d in doc["parts"]]
     except (OSError, ValueError, KeyError, TypeError):
