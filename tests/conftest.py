@@ -1,4 +1,8 @@
-"""Hermetic tests: every test gets its own MODELCTL_HOME and DOCKER_CONFIG, and no stray proxy or modelctl setting."""
+"""Hermetic tests: every test gets its own MODELCTL_HOME and DOCKER_CONFIG, and no stray proxy or modelctl setting.
+
+``tests/`` is on ``sys.path`` (pytest imports this rootdir-less conftest with the default "prepend" mode), so
+every test module can ``from helpers.<module> import ...``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from modelctl.config import ENV_VARS
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct-Q4_1.gguf"
 _CLEARED = (
-    *ENV_VARS,
     "HF_TOKEN",
     "HF_ENDPOINT",
     "HTTPS_PROXY",
@@ -25,12 +26,15 @@ _CLEARED = (
     "all_proxy",
     "no_proxy",
     "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 )
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in _CLEARED:
+    """MODELCTL_HOME=tmp_path/home, DOCKER_CONFIG=tmp_path/docker; every other MODELCTL_* and the HF, proxy and
+    CA variables unset (monkeypatch restores them after the test)."""
+    for name in [*_CLEARED, *(k for k in os.environ if k.startswith("MODELCTL_"))]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MODELCTL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
@@ -44,10 +48,16 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    if not SMOLLM2.is_file():
-        pytest.fail(f"{SMOLLM2} is missing: run `make setup` (make test does it) to fetch SmolLM2-135M-Instruct")
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF (98 MB) that ``make setup`` caches; a failure, not a skip."""
+    if not SMOLLM2.is_file() or SMOLLM2.stat().st_size < 1 << 20:
+        pytest.fail(
+            f"{SMOLLM2.relative_to(REPO_ROOT)} is missing: run make setup (make test does it) to fetch "
+            "SmolLM2-135M-Instruct",
+            pytrace=False,
+        )
     return SMOLLM2
 
 
 def home() -> Path:
+    """The current test's MODELCTL_HOME."""
     return Path(os.environ["MODELCTL_HOME"])
