@@ -76,12 +76,20 @@ def pull(config: Config, refs: Sequence[Reference], reporter: Reporter) -> list[
         return [_pull_one(config, client, store, ref, reporter) for ref in refs]
 
 
-def resolve_remote(client: RegistryClient, ref: Reference) -> tuple[Manifest, bytes, artifact.Model]:
-    """Fetch the manifest (choosing a model manifest inside an index) and config; no blob download."""
+def resolve_remote(
+    client: RegistryClient, ref: Reference, store: Layout | None = None
+) -> tuple[Manifest, bytes, artifact.Model]:
+    """Fetch the manifest (choosing a model manifest inside an index) and config; no blob download.
+
+    A config already in ``store`` is read from there (it was verified when it entered), not fetched again.
+    """
     doc, _ = client.get_manifest(ref)
     if isinstance(doc, Index):
         doc = _pick_from_index(client, ref, doc)
-    config_bytes = client.get_blob(ref, doc.config.digest)
+    if store is not None and store.has_blob(doc.config.digest, doc.config.size):
+        config_bytes = store.read_blob(doc.config.digest)
+    else:
+        config_bytes = client.get_blob(ref, doc.config.digest)
     return doc, config_bytes, artifact.from_manifest(doc, config_bytes)
 
 
@@ -91,7 +99,7 @@ def _pull_one(config: Config, client: RegistryClient, store: Layout, ref: Refere
         model = artifact.from_manifest(manifest, store.read_blob(manifest.config.digest))
         fetched = 0
     else:
-        manifest, config_bytes, model = resolve_remote(client, ref)
+        manifest, config_bytes, model = resolve_remote(client, ref, store)
         blobs = list(_unique(manifest.layers))
         work = transfer.plan(blobs, store, ingest_dir=config.ingest_dir)
         reporter.resolved(ref, model, work.bytes_to_fetch)
