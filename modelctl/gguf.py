@@ -1,168 +1,179 @@
-"""A bounded GGUF header reader (metadata and tensor infos) over a local file or ranged HTTP reads.
+"""A bounded GGUF header reader: metadata and tensor infos from a local file or from ranged reads of a blob.
 
-Every count and length comes from the file and may be hostile: each is checked against limits and against the
-bytes that remain, large arrays (tokenizer tokens, merges, scores) are skipped and only counted, and any problem
-raises :class:`GGUFError` with one clear line. Memory stays bounded whatever the input.
+Every count and length in a GGUF header comes from the file and may be hostile. Each one is checked against a
+limit and against the bytes that remain before anything is allocated; large arrays (tokenizer tokens, merges,
+scores) are skipped and only counted unless the caller asks for them; the header may not be larger than
+``MAX_HEADER``. Any problem raises :class:`GGUFError` with one clear line, never another exception, and memory
+stays bounded whatever the input. Only the bytes the parse needs are read: skipped numeric arrays are not fetched.
+
+The format (GGUF v2 and v3, little-endian): magic ``GGUF``, u32 version, u64 tensor count, u64 metadata count;
+each metadata entry a string key, a u32 value type and the value (arrays: u32 element type, u64 count, items);
+then per tensor its name, u32 n_dims, n_dims u64 dimensions, u32 ggml type and u64 offset into the data section,
+which starts at the next multiple of ``general.alignment`` (default 32).
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias
 
 from modelctl.errors import GGUFError
 
-MAX_STRING = 1 << 20
-MAX_ARRAY = 1 << 27
-MAX_KEEP_ARRAY = 1024
-MAX_TENSORS = 1 << 20
-MAX_KV = 1 << 16
-MAX_DIMS = 4
 MAX_HEADER = 256 << 20
+"""Metadata plus tensor infos may not exceed this (real headers are 1-10 MiB; the tokenizer dominates)."""
+MAX_STRING = 1 << 20
+"""A metadata string (a chat template is the largest real one, tens of KiB)."""
+MAX_ARRAY_STRING = 64 << 10
+"""One string inside an array (a token or a merge)."""
+MAX_ARRAY = 1 << 27
+MAX_KV = 1 << 16
+MAX_TENSORS = 1 << 20
+MAX_DIMS = 4
+MAX_NAME = 63
+"""ggml's GGML_MAX_NAME is 64 bytes including the terminating NUL."""
+MAX_KEY = 1 << 16
+MAX_LAYERS = 4096
+"""llama.cpp allows 512 layers; a header claiming more than this is not a model."""
+KEEP_ARRAY = 1024
+"""Arrays up to this many items are kept (per-layer hyper-parameters); longer ones only counted."""
+KEEP_BUDGET = 1 << 20
+"""Items kept from arrays over the whole header, so that many small arrays cannot exhaust memory either."""
+INT64_MAX = (1 << 63) - 1
+DEFAULT_ALIGNMENT = 32
 
-_SCALARS: dict[int, tuple[str, int]] = {
-    0: ("<B", 1),
-    1: ("<b", 1),
-    2: ("<H", 2),
-    3: ("<h", 2),
-    4: ("<I", 4),
-    5: ("<i", 4),
-    6: ("<f", 4),
-    7: ("<?", 1),
-    10: ("<Q", 8),
-    11: ("<q", 8),
-    12: ("<d", 8),
-}
+Scalar: TypeAlias = int | float | bool | str
+Value: TypeAlias = Scalar | list[Scalar]
+
 _STRING, _ARRAY = 8, 9
-
-# ggml type -> (block size, bytes per block); from the gguf package when available, with the common ones built in
-_QUANT: dict[int, tuple[int, int]] = {
-    0: (1, 4),
-    1: (1, 2),
-    2: (32, 18),
-    3: (32, 20),
-    6: (32, 22),
-    7: (32, 24),
-    8: (32, 34),
-    9: (32, 40),
-    10: (256, 84),
-    11: (256, 110),
-    12: (256, 144),
-    13: (256, 176),
-    14: (256, 210),
-    15: (256, 292),
-    24: (1, 1),
-    25: (1, 2),
-    26: (1, 4),
-    27: (1, 8),
-    28: (1, 8),
-    30: (1, 2),
+_SCALARS: dict[int, struct.Struct] = {
+    0: struct.Struct("<B"),
+    1: struct.Struct("<b"),
+    2: struct.Struct("<H"),
+    3: struct.Struct("<h"),
+    4: struct.Struct("<I"),
+    5: struct.Struct("<i"),
+    6: struct.Struct("<f"),
+    7: struct.Struct("<?"),
+    10: struct.Struct("<Q"),
+    11: struct.Struct("<q"),
+    12: struct.Struct("<d"),
 }
-_FILE_TYPES = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    19: "IQ2_XXS",
-    20: "IQ2_XS",
-    21: "Q2_K_S",
-    22: "IQ3_XS",
-    23: "IQ3_XXS",
-    24: "IQ1_S",
-    25: "IQ4_NL",
-    26: "IQ3_S",
-    27: "IQ3_M",
-    28: "IQ2_S",
-    29: "IQ2_M",
-    30: "IQ4_XS",
-    31: "IQ1_M",
-    32: "BF16",
-}
-
-
-def _quant_sizes(ggml_type: int) -> tuple[int, int]:
-    try:
-        import gguf as _g
-
-        sizes: dict[Any, tuple[int, int]] = _g.GGML_QUANT_SIZES
-        return sizes[_g.GGMLQuantizationType(ggml_type)]
-    except (ImportError, KeyError, ValueError):
-        if ggml_type in _QUANT:
-            return _QUANT[ggml_type]
-        raise GGUFError(f"unknown ggml tensor type {ggml_type}", hint="the file may be newer than modelctl") from None
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class ByteSource(Protocol):
-    size: int | None
+    """Random-access bytes: a local file or a blob read by HTTP Range requests."""
 
-    def read_at(self, offset: int, size: int) -> bytes: ...
+    @property
+    def size(self) -> int | None:
+        """The total size when known (a registry descriptor says it; a local file has one)."""
+        ...
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset`` (fewer only at the end of the data)."""
+        ...
+
+
+class FileSource:
+    """A local file, read with positional reads (no file object kept open between calls)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self._size: int | None = self.path.stat().st_size
+        except OSError as exc:
+            raise GGUFError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        self.bytes_fetched = 0
+
+    @property
+    def size(self) -> int | None:
+        return self._size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise GGUFError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        try:
+            data = os.pread(fd, size, offset)
+        except OSError as exc:
+            raise GGUFError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
+        self.bytes_fetched += len(data)
+        return data
 
 
 class RangedSource:
-    """Reads through ``fetch(start, end_inclusive)`` in growing windows (256 KiB, doubling), counting bytes."""
+    """Bytes through ``open_range(start, end_inclusive)`` (an HTTP Range read), fetched in growing windows.
 
-    def __init__(self, fetch: Callable[[int, int], bytes], size: int | None) -> None:
-        self._fetch = fetch
-        self.size = size
-        self.bytes_fetched = 0
+    The first read fetches ``first_window`` bytes (256 KiB), each further one twice as many as the last, up to
+    ``max_window``: a small header costs one request, a 10 MiB tokenizer a handful; after a skipped array the
+    windows start small again. Only the latest window is kept.
+    ``bytes_fetched`` counts what came over the wire.
+    """
+
+    def __init__(
+        self,
+        open_range: Callable[[int, int], bytes],
+        size: int | None,
+        *,
+        first_window: int = 256 << 10,
+        max_window: int = 16 << 20,
+    ) -> None:
+        self._open_range = open_range
+        self._size = size
+        self._window = self._first_window = first_window
+        self._max_window = max_window
         self._buf = b""
-        self._window = 256 << 10
+        self._buf_start = 0
+        self.bytes_fetched = 0
+        self.requests = 0
+
+    @property
+    def size(self) -> int | None:
+        return self._size
 
     def read_at(self, offset: int, size: int) -> bytes:
-        end = offset + size
-        while len(self._buf) < end:
-            start = len(self._buf)
-            stop = start + max(self._window, end - start)
-            if self.size is not None:
-                stop = min(stop, self.size)
-            if stop <= start:
-                break
-            data = self._fetch(start, stop - 1)
-            if not data:
-                break
+        start = offset - self._buf_start
+        buf_end = self._buf_start + len(self._buf)
+        if start >= 0 and offset + size <= buf_end:
+            return self._buf[start : start + size]
+        # keep the part of the window the read overlaps; fetch only what follows it
+        keep = self._buf[start:] if 0 <= start < len(self._buf) else b""
+        if offset > buf_end:
+            self._window = self._first_window  # a skipped array: what follows is usually small again
+        fetch_from = offset + len(keep)
+        length = max(size - len(keep), self._window)
+        if self._size is not None:
+            length = min(length, self._size - fetch_from)
+        data = b""
+        if length > 0:
+            data = self._open_range(fetch_from, fetch_from + length - 1)[:length]
+            self.requests += 1
             self.bytes_fetched += len(data)
-            self._buf += data
-            self._window = min(self._window * 2, 16 << 20)
-        return self._buf[offset:end]
-
-
-class FileSource(RangedSource):
-    """A local GGUF file, read through the same growing windows (one pread each)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        size = path.stat().st_size
-
-        def fetch(start: int, end: int) -> bytes:
-            with path.open("rb") as f:
-                f.seek(start)
-                return f.read(end - start + 1)
-
-        super().__init__(fetch, size)
+            self._window = min(self._window * 2, self._max_window)
+        self._buf, self._buf_start = keep + data, offset
+        return self._buf[:size]
 
 
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
     name: str
     shape: tuple[int, ...]
+    """ggml order: ``shape[0]`` is the row length (``ne[0]``)."""
     ggml_type: int
     offset: int
+    """Relative to the start of the data section of its file."""
     n_bytes: int
+    file: int = 0
+    """Index of the shard that holds it."""
 
     @property
     def n_elements(self) -> int:
@@ -171,39 +182,184 @@ class TensorInfo:
             n *= d
         return n
 
+    @property
+    def type_name(self) -> str:
+        return ggml_type_name(self.ggml_type)
 
-@dataclass(slots=True)
+
+@dataclass(frozen=True, slots=True)
 class GGUFHeader:
+    """What a GGUF header says: metadata (scalars and short arrays), array lengths and tensor infos."""
+
     version: int
-    metadata: dict[str, Any]
-    array_lengths: dict[str, int]
-    tensors: list[TensorInfo]
+    metadata: Mapping[str, Value]
+    array_lengths: Mapping[str, int]
+    """Every array's length, including those that were skipped (``tokenizer.ggml.tokens`` gives n_vocab)."""
+    tensors: tuple[TensorInfo, ...]
     alignment: int
     data_offset: int
+    """Where the tensor data starts (the header rounded up to ``alignment``)."""
     header_bytes: int
+    """Bytes of metadata and tensor infos (what was parsed)."""
     bytes_fetched: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Bytes read from the source (remote: over the wire)."""
+    file_size: int | None = None
+    n_files: int = 1
+    data_offsets: tuple[int, ...] = field(default=())
+    """Per shard, where its data section starts (a merged view of a split model has several)."""
+
+    # --- generic access
+
+    def get(self, key: str, default: Value | None = None) -> Value | None:
+        return self.metadata.get(key, default)
+
+    def arch(self, key: str, default: Value | None = None) -> Value | None:
+        """``{architecture}.{key}``, e.g. ``arch("block_count")``."""
+        return self.metadata.get(f"{self.architecture}.{key}", default)
+
+    def arch_int(self, key: str, default: int = 0) -> int:
+        value = self.arch(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return default
+        return value
+
+    def per_layer(self, key: str, default: int = 0) -> list[int]:
+        """A hyper-parameter that is a scalar or a per-layer array, as one value per layer (llama.cpp's rule)."""
+        n = self.n_layer
+        if not 0 <= n <= MAX_LAYERS:
+            raise GGUFError(f"{self.architecture}.block_count is {n} (limit {MAX_LAYERS})")
+        value = self.arch(key)
+        if isinstance(value, list):
+            if len(value) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise GGUFError(f"{self.architecture}.{key} has {len(value)} items for {n} layers")
+            return [int(v) for v in value]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value] * n
+        return [default] * n
+
+    def tensor(self, name: str) -> TensorInfo | None:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        return None
+
+    # --- the hyper-parameters a fit check needs
 
     @property
     def architecture(self) -> str | None:
         value = self.metadata.get("general.architecture")
         return value if isinstance(value, str) else None
 
-    def arch(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(f"{self.architecture}.{key}", default)
+    @property
+    def n_layer(self) -> int:
+        return self.arch_int("block_count")
+
+    @property
+    def n_embd(self) -> int:
+        return self.arch_int("embedding_length")
+
+    @property
+    def n_head(self) -> int:
+        """Attention heads of layer 0 (llama.cpp's ``n_head()``); see :meth:`head_counts` for per-layer values."""
+        heads = self.head_counts()
+        return heads[0] if heads else 0
+
+    def head_counts(self) -> list[int]:
+        return self.per_layer("attention.head_count")
+
+    def head_counts_kv(self) -> list[int]:
+        """KV heads per layer; absent means as many as query heads; 0 marks a layer without attention."""
+        heads = self.head_counts()
+        if self.arch("attention.head_count_kv") is None:
+            return heads
+        return self.per_layer("attention.head_count_kv")
+
+    @property
+    def block_count(self) -> int:
+        return self.n_layer
+
+    @property
+    def embedding_length(self) -> int:
+        return self.n_embd
+
+    @property
+    def head_count(self) -> int | list[int]:
+        """Query heads as the file stores them: one number, or one per layer."""
+        heads = self.head_counts()
+        return heads if self._is_list("attention.head_count") else (heads[0] if heads else 0)
+
+    @property
+    def head_count_kv(self) -> int | list[int]:
+        """KV heads as the file stores them (one number, or one per layer; 0 marks a layer without attention)."""
+        heads = self.head_counts_kv()
+        key = "attention.head_count_kv" if self.arch("attention.head_count_kv") is not None else "attention.head_count"
+        return heads if self._is_list(key) else (heads[0] if heads else 0)
+
+    def _is_list(self, key: str) -> bool:
+        return isinstance(self.arch(key), list)
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """No ``output.weight``: the output layer reuses ``token_embd``."""
+        return self.tensor("output.weight") is None and self.tensor("token_embd.weight") is not None
+
+    @property
+    def n_head_kv(self) -> int:
+        heads = self.head_counts_kv()
+        return heads[0] if heads else 0
+
+    @property
+    def key_length(self) -> int:
+        default = self.n_embd // self.n_head if self.n_head else 0
+        return self.arch_int("attention.key_length", default)
+
+    @property
+    def value_length(self) -> int:
+        default = self.n_embd // self.n_head if self.n_head else 0
+        return self.arch_int("attention.value_length", default)
+
+    @property
+    def context_length(self) -> int | None:
+        value = self.arch_int("context_length")
+        return value or None
 
     @property
     def n_vocab(self) -> int:
         n = self.array_lengths.get("tokenizer.ggml.tokens")
         if n:
             return n
-        vocab = self.arch("vocab_size")
-        return int(vocab) if isinstance(vocab, int) else 0
+        return self.arch_int("vocab_size")
+
+    @property
+    def sliding_window(self) -> int:
+        return self.arch_int("attention.sliding_window")
+
+    @property
+    def expert_count(self) -> int:
+        return self.arch_int("expert_count")
+
+    @property
+    def expert_used_count(self) -> int:
+        return self.arch_int("expert_used_count")
+
+    @property
+    def file_type(self) -> int | None:
+        value = self.metadata.get("general.file_type")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def quantization(self) -> str | None:
-        ft = self.metadata.get("general.file_type")
-        return _FILE_TYPES.get(ft) if isinstance(ft, int) else None
+        """The file type as llama.cpp names it (``Q4_K_M``), else the most common weight type."""
+        ft = self.file_type
+        if ft is not None:
+            name = file_type_name(ft)
+            if name:
+                return name
+        sizes: dict[int, int] = {}
+        for t in self.tensors:
+            if len(t.shape) >= 2:
+                sizes[t.ggml_type] = sizes.get(t.ggml_type, 0) + t.n_bytes
+        return ggml_type_name(max(sizes, key=lambda k: sizes[k])) if sizes else None
 
     @property
     def chat_template(self) -> str | None:
@@ -213,112 +369,333 @@ class GGUFHeader:
     def parameter_count(self) -> int:
         return sum(t.n_elements for t in self.tensors)
 
+    @property
+    def weights_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
 
-class _Cursor:
+
+# --- ggml types
+
+
+@cache
+def _quant_sizes() -> dict[int, tuple[int, int]]:
+    import gguf
+
+    return {int(k): (int(v[0]), int(v[1])) for k, v in gguf.GGML_QUANT_SIZES.items()}
+
+
+@cache
+def _type_names() -> dict[int, str]:
+    import gguf
+
+    return {int(t): t.name for t in gguf.GGMLQuantizationType}
+
+
+@cache
+def _file_type_names() -> dict[int, str]:
+    import gguf
+
+    return {int(t): t.name.removeprefix("MOSTLY_").removeprefix("ALL_") for t in gguf.LlamaFileType}
+
+
+def ggml_type_name(ggml_type: int) -> str:
+    return _type_names().get(ggml_type, f"type{ggml_type}")
+
+
+def file_type_name(file_type: int) -> str | None:
+    name = _file_type_names().get(file_type & ~1024)  # 1024: LLAMA_FTYPE_GUESSED
+    return None if name in (None, "GUESSED") else name
+
+
+def type_sizes(ggml_type: int) -> tuple[int, int]:
+    """(elements per block, bytes per block) of a ggml type."""
+    sizes = _quant_sizes().get(ggml_type)
+    if sizes is None:
+        raise GGUFError(f"unknown ggml tensor type {ggml_type}", hint="the file may be newer than modelctl")
+    return sizes
+
+
+def row_bytes(ggml_type: int, n: int) -> int:
+    """Bytes of ``n`` consecutive elements of ``ggml_type`` (ggml_row_size)."""
+    block, size = type_sizes(ggml_type)
+    return n // block * size
+
+
+# --- the parser
+
+
+class _Reader:
+    """Sequential reads over a ByteSource with a small buffer, every length checked before it is trusted."""
+
+    CHUNK = 64 << 10
+
     def __init__(self, source: ByteSource) -> None:
         self.src = source
+        size = source.size
+        self.limit = MAX_HEADER if size is None else min(MAX_HEADER, size)
+        self.size = size
         self.pos = 0
+        self.buf = b""
+        self.buf_pos = 0
 
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > MAX_HEADER:
-            raise GGUFError(f"GGUF header larger than {MAX_HEADER >> 20} MiB or corrupt")
-        if self.src.size is not None and self.pos + n > self.src.size:
-            raise GGUFError("truncated GGUF header: it claims more bytes than the file holds")
-        data = self.src.read_at(self.pos, n)
-        if len(data) != n:
-            raise GGUFError("truncated GGUF header")
+    def _check(self, n: int, what: str) -> None:
+        end = self.pos + n
+        if end > self.limit:
+            if self.size is not None and end > self.size:
+                raise GGUFError(f"truncated GGUF header ({what}): the file ends at byte {self.size}")
+            raise GGUFError(f"GGUF header larger than {MAX_HEADER >> 20} MiB ({what})")
+
+    def _fill(self, n: int, what: str) -> int:
+        """Make [pos, pos + n) available in ``buf``; return its index there."""
+        i = self.pos - self.buf_pos
+        if i >= 0 and i + n <= len(self.buf):
+            return i
+        self._check(n, what)
+        want = max(n, self.CHUNK)
+        if self.size is not None:
+            want = min(want, self.size - self.pos)
+        data = self.src.read_at(self.pos, want)
+        if len(data) < n:
+            raise GGUFError(f"truncated GGUF header ({what}): the data ends at byte {self.pos + len(data)}")
+        self.buf, self.buf_pos = data, self.pos
+        return 0
+
+    def take(self, n: int, what: str) -> bytes:
+        i = self._fill(n, what)
         self.pos += n
-        return data
+        return self.buf[i : i + n]
 
-    def u32(self) -> int:
-        return int(struct.unpack("<I", self.take(4))[0])
+    def skip(self, n: int, what: str) -> None:
+        self._check(n, what)
+        self.pos += n
 
-    def u64(self) -> int:
-        return int(struct.unpack("<Q", self.take(8))[0])
+    def u32(self, what: str) -> int:
+        i = self._fill(4, what)
+        self.pos += 4
+        return int(_U32.unpack_from(self.buf, i)[0])
 
-    def string(self) -> str:
-        n = self.u64()
-        if n > MAX_STRING:
-            raise GGUFError(f"GGUF string of {n} bytes exceeds the {MAX_STRING} byte limit")
+    def u64(self, what: str) -> int:
+        i = self._fill(8, what)
+        self.pos += 8
+        return int(_U64.unpack_from(self.buf, i)[0])
+
+    def string(self, what: str, limit: int = MAX_STRING) -> str:
+        n = self.u64(what)
+        if n > limit:
+            raise GGUFError(f"GGUF string in {what} is {n} bytes long (limit {limit})")
         try:
-            return self.take(n).decode("utf-8")
+            return self.take(n, what).decode("utf-8")
         except UnicodeDecodeError:
-            raise GGUFError("GGUF string is not UTF-8") from None
+            raise GGUFError(f"GGUF string in {what} is not UTF-8") from None
 
-    def skip_string(self) -> None:
-        n = self.u64()
-        if n > MAX_STRING:
-            raise GGUFError(f"GGUF string of {n} bytes exceeds the {MAX_STRING} byte limit")
-        self.take(n)
+    def skip_strings(self, count: int, what: str) -> None:
+        for _ in range(count):
+            n = self.u64(what)
+            if n > MAX_ARRAY_STRING:
+                raise GGUFError(f"GGUF string in {what} is {n} bytes long (limit {MAX_ARRAY_STRING})")
+            i = self.pos - self.buf_pos
+            if i + n <= len(self.buf):
+                self.pos += n
+            else:
+                self.skip(n, what)
+
+    def scalar(self, vtype: int, what: str) -> Scalar:
+        fmt = _SCALARS[vtype]
+        i = self._fill(fmt.size, what)
+        self.pos += fmt.size
+        value: Scalar = fmt.unpack_from(self.buf, i)[0]
+        return value
 
 
-def read_header(source: ByteSource) -> GGUFHeader:
-    cur = _Cursor(source)
-    if cur.take(4) != b"GGUF":
+def read_header(source: ByteSource, *, want_arrays: frozenset[str] = frozenset()) -> GGUFHeader:
+    """Parse the header of one GGUF file. Arrays named in ``want_arrays`` are read whatever their length."""
+    r = _Reader(source)
+    magic = r.take(4, "magic") if (source.size is None or source.size >= 4) else b""
+    if magic != b"GGUF":
         raise GGUFError("not a GGUF file (bad magic)", hint="modelctl runs GGUF models")
-    version = cur.u32()
+    version = r.u32("version")
     if version not in (2, 3):
-        raise GGUFError(f"unsupported GGUF version {version}")
-    n_tensors, n_kv = cur.u64(), cur.u64()
-    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
-        raise GGUFError(f"implausible GGUF counts ({n_tensors} tensors, {n_kv} keys)")
-    metadata: dict[str, Any] = {}
+        if version & 0xFFFF == 0 and (version >> 24) in (1, 2, 3):
+            raise GGUFError("big-endian GGUF files are not supported")
+        raise GGUFError(f"unsupported GGUF version {version}", hint="modelctl reads GGUF v2 and v3")
+    n_tensors = r.u64("tensor count")
+    n_kv = r.u64("metadata count")
+    if n_tensors > MAX_TENSORS:
+        raise GGUFError(f"GGUF header claims {n_tensors} tensors (limit {MAX_TENSORS})")
+    if n_kv > MAX_KV:
+        raise GGUFError(f"GGUF header claims {n_kv} metadata entries (limit {MAX_KV})")
+    # each entry needs at least 8 + 4 + 1 bytes, each tensor info 8 + 4 + 8 + 4 + 8: check before looping
+    r._check(n_kv * 13 + n_tensors * 32, "the metadata and tensor counts")
+
+    metadata: dict[str, Value] = {}
     lengths: dict[str, int] = {}
-    for _ in range(n_kv):
-        key = cur.string()
-        vtype = cur.u32()
+    budget = KEEP_BUDGET
+    for index in range(n_kv):
+        key = r.string(f"metadata key #{index}", MAX_KEY)
+        if key in metadata or key in lengths:
+            raise GGUFError(f"duplicate GGUF metadata key {key!r}")
+        vtype = r.u32(key)
         if vtype == _ARRAY:
-            etype, count = cur.u32(), cur.u64()
+            etype = r.u32(key)
+            count = r.u64(key)
             if count > MAX_ARRAY:
-                raise GGUFError(f"GGUF array {key!r} has {count} items, over the limit")
+                raise GGUFError(f"GGUF array {key!r} has {count} items (limit {MAX_ARRAY})")
             lengths[key] = count
-            values = _read_array(cur, etype, count, keep=count <= MAX_KEEP_ARRAY)
+            keep = key in want_arrays or (count <= KEEP_ARRAY and count <= budget)
+            values = _array(r, key, etype, count, keep=keep)
             if values is not None:
+                budget -= min(count, budget)
                 metadata[key] = values
+        elif vtype == _STRING:
+            metadata[key] = r.string(key)
+        elif vtype in _SCALARS:
+            metadata[key] = r.scalar(vtype, key)
         else:
-            metadata[key] = _read_value(cur, vtype)
-    alignment = metadata.get("general.alignment", 32)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
-        raise GGUFError(f"bad general.alignment {alignment!r}")
+            raise GGUFError(f"GGUF metadata {key!r} has unknown value type {vtype}")
+
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if (
+        not isinstance(alignment, int)
+        or isinstance(alignment, bool)
+        or alignment <= 0
+        or alignment & (alignment - 1)
+        or alignment > 1 << 20
+    ):
+        raise GGUFError(f"bad general.alignment {alignment!r} (a power of two is required)")
+
+    tensors = _tensor_infos(r, n_tensors, alignment)
+    header_bytes = r.pos
+    data_offset = -(-header_bytes // alignment) * alignment
+    size = source.size
+    if size is not None and tensors:
+        data_size = size - data_offset
+        for t in tensors:
+            if t.offset + t.n_bytes > data_size:
+                raise GGUFError(
+                    f"tensor {t.name!r} lies outside the file (offset {t.offset}, {t.n_bytes} bytes, "
+                    f"{max(data_size, 0)} bytes of data)"
+                )
+    fetched = getattr(source, "bytes_fetched", header_bytes)
+    return GGUFHeader(
+        version=version,
+        metadata=metadata,
+        array_lengths=lengths,
+        tensors=tensors,
+        alignment=alignment,
+        data_offset=data_offset,
+        header_bytes=header_bytes,
+        bytes_fetched=int(fetched) if isinstance(fetched, int) else header_bytes,
+        file_size=size,
+        data_offsets=(data_offset,),
+    )
+
+
+def _array(r: _Reader, key: str, etype: int, count: int, *, keep: bool) -> list[Scalar] | None:
+    if etype == _STRING:
+        if not keep:
+            r._check(count * 8, key)
+            r.skip_strings(count, key)
+            return None
+        r._check(count * 8, key)
+        return [r.string(key, MAX_ARRAY_STRING) for _ in range(count)]
+    fmt = _SCALARS.get(etype)
+    if fmt is None:
+        kind = "nested arrays are" if etype == _ARRAY else f"element type {etype} is"
+        raise GGUFError(f"GGUF array {key!r}: {kind} not supported")
+    n = fmt.size * count
+    if not keep:
+        r.skip(n, key)
+        return None
+    data = r.take(n, key)
+    return [v[0] for v in fmt.iter_unpack(data)]
+
+
+def _tensor_infos(r: _Reader, n_tensors: int, alignment: int) -> tuple[TensorInfo, ...]:
     tensors: list[TensorInfo] = []
-    for _ in range(n_tensors):
-        name = cur.string()
-        n_dims = cur.u32()
-        if n_dims > MAX_DIMS:
-            raise GGUFError(f"tensor {name!r} has {n_dims} dimensions")
-        shape = tuple(cur.u64() for _ in range(n_dims))
-        ggml_type = cur.u32()
-        offset = cur.u64()
+    names: set[str] = set()
+    for index in range(n_tensors):
+        name = r.string(f"tensor #{index} name", MAX_NAME)
+        if name in names:
+            raise GGUFError(f"duplicate GGUF tensor {name!r}")
+        names.add(name)
+        n_dims = r.u32(name)
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise GGUFError(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+        shape = tuple(r.u64(name) for _ in range(n_dims))
         n = 1
         for d in shape:
+            if d > INT64_MAX:
+                raise GGUFError(f"tensor {name!r} has a dimension of {d}")
             n *= d
-        if n >= 1 << 62:
+            if n > INT64_MAX:
+                raise GGUFError(f"tensor {name!r} has more elements than fit in 64 bits")
+        ggml_type = r.u32(name)
+        block, per_block = type_sizes(ggml_type)
+        if shape[0] % block:
+            raise GGUFError(
+                f"tensor {name!r}: row of {shape[0]} elements is not a multiple of the {ggml_type_name(ggml_type)} "
+                f"block size {block}"
+            )
+        offset = r.u64(name)
+        if offset % alignment:
+            raise GGUFError(f"tensor {name!r} data offset {offset} is not aligned to {alignment} bytes")
+        n_bytes = n // block * per_block
+        if n_bytes > INT64_MAX or offset > INT64_MAX:
             raise GGUFError(f"tensor {name!r} is implausibly large")
-        block, per_block = _quant_sizes(ggml_type)
-        tensors.append(TensorInfo(name, shape, ggml_type, offset, n // block * per_block))
-    data_offset = -(-cur.pos // alignment) * alignment
-    fetched = int(getattr(source, "bytes_fetched", cur.pos))
-    return GGUFHeader(version, metadata, lengths, tensors, alignment, data_offset, cur.pos, fetched)
+        tensors.append(TensorInfo(name, shape, ggml_type, offset, n_bytes))
+    return tuple(tensors)
 
 
-def _read_value(cur: _Cursor, vtype: int) -> Any:
-    if vtype == _STRING:
-        return cur.string()
-    if vtype in _SCALARS:
-        fmt, size = _SCALARS[vtype]
-        return struct.unpack(fmt, cur.take(size))[0]
-    raise GGUFError(f"unknown GGUF value type {vtype}")
+# --- split models
 
 
-def _read_array(cur: _Cursor, etype: int, count: int, *, keep: bool) -> list[Any] | None:
-    if etype == _STRING:
-        if keep:
-            return [cur.string() for _ in range(count)]
-        for _ in range(count):
-            cur.skip_string()
-        return None
-    if etype in _SCALARS:
-        fmt, size = _SCALARS[etype]
-        data = cur.take(size * count)
-        return [v[0] for v in struct.iter_unpack(fmt, data)] if keep else None
-    raise GGUFError(f"unknown GGUF array element type {etype}")
+def read_headers(sources: Sequence[ByteSource], *, want_arrays: frozenset[str] = frozenset()) -> list[GGUFHeader]:
+    """Every shard's header (a split model is several files, ``-00001-of-00003.gguf`` and so on)."""
+    return [read_header(s, want_arrays=want_arrays) for s in sources]
+
+
+def merge(headers: Iterable[GGUFHeader]) -> GGUFHeader:
+    """One view of a split model: the first shard's metadata, every shard's tensors (``TensorInfo.file`` says which).
+
+    Checks what llama.cpp checks: ``split.count`` matches the shards given, shards are in ``split.no`` order and
+    no tensor appears twice.
+    """
+    shards = list(headers)
+    if not shards:
+        raise GGUFError("no GGUF header to read")
+    first = shards[0]
+    count = first.metadata.get("split.count")
+    if len(shards) == 1 and (count in (None, 0, 1) or count == first.n_files):
+        return first  # a single file, or a view merged already
+    if count != len(shards):
+        files = f"{len(shards)} GGUF file{'s' if len(shards) > 1 else ''}"
+        raise GGUFError(f"the model has {files} but split.count says {count}", hint="pull every shard")
+    tensors: list[TensorInfo] = []
+    names: set[str] = set()
+    for i, h in enumerate(shards):
+        number = h.metadata.get("split.no", i)
+        if number != i:
+            raise GGUFError(f"GGUF shard {i + 1} says it is split {number!r}: shards are out of order")
+        for t in h.tensors:
+            if t.name in names:
+                raise GGUFError(f"tensor {t.name!r} appears in more than one shard")
+            names.add(t.name)
+            tensors.append(replace(t, file=i))
+    expected = first.metadata.get("split.tensors.count")
+    if isinstance(expected, int) and expected != len(tensors):
+        raise GGUFError(f"the shards hold {len(tensors)} tensors but split.tensors.count says {expected}")
+    lengths = dict(first.array_lengths)
+    return GGUFHeader(
+        version=first.version,
+        metadata=first.metadata,
+        array_lengths=lengths,
+        tensors=tuple(tensors),
+        alignment=first.alignment,
+        data_offset=first.data_offset,
+        header_bytes=sum(h.header_bytes for h in shards),
+        bytes_fetched=sum(h.bytes_fetched for h in shards),
+        file_size=None if any(h.file_size is None for h in shards) else sum(h.file_size or 0 for h in shards),
+        n_files=len(shards),
+        data_offsets=tuple(h.data_offset for h in shards),
+    )
+

@@ -1,69 +1,168 @@
-"""Memory the machine has: CPU RAM (MemAvailable capped by the cgroup limit) and NVIDIA GPUs (nvidia-smi).
+"""The memory this machine has for a model: GPUs (NVIDIA, AMD, Apple) and CPU RAM.
 
-Probes never create a GPU context and take a fraction of a second; every path and executable is injectable.
+Every probe reads what the system already publishes and never creates a GPU context: NVML through nvidia-ml-py
+when it is installed, else ``nvidia-smi`` with a short timeout; AMD's sysfs ``mem_info_vram_*``; Apple's RAM from
+``sysctl`` with the Metal budget rule; ``MemAvailable`` capped by the cgroup (v2 or v1) limit. Each takes its paths
+and executables as arguments so that tests can point it at fakes; a probe that fails reports nothing rather than
+raising, because a missing GPU is not an error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import shutil
 import subprocess
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+
+GIB = 1 << 30
+
+# ggml type id -> rows multiple that the CPU backend repacks (x86-64 with AVX2)
+REPACK_AVX2: dict[int, int] = {2: 8, 12: 8, 20: 8, 39: 8}  # Q4_0, Q4_K, IQ4_NL, MXFP4
+REPACK_AVX512: dict[int, int] = {**REPACK_AVX2, 10: 8}  # + Q2_K
+REPACK_ARM_DOTPROD: dict[int, int] = {2: 4, 12: 8, 13: 8, 14: 8, 20: 4, 39: 4, 8: 4}  # + Q5_K, Q6_K, Q8_0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Device:
     name: str
     kind: str
+    """``cuda``, ``rocm``, ``metal`` or ``cpu``."""
     total: int
     free: int
+    index: int | None = None
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind != "cpu"
 
 
-def cpu(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> Device:
-    fields: dict[str, int] = {}
-    try:
-        for line in meminfo.read_text().splitlines():
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                fields[key] = int(parts[0]) * 1024
-    except OSError:
-        pass
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Probes:
+    """Where the probes look (defaults: this machine); tests replace them with files and fake executables."""
+
+    meminfo: Path = Path("/proc/meminfo")
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    self_cgroup: Path = Path("/proc/self/cgroup")
+    drm: Path = Path("/sys/class/drm")
+    cpuinfo: Path = Path("/proc/cpuinfo")
+    nvidia_smi: str = "nvidia-smi"
+    sysctl: str = "sysctl"
+    vm_stat: str = "vm_stat"
+    use_nvml: bool = True
+    system: str = field(default_factory=lambda: sys.platform)
+    machine: str = field(default_factory=platform.machine)
+    timeout: float = 2.0
+
+
+def detect(probes: Probes | None = None) -> list[Device]:
+    """GPUs first (NVIDIA, AMD, Apple), then the CPU's RAM."""
+    p = probes or Probes()
+    gpus: list[Device] = []
+    if p.system == "darwin":
+        gpus += apple(p.sysctl, timeout=p.timeout)
+        return [*gpus, darwin_ram(p.sysctl, p.vm_stat, timeout=p.timeout)]
+    found = nvml() if p.use_nvml else None
+    gpus += found if found is not None else nvidia(p.nvidia_smi, timeout=p.timeout)
+    gpus += amd(p.drm)
+    return [*gpus, cpu(p.meminfo, cgroup_dir(p.cgroup_root, p.self_cgroup))]
+
+
+# --- CPU RAM
+
+
+def cpu(meminfo: Path = Path("/proc/meminfo"), cgroup: Path | None = None) -> Device:
+    """``MemAvailable`` (``MemTotal``), capped by the memory limit of ``cgroup`` and its parents (v2) or v1's."""
+    fields = _meminfo(meminfo)
     total = fields.get("MemTotal", 0)
     free = fields.get("MemAvailable", fields.get("MemFree", 0))
-    limit = _read_int(cgroup / "memory.max")
-    if limit is not None:
-        used = _read_int(cgroup / "memory.current") or 0
-        total = min(total, limit) if total else limit
-        free = min(free, max(0, limit - used))
+    if cgroup is not None:
+        limit = cgroup_limit(cgroup)
+        if limit is not None:
+            limit_total, limit_free = limit
+            total = min(total, limit_total) if total else limit_total
+            free = min(free, limit_free) if free else limit_free
     return Device(name="CPU RAM", kind="cpu", total=total, free=free)
 
 
-def nvidia(executable: str = "nvidia-smi", timeout: float = 2.0) -> list[Device]:
-    path = shutil.which(executable)
-    if path is None:
-        return []
-    query = "--query-gpu=index,name,memory.total,memory.free"
+def _meminfo(path: Path) -> dict[str, int]:
+    fields: dict[str, int] = {}
     try:
-        out = subprocess.run(
-            [path, query, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=timeout, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    devices = []
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) == 4 and cells[2].isdigit() and cells[3].isdigit():
-            devices.append(
-                Device(
-                    name=f"GPU {cells[0]}: {cells[1]}", kind="cuda", total=int(cells[2]) << 20, free=int(cells[3]) << 20
-                )
-            )
-    return devices
+        text = path.read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            fields[key.strip()] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+    return fields
 
 
-def detect() -> list[Device]:
-    return [*nvidia(), cpu()]
+def cgroup_dir(root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")) -> Path:
+    """This process's cgroup directory: v2's ``0::/path``, v1's memory controller, else the root."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return root
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            candidate = root / path.lstrip("/")
+            return candidate if candidate.is_dir() else root
+        if "memory" in controllers.split(","):
+            base = root / "memory"
+            candidate = base / path.lstrip("/")
+            return candidate if candidate.is_dir() else base
+    return root
+
+
+def cgroup_limit(directory: Path) -> tuple[int, int] | None:
+    """(limit, limit - usage) of the tightest memory limit from ``directory`` up to the root, or None.
+
+    Usage leaves out the reclaimable page cache (``inactive_file``), as the kernel would drop it before an OOM kill.
+    """
+    best: tuple[int, int] | None = None
+    node: Path | None = directory
+    for _ in range(64):
+        if node is None:
+            break
+        found = _v2(node) or _v1(node)
+        if found is not None and (best is None or found[1] < best[1]):
+            best = found
+        parent = node.parent
+        node = parent if parent != node and (parent / "memory.max").exists() else None
+    return best
+
+
+def _v2(node: Path) -> tuple[int, int] | None:
+    limit = _read_int(node / "memory.max")
+    if limit is None:
+        return None
+    used = (_read_int(node / "memory.current") or 0) - _stat(node / "memory.stat", "inactive_file")
+    return limit, max(0, limit - max(used, 0))
+
+
+def _v1(node: Path) -> tuple[int, int] | None:
+    limit = _read_int(node / "memory.limit_in_bytes")
+    if limit is None or limit >= 1 << 60:  # "unlimited" is a page-rounded 2^63
+        return None
+    used = (_read_int(node / "memory.usage_in_bytes") or 0) - _stat(node / "memory.stat", "total_inactive_file")
+    return limit, max(0, limit - max(used, 0))
+
+
+def _stat(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
 
 
 def _read_int(path: Path) -> int | None:
@@ -72,3 +171,202 @@ def _read_int(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+# --- NVIDIA
+
+
+def nvml() -> list[Device] | None:
+    """NVIDIA GPUs through NVML (nvidia-ml-py), or None when it is not installed or not usable."""
+    try:
+        import pynvml  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError and friends: no driver, no GPU
+        return None
+    try:
+        devices = []
+        for i in range(int(pynvml.nvmlDeviceGetCount())):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            devices.append(
+                Device(name=f"GPU {i}: {name}", kind="cuda", total=int(mem.total), free=int(mem.free), index=i)
+            )
+        return devices
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def nvidia(executable: str = "nvidia-smi", *, timeout: float = 2.0) -> list[Device]:
+    """NVIDIA GPUs from ``nvidia-smi --query-gpu`` (MiB, CSV); none when it is missing, slow or failing."""
+    path = shutil.which(executable)
+    if path is None:
+        return []
+    query = "--query-gpu=index,uuid,name,memory.total,memory.used,memory.free"
+    try:
+        out = subprocess.run(
+            [path, query, "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return []
+    devices = []
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) == 6:  # index, uuid, name, total, used, free
+            index, name, total, free = cells[0], cells[2], cells[3], cells[5]
+        elif len(cells) == 4:  # index, name, total, free (older wrappers and scripts)
+            index, name, total, free = cells
+        else:
+            continue
+        if not (index.isdigit() and total.isdigit() and free.isdigit()):
+            continue
+        devices.append(
+            Device(
+                name=f"GPU {index}: {name}",
+                kind="cuda",
+                total=int(total) << 20,
+                free=int(free) << 20,
+                index=int(index),
+            )
+        )
+    return devices
+
+
+# --- AMD
+
+
+def amd(drm: Path = Path("/sys/class/drm")) -> list[Device]:
+    """AMD GPUs from ``card*/device/mem_info_vram_{total,used}`` (the amdgpu driver's sysfs files)."""
+    devices = []
+    try:
+        cards = sorted(
+            (p for p in drm.glob("card*") if p.name[4:].isdigit()),
+            key=lambda p: int(p.name[4:]),
+        )
+    except OSError:
+        return []
+    for card in cards:
+        dev = card / "device"
+        total = _read_int(dev / "mem_info_vram_total")
+        used = _read_int(dev / "mem_info_vram_used")
+        if not total or used is None:
+            continue
+        vendor = (_read_text(dev / "vendor") or "0x1002").lower()
+        if vendor != "0x1002":
+            continue
+        label = _read_text(dev / "product_name") or f"AMD GPU ({card.name})"
+        index = int(card.name[4:])
+        devices.append(
+            Device(name=f"GPU {index}: {label}", kind="rocm", total=total, free=max(0, total - used), index=index)
+        )
+    return devices
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+# --- Apple
+
+
+def metal_budget(memsize: int) -> int:
+    """Metal's recommended working set: about 2/3 of RAM up to 32 GiB, 3/4 above (what llama.cpp can use)."""
+    return memsize * 2 // 3 if memsize <= 32 * GIB else memsize * 3 // 4
+
+
+def _sysctl(executable: str, key: str, timeout: float) -> int | None:
+    path = shutil.which(executable)
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "-n", key], capture_output=True, text=True, timeout=timeout, check=True).stdout
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return None
+    text = out.strip()
+    return int(text) if text.isdigit() else None
+
+
+def apple(sysctl: str = "sysctl", *, timeout: float = 2.0) -> list[Device]:
+    """Apple silicon's GPU: the Metal budget of the unified memory (``iogpu.wired_limit_mb`` when set)."""
+    memsize = _sysctl(sysctl, "hw.memsize", timeout)
+    if not memsize:
+        return []
+    budget = metal_budget(memsize)
+    wired = _sysctl(sysctl, "iogpu.wired_limit_mb", timeout)
+    if wired:
+        budget = min(wired << 20, memsize)
+    return [Device(name="Apple GPU (Metal)", kind="metal", total=budget, free=budget, index=0)]
+
+
+def darwin_ram(sysctl: str = "sysctl", vm_stat: str = "vm_stat", *, timeout: float = 2.0) -> Device:
+    """macOS RAM: ``hw.memsize``, free from ``vm_stat`` (free + inactive + speculative pages)."""
+    total = _sysctl(sysctl, "hw.memsize", timeout) or 0
+    free = total
+    path = shutil.which(vm_stat)
+    if path is not None:
+        try:
+            out = subprocess.run([path], capture_output=True, text=True, timeout=timeout, check=True).stdout
+        except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+            out = ""
+        page = 4096
+        pages = 0
+        for line in out.splitlines():
+            if "page size of" in line:
+                digits = [w for w in line.split() if w.isdigit()]
+                page = int(digits[0]) if digits else page
+            key, _, value = line.partition(":")
+            if key.strip() in ("Pages free", "Pages inactive", "Pages speculative"):
+                number = value.strip().rstrip(".")
+                pages += int(number) if number.isdigit() else 0
+        if pages:
+            free = min(total, pages * page) if total else pages * page
+    return Device(name="RAM", kind="cpu", total=total, free=free)
+
+
+# --- what the CPU backend repacks
+
+
+def repack_types(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> dict[int, int]:
+    """ggml types the CPU backend copies into its repacked layout -> the row multiple it needs.
+
+    llama.cpp repacks matrices for its fast kernels when the CPU has the instructions (AVX2 or ARM dot product)
+    and keeps them in a second buffer next to the mmapped file, so they count twice in its buffer report.
+    """
+    arch = (machine or platform.machine()).lower()
+    if arch in ("arm64", "aarch64"):
+        if sys.platform == "darwin":
+            return dict(REPACK_ARM_DOTPROD)
+        flags = _cpu_flags(cpuinfo)
+        return dict(REPACK_ARM_DOTPROD) if "asimddp" in flags else {}
+    if arch in ("x86_64", "amd64"):
+        flags = _cpu_flags(cpuinfo)
+        if "avx512f" in flags:
+            return dict(REPACK_AVX512)
+        return dict(REPACK_AVX2) if "avx2" in flags else {}
+    return {}
+
+
+def _cpu_flags(cpuinfo: Path) -> set[str]:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()

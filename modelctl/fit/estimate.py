@@ -1,69 +1,320 @@
-"""What llama.cpp allocates for a model and settings (FACTS.md section 5), calibrated on llama.cpp's own log lines.
+"""What llama.cpp allocates for a model and settings, per device (FACTS.md section 5), predicted from the header.
 
-CPU only for now (GPU offload splits the same sums by layer). Buffers: model weights; KV cache, per layer
-``n_head_kv * (k_len * size(K) + v_len * size(V))`` bytes per cell, cells = n_ctx padded to 256; output (logits of
-one sequence) plus llama-cpp-python's numpy ``scores`` (n_batch x n_vocab float32, host RAM); compute, reserved for
-an n_ubatch batch: the larger of the logits tensor and the attention scores, plus activations.
+The buffers are the ones llama.cpp prints when it loads a model verbosely, computed by its rules (the version in
+llama-cpp-python 0.3.36):
+
+- **weights**: the input layer (``token_embd``) stays on the CPU; layer ``n_layer`` is the output layer; with
+  ``--gpu-layers N`` the last N layers counting the output layer are offloaded (``i_gpu_start = max(n_layer + 1 -
+  N, 0)``), split over GPUs by their free memory; a tied output copies ``token_embd`` to the output layer's device.
+  On the CPU the weights are mmapped: the buffer spans the file range its tensors occupy. Matrices the CPU backend
+  repacks for its kernels (Q4_0 / Q4_K / IQ4_NL on AVX2, more on ARM) get a second, allocated copy.
+- **kv_cache**: per layer ``row(K, n_head_kv * k_len) + row(V, n_head_kv * v_len)`` bytes per cell on the layer's
+  device, cells = n_ctx padded to 256; without flash attention the V rows are padded to the widest layer's; MLA
+  keeps K only; sliding-window layers keep ``pad256(min(n_ctx, n_swa * n_seq + n_ubatch))`` cells unless
+  ``swa_full`` (llama-cpp-python's default: full size); recurrent layers keep f32 states per sequence.
+- **output**: logits of one token per sequence, ``n_vocab * n_seq * 4`` bytes of host memory.
+- **compute**: reserved for a batch of ``n_ubatch`` tokens with every one an output: the larger of the logits step
+  and the attention step (see :func:`compute_buffer`), calibrated on llama.cpp's own numbers.
+- **host_extra**: host memory no llama.cpp buffer reports: llama-cpp-python's numpy ``scores`` (``n_batch x
+  n_vocab`` float32), its token and candidate arrays, and the resident part of its batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from modelctl.fit.settings import RunSettings
-from modelctl.gguf import GGUFHeader
+from modelctl.fit.settings import CACHE_TYPES, RunSettings
+from modelctl.fit.shapes import ModelShape, shape_of, tensor_layer
+from modelctl.gguf import GGUFHeader, TensorInfo, merge, row_bytes, type_sizes
 
-CACHE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 KV_PAD = 256
+CPU_ALIGN = 32
+GPU_ALIGN = 128
+CUDA_ROW_PADDING = 512
+F16, F32 = 1, 0
+
+FRAGMENT_ROWS = 1 << 20
+"""Without flash attention, batch activations (``n_embd x n_ubatch`` float32) this large fragment the allocator."""
+
+MUL_MAT_EXCLUDED = ("token_embd.", "token_types.", "position_embd.", "per_layer_token_embd.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Buffers:
+    """Bytes one device holds, by buffer."""
+
+    weights: int = 0
+    kv_cache: int = 0
+    compute: int = 0
+    output: int = 0
+    host_extra: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + self.output + self.host_extra
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Estimate:
-    weights: int
-    kv_cache: int
-    output: int
-    compute: int
-    host_extra: int
-    """RAM that llama.cpp never reports (llama-cpp-python's scores array)."""
+    """The prediction for one load: the CPU side (host RAM) and each GPU."""
+
     n_ctx: int
+    """The context asked for."""
+    n_ctx_padded: int
+    """What llama.cpp allocates (a multiple of 256)."""
     n_layer: int
+    gpu_layers: int
+    """Layers offloaded, counting the output layer (0..n_layer + 1)."""
+    cpu: Buffers
+    gpus: tuple[Buffers, ...] = field(default_factory=tuple)
+
+    def _sum(self, name: str) -> int:
+        return int(getattr(self.cpu, name)) + sum(int(getattr(g, name)) for g in self.gpus)
+
+    @property
+    def weights(self) -> int:
+        return self._sum("weights")
+
+    @property
+    def kv_cache(self) -> int:
+        return self._sum("kv_cache")
+
+    @property
+    def compute(self) -> int:
+        return self._sum("compute")
+
+    @property
+    def output(self) -> int:
+        return self._sum("output")
+
+    @property
+    def host_extra(self) -> int:
+        return self._sum("host_extra")
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.output + self.compute + self.host_extra
+        return self.cpu.total + sum(g.total for g in self.gpus)
 
 
-def _as_list(value: object, n: int, default: int) -> list[int]:
-    if isinstance(value, list):
-        return [int(v) for v in value][:n] + [default] * max(0, n - len(value))
-    return [int(value) if isinstance(value, int) else default] * n
+def _align(n: int, a: int) -> int:
+    return -(-n // a) * a
 
 
-def estimate(headers: Sequence[GGUFHeader], settings: RunSettings, *, n_ctx: int | None = None) -> Estimate:
-    first = headers[0]
-    n_layer = int(first.arch("block_count", 0) or 0)
-    n_embd = int(first.arch("embedding_length", 0) or 0)
-    n_head_list = _as_list(first.arch("attention.head_count"), n_layer, 0)
-    n_head = max(n_head_list) if n_head_list else 0
-    kv_heads = _as_list(first.arch("attention.head_count_kv", n_head), n_layer, n_head)
-    head_dim = n_embd // n_head if n_head else 0
-    k_len = int(first.arch("attention.key_length", head_dim) or head_dim)
-    v_len = int(first.arch("attention.value_length", head_dim) or head_dim)
-    trained = first.arch("context_length")
-    ctx = n_ctx or settings.resolved_ctx(int(trained) if isinstance(trained, int) else None)
-    cells = -(-ctx // KV_PAD) * KV_PAD
-    size = CACHE_BYTES.get(settings.cache_type, 2.0)
-    per_cell = sum(h * (k_len + v_len) for h in kv_heads) * size
-    kv = int(per_cell * cells)
-    n_vocab = first.n_vocab
-    weights = sum(t.n_bytes for h in headers for t in h.tensors)
-    output = n_vocab * 4 * settings.n_seq
-    ub = settings.n_ubatch
-    logits = ub * n_vocab * 4
-    attention = ub * cells * n_head * 4 + cells * ub * 4
-    compute = max(logits, attention) + 6 * ub * n_embd * 4
-    host_extra = settings.n_batch * n_vocab * 4
-    return Estimate(
-        weights=weights, kv_cache=kv, output=output, compute=compute, host_extra=host_extra, n_ctx=ctx, n_layer=n_layer
+def estimate(
+    model: GGUFHeader | Sequence[GGUFHeader],
+    settings: RunSettings,
+    *,
+    n_ctx: int | None = None,
+    gpu_layers: int = 0,
+    gpu_split: Sequence[float] = (),
+    repack: dict[int, int] | None = None,
+) -> Estimate:
+    """Predict llama.cpp's buffers.
+
+    ``gpu_layers`` layers (the output layer counts as one) go to the GPUs, split in proportion to ``gpu_split``
+    (their free memory; one GPU when empty). ``repack`` maps ggml types the host CPU repacks to the row multiple
+    they need (``None``: this machine's, from :func:`modelctl.fit.devices.repack_types`).
+    """
+    header = merge([model] if isinstance(model, GGUFHeader) else model)
+    shape = shape_of(header)
+    if repack is None:
+        from modelctl.fit.devices import repack_types
+
+        repack = repack_types()
+    ctx = n_ctx or settings.resolved_ctx(shape.n_ctx_train)
+    if gpu_layers < 0:  # llama.cpp's -1: all of them
+        gpu_layers = shape.n_layer + 1
+    n_gpus = max(len(gpu_split), 1) if gpu_layers > 0 else 0
+    gpu_layers = min(gpu_layers, shape.n_layer + 1)
+    device_of = _layer_devices(shape.n_layer, gpu_layers, gpu_split)
+
+    weights = _weights(header, shape, device_of, n_gpus, repack)
+    kv, cells = _kv_cache(shape, settings, ctx, device_of, n_gpus)
+    compute = compute_buffer(shape, settings, ctx, device_of, n_gpus)
+    output = shape.n_vocab * settings.n_seq * 4
+    extra = host_extra(shape, settings, ctx)
+    cpu = Buffers(weights=weights[0], kv_cache=kv[0], compute=compute[0], output=output, host_extra=extra)
+    gpus = tuple(
+        Buffers(weights=weights[i + 1], kv_cache=kv[i + 1], compute=compute[i + 1]) for i in range(n_gpus)
     )
+    return Estimate(n_ctx=ctx, n_ctx_padded=cells, n_layer=shape.n_layer, gpu_layers=gpu_layers, cpu=cpu, gpus=gpus)
+
+
+def _layer_devices(n_layer: int, gpu_layers: int, split: Sequence[float]) -> list[int]:
+    """Device per layer 0..n_layer (the last is the output layer): 0 is the CPU, 1.. the GPUs."""
+    start = max(n_layer + 1 - gpu_layers, 0)
+    shares = [max(s, 0.0) for s in split] or [1.0]
+    if not sum(shares):
+        shares = [1.0] * len(shares)
+    total = sum(shares)
+    bounds, acc = [], 0.0
+    for share in shares:  # cumulative, as llama.cpp's split points
+        acc += share / total
+        bounds.append(acc)
+    devices = []
+    for il in range(n_layer + 1):
+        if gpu_layers == 0 or il < start:
+            devices.append(0)
+            continue
+        frac = (il - start) / gpu_layers
+        gpu = next((i for i, b in enumerate(bounds) if frac < b), len(bounds) - 1)
+        devices.append(gpu + 1)
+    return devices
+
+
+def _uses_mul_mat(t: TensorInfo) -> bool:
+    return len(t.shape) >= 2 and t.shape[1] > 1 and not t.name.startswith(MUL_MAT_EXCLUDED)
+
+
+def _repacked(t: TensorInfo, repack: dict[int, int]) -> bool:
+    rows = repack.get(t.ggml_type)
+    return rows is not None and len(t.shape) in (2, 3) and t.shape[1] % rows == 0
+
+
+def _gpu_bytes(t: TensorInfo) -> int:
+    size = t.n_bytes
+    block, _ = type_sizes(t.ggml_type)
+    if block > 1 and t.shape[0] % CUDA_ROW_PADDING:
+        size += row_bytes(t.ggml_type, CUDA_ROW_PADDING - t.shape[0] % CUDA_ROW_PADDING)
+    return _align(size, GPU_ALIGN)
+
+
+def _weights(
+    header: GGUFHeader, shape: ModelShape, device_of: list[int], n_gpus: int, repack: dict[int, int]
+) -> list[int]:
+    out = [0] * (n_gpus + 1)
+    spans: dict[int, tuple[int, int]] = {}  # file -> (first, last) of the mmapped CPU tensors
+    placed: list[tuple[TensorInfo, int]] = []
+    for t in header.tensors:
+        layer = tensor_layer(t, shape.n_layer)
+        placed.append((t, 0 if layer < 0 else device_of[layer]))
+    embd = header.tensor("token_embd.weight")
+    if shape.tied_embeddings and embd is not None:
+        placed.append((embd, device_of[shape.n_layer]))  # the output layer's copy (same bytes on the CPU)
+        tied_output = len(placed) - 1
+    else:
+        tied_output = -1
+    for i, (t, dev) in enumerate(placed):
+        if dev:
+            out[dev] += _gpu_bytes(t)
+            continue
+        mul_mat = i == tied_output or _uses_mul_mat(t)
+        if mul_mat and _repacked(t, repack):
+            out[0] += _align(t.n_bytes, CPU_ALIGN)
+            continue
+        first, last = spans.get(t.file, (1 << 62, 0))
+        spans[t.file] = (min(first, t.offset), max(last, t.offset + t.n_bytes))
+    out[0] += sum(last - first for first, last in spans.values() if last > first)
+    return out
+
+
+def kv_cells(shape: ModelShape, settings: RunSettings, n_ctx: int) -> tuple[int, int]:
+    """(cells of a full-attention layer, cells of a sliding-window layer)."""
+    cells = _align(n_ctx, KV_PAD)
+    if settings.n_seq > 1:
+        cells = _align(cells // settings.n_seq, KV_PAD) * settings.n_seq
+    swa = cells
+    if shape.swa_any and not settings.swa_full:
+        n_batch = min(n_ctx, settings.n_batch)
+        n_ubatch = min(n_batch, settings.n_ubatch)
+        swa = _align(min(cells, shape.n_swa + n_ubatch), KV_PAD)
+    return cells, swa
+
+
+def _kv_cache(
+    shape: ModelShape, settings: RunSettings, n_ctx: int, device_of: list[int], n_gpus: int
+) -> tuple[list[int], int]:
+    out = [0] * (n_gpus + 1)
+    cells, swa_cells = kv_cells(shape, settings, n_ctx)
+    ctype = CACHE_TYPES[settings.cache_type]
+    v_trans = not settings.flash_attention
+    attn = [layer for layer in shape.layers if layer.has_kv]
+    v_max = max((layer.n_head_kv * layer.v_len for layer in attn), default=0)
+    for il, layer in enumerate(shape.layers):
+        dev = device_of[il]
+        if layer.recurrent:
+            out[dev] += (shape.recurrent_r + shape.recurrent_s) * 4 * max(settings.n_seq, 1)
+            continue
+        if not layer.has_kv:
+            continue
+        n = swa_cells if layer.swa else cells
+        size = row_bytes(ctype, layer.n_head_kv * layer.k_len) * n
+        if not shape.mla:
+            width = v_max if v_trans else layer.n_head_kv * layer.v_len
+            size += row_bytes(ctype, width) * n
+        out[dev] += size
+    return out, cells
+
+
+def compute_buffer(
+    shape: ModelShape, settings: RunSettings, n_ctx: int, device_of: Sequence[int] = (), n_gpus: int = 0
+) -> list[int]:
+    """The compute buffer per device (CPU first), reserved for the worst-case batch.
+
+    llama.cpp reserves a graph of ``T = min(n_ubatch, n_batch, n_ctx)`` tokens, every one an output, against the
+    full cache of ``K`` cells; the buffer is the high-water mark of ggml's graph allocator. That mark is one of two
+    steps plus what is alive around it (``E``, ``F``: embedding and widest feed-forward width; ``masks``: one
+    ``K x T`` mask per attention kind, float32, or f16 with flash attention)::
+
+        without flash attention: max(V*T*4 + 3*E*T*4,                      the logits (5*E*T*4 if soft-capped)
+                                     max_l(K*T*H_l*4) + masks + 2*F*T*4 + 3*E*T*4)   the attention scores
+        with flash attention:    max(V*T*4 + 5*E*T*4 (+ masks when small), masks + 3*F*T*4 + 3*E*T*4)
+
+    plus 256 KiB of small inputs. Models whose layers differ in size fragment the allocator more: their logits
+    step also counts the masks. The activation coefficients were fitted to llama.cpp's own reports (CPU
+    backend, benchmarks/fit_accuracy.py) so that the prediction is not below them; a GPU backend runs the same
+    graph, so its buffer uses the same formula for the layers it holds, and the device with the output layer
+    takes the logits step.
+    """
+    cells, swa_cells = kv_cells(shape, settings, n_ctx)
+    n_batch = min(n_ctx, settings.n_batch)
+    t = min(settings.n_ubatch, n_batch, cells)
+    fa = settings.flash_attention
+    e_t = shape.n_embd * t * 4
+    ff = shape.n_ff_max or 4 * shape.n_embd
+    if shape.n_expert and shape.n_expert_used:
+        ff = max(ff, (shape.n_ff_exp or ff) * shape.n_expert_used + shape.n_expert)
+    f_t = ff * t * 4
+    small = 256 << 10  # positions, output ids, norms of a few rows
+    masks = (1 + (1 if shape.swa_any else 0)) * cells * t * (2 if fa else 4)
+    logits = shape.n_vocab * t * 4
+    variable = len({(layer.n_head, layer.n_head_kv, layer.n_ff) for layer in shape.layers}) > 1
+    if fa:
+        tail = 5 if shape.softcap_logits or variable else 3
+        out_step = logits + tail * e_t + (masks if variable or masks * 16 < logits else 0)
+        attention = masks + 3 * f_t + 3 * e_t
+    else:
+        out_step = logits + (5 if shape.softcap_logits else 3) * e_t + (masks + 2 * e_t if variable else 0)
+        if e_t >= FRAGMENT_ROWS:
+            # batch rows of 1 MiB and more no longer fit the holes the layers leave: the logits land higher
+            out_step += 3 * e_t
+        attn_layers = [(layer, swa_cells if layer.swa else cells) for layer in shape.layers if layer.has_kv]
+        scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
+        attention = scores + masks + 2 * f_t + 3 * e_t
+    out_step += small
+    attention += small
+    recurrent = 0
+    if any(layer.recurrent for layer in shape.layers):
+        recurrent = (shape.recurrent_r + shape.recurrent_s) * 4 * max(settings.n_seq, 1) * 3 + 4 * f_t
+    peak_layers = max(attention, recurrent, 3 * f_t + 6 * e_t)
+    if not n_gpus or not device_of:
+        return [max(out_step, peak_layers)]
+    out = [0] * (n_gpus + 1)
+    output_dev = device_of[-1]
+    for dev in set(device_of[:-1]):
+        out[dev] = max(out[dev], peak_layers)
+    out[output_dev] = max(out[output_dev], out_step)
+    if out[0] == 0:
+        # the host keeps the inputs (embeddings of the batch, positions, masks) for the GPUs
+        out[0] = e_t + masks
+    return out
+
+
+def host_extra(shape: ModelShape, settings: RunSettings, n_ctx: int) -> int:
+    """Host memory llama-cpp-python holds besides llama.cpp's buffers."""
+    scores = settings.n_batch * shape.n_vocab * 4
+    tokens = n_ctx * 4
+    candidates = shape.n_vocab * 12
+    batch = settings.n_batch * min(n_ctx * 4 + 16, 4096)  # seq_id rows of n_ctx ints: the touched pages
+    return scores + tokens + candidates + batch

@@ -1,53 +1,281 @@
-"""The verdict: does the estimate fit the devices, and what is the largest context that does."""
+"""The verdict: where the layers go, whether the model fits, the largest context that does, and what to try.
+
+Memory is monotone in the two knobs: more GPU layers need more GPU memory and less host memory; a larger
+context needs more of both. So the most GPU layers that fit is a binary search, and so is the largest context.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelctl.fit.devices import Device
 from modelctl.fit.estimate import KV_PAD, Estimate
 
 GPU_MARGIN = 512 << 20
-"""Per GPU, for what no buffer reports: the CUDA context and cuBLAS workspace (0.3-0.5 GiB measured in the field)."""
+"""Kept free on every GPU for what no llama.cpp buffer reports: the CUDA (or ROCm) context and the cuBLAS
+workspace, 0.3-0.5 GiB per GPU in practice, plus allocator slack. Ollama keeps 457 MiB (512 MiB on Metal);
+llama.cpp's own fitter keeps 1 GiB, which refuses loads that work. 512 MiB covers the measured range."""
+HOST_MARGIN = 0
+"""Kept free in RAM by default: MemAvailable already leaves out what is in use, and the estimate counts
+llama-cpp-python's own arrays."""
+MIN_CTX = KV_PAD
+
+Verdict = str  # "fits" | "partial" | "does_not_fit"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VariantInfo:
+    """Another variant of the same model (from its card), for the suggestion when this one does not fit."""
+
+    reference: str
+    """What to run instead, e.g. ``ai/llama3.1:8B-Q4_K_M``."""
+    weights: int
+    """Bytes of its weights (its GGUF size)."""
+    quantization: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Plan:
-    verdict: str
+    verdict: Verdict
     gpu_layers: int
-    max_ctx_size: int | None
-    suggestion: str | None
-    needs: dict[str, int]
+    """Layers on the GPUs, the output layer counting as one."""
+    n_layers: int
+    """Layers that can be offloaded: the model's blocks plus the output layer."""
+    estimate: Estimate
+    """The estimate for the chosen placement."""
+    needs: dict[str, int] = field(default_factory=dict)
+    """Bytes each device (by name) needs."""
+    max_ctx_size: int | None = None
+    suggestion: str | None = None
 
 
-def plan(est: Estimate, devices: Sequence[Device], estimate_at: Callable[[int], Estimate], trained: int | None) -> Plan:
-    """CPU placement: everything in host RAM. (GPU offload planning is the next step; see the issue notes.)"""
-    cpu = next((d for d in devices if d.kind == "cpu"), None)
-    free = cpu.free if cpu else 0
-    fits = est.total <= free
-    limit = max(trained or est.n_ctx, est.n_ctx)
-    best = _largest_ctx(estimate_at, free, limit)
-    suggestion = None
-    if not fits:
-        if best:
-            suggestion = f"use --ctx-size {best} (the largest context that fits)"
+EstimateAt = Callable[[int, int, Sequence[float]], Estimate]
+"""(n_ctx, gpu_layers, gpu_split) -> Estimate."""
+
+
+def _needs(est: Estimate, cpu: Device | None, gpus: Sequence[Device]) -> dict[str, int]:
+    needs: dict[str, int] = {}
+    if cpu is not None:
+        needs[cpu.name] = est.cpu.total
+    for dev, buffers in zip(gpus, est.gpus, strict=False):
+        needs[dev.name] = buffers.total
+    return needs
+
+
+def _fits(est: Estimate, cpu: Device | None, gpus: Sequence[Device], margin: int, host_margin: int) -> bool:
+    if cpu is not None:
+        # Apple's GPU shares the RAM: what it holds comes out of the same free memory
+        unified = any(d.kind == "metal" for d in gpus)
+        host_need = est.total if unified else est.cpu.total
+        if host_need > cpu.free - host_margin:
+            return False
+    return all(b.total <= d.free - margin for d, b in zip(gpus, est.gpus, strict=False))
+
+
+def _gpu_fits(est: Estimate, gpus: Sequence[Device], margin: int) -> bool:
+    return all(b.total <= d.free - margin for d, b in zip(gpus, est.gpus, strict=False))
+
+
+def plan(
+    estimate_at: EstimateAt,
+    devices: Sequence[Device],
+    *,
+    n_layer: int,
+    n_ctx: int,
+    trained_ctx: int | None,
+    gpu_layers: int | None = None,
+    cache_type: str = "f16",
+    estimate_with_cache: Callable[[str, int, int, Sequence[float]], Estimate] | None = None,
+    margin: int = GPU_MARGIN,
+    host_margin: int = HOST_MARGIN,
+    variants: Sequence[VariantInfo] = (),
+) -> Plan:
+    """Place the layers, judge the fit at ``n_ctx`` and find the largest context that fits.
+
+    ``gpu_layers`` None means auto: as many layers on the GPUs as fit (all of them when they do). A number (or
+    -1 for all) is taken as given and only judged. ``estimate_with_cache`` lets the suggestion try a q8_0 cache.
+    """
+    cpu = next((d for d in devices if not d.is_gpu), None)
+    gpus = [d for d in devices if d.is_gpu]
+    split = [float(max(d.free - margin, 0)) for d in gpus]
+    total_layers = n_layer + 1
+
+    def place(ctx: int) -> tuple[int, Estimate]:
+        """The most GPU layers that fit the GPUs at ``ctx`` (auto), or the requested number."""
+        if not gpus:
+            return 0, estimate_at(ctx, 0, ())
+        if gpu_layers is None:
+            ngl = place_auto(estimate_at, ctx, gpus, split, total_layers, margin)
         else:
-            suggestion = "the weights alone do not fit: use a smaller quantisation or a smaller variant"
-    needs = {cpu.name: est.total} if cpu else {}
+            ngl = total_layers if gpu_layers < 0 else min(gpu_layers, total_layers)
+        return ngl, estimate_at(ctx, ngl, split)
+
+    ngl, est = place(n_ctx)
+    fits = _fits(est, cpu, gpus, margin, host_margin)
+    if not fits:
+        verdict: Verdict = "does_not_fit"
+    elif gpus and gpu_layers is None and ngl < total_layers:
+        verdict = "partial"
+    else:
+        verdict = "fits"
+
+    limit = max(trained_ctx or n_ctx, n_ctx)
+
+    def fits_at(ctx: int, *, all_on_gpu: bool) -> bool:
+        layers, e = place(ctx)
+        if all_on_gpu and layers < total_layers:
+            return False
+        return _fits(e, cpu, gpus, margin, host_margin)
+
+    full_gpu = bool(gpus) and gpu_layers is None
+    best_ctx = _largest(lambda c: fits_at(c, all_on_gpu=True), limit) if full_gpu else None
+    if best_ctx is None:
+        best_ctx = _largest(lambda c: fits_at(c, all_on_gpu=False), limit)
+
+    suggestion = _suggest(
+        verdict=verdict,
+        est=est,
+        ngl=ngl,
+        total_layers=total_layers,
+        n_ctx=n_ctx,
+        best_ctx=best_ctx,
+        cache_type=cache_type,
+        q8_fits=_q8_fits(estimate_with_cache, cache_type, n_ctx, ngl, split, cpu, gpus, margin, host_margin),
+        requested=gpu_layers,
+        auto_ngl=_auto_that_fits(estimate_at, n_ctx, cpu, gpus, split, total_layers, margin, host_margin)
+        if gpu_layers is not None and not fits
+        else None,
+        cpu=cpu,
+        gpus=gpus,
+        margin=margin,
+        variants=variants,
+    )
     return Plan(
-        verdict="fits" if fits else "does_not_fit", gpu_layers=0, max_ctx_size=best, suggestion=suggestion, needs=needs
+        verdict=verdict,
+        gpu_layers=ngl,
+        n_layers=total_layers,
+        estimate=est,
+        needs=_needs(est, cpu, gpus),
+        max_ctx_size=best_ctx,
+        suggestion=suggestion,
     )
 
 
-def _largest_ctx(estimate_at: Callable[[int], Estimate], free: int, limit: int) -> int | None:
-    lo, hi = 1, max(1, limit // KV_PAD)
-    if estimate_at(KV_PAD).total > free:
-        return None
+def place_auto(
+    estimate_at: EstimateAt, ctx: int, gpus: Sequence[Device], split: Sequence[float], total: int, margin: int
+) -> int:
+    """The most layers that fit the GPUs at ``ctx``."""
+    if not gpus:
+        return 0
+    lo, hi = 0, total
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate_at(mid * KV_PAD).total <= free:
+        if _gpu_fits(estimate_at(ctx, mid, split), gpus, margin):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _auto_that_fits(
+    estimate_at: EstimateAt,
+    ctx: int,
+    cpu: Device | None,
+    gpus: Sequence[Device],
+    split: Sequence[float],
+    total: int,
+    margin: int,
+    host_margin: int,
+) -> int | None:
+    """The automatic number of GPU layers, when that placement fits where the requested one does not."""
+    if not gpus:
+        return None
+    ngl = place_auto(estimate_at, ctx, gpus, split, total, margin)
+    return ngl if _fits(estimate_at(ctx, ngl, split), cpu, gpus, margin, host_margin) else None
+
+
+def _largest(fits: Callable[[int], bool], limit: int) -> int | None:
+    """The largest multiple of 256 up to ``limit`` for which ``fits`` holds (it is monotone), or None."""
+    hi = max(limit // KV_PAD, 1)
+    if not fits(MIN_CTX):
+        return None
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid * KV_PAD):
             lo = mid
         else:
             hi = mid - 1
     return lo * KV_PAD
+
+
+def _q8_fits(
+    estimate_with_cache: Callable[[str, int, int, Sequence[float]], Estimate] | None,
+    cache_type: str,
+    n_ctx: int,
+    ngl: int,
+    split: Sequence[float],
+    cpu: Device | None,
+    gpus: Sequence[Device],
+    margin: int,
+    host_margin: int,
+) -> bool:
+    if estimate_with_cache is None or cache_type != "f16":
+        return False
+    return _fits(estimate_with_cache("q8_0", n_ctx, ngl, split), cpu, gpus, margin, host_margin)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _suggest(
+    *,
+    verdict: Verdict,
+    est: Estimate,
+    ngl: int,
+    total_layers: int,
+    n_ctx: int,
+    best_ctx: int | None,
+    cache_type: str,
+    q8_fits: bool,
+    requested: int | None,
+    auto_ngl: int | None,
+    cpu: Device | None,
+    gpus: Sequence[Device],
+    margin: int,
+    variants: Sequence[VariantInfo],
+) -> str | None:
+    if verdict == "fits":
+        return None
+    if verdict == "partial":
+        hints = []
+        if best_ctx is not None and best_ctx < n_ctx:
+            hints.append(f"--ctx-size {best_ctx}")
+        if q8_fits:
+            hints.append("--cache-type q8_0")
+        more = f"; to put all of them there, use {' or '.join(hints)}" if hints else ""
+        return f"{ngl} of {total_layers} layers fit on the GPU, the rest runs on the CPU{more}"
+    if requested is not None and auto_ngl is not None and requested != auto_ngl:
+        return f"use --gpu-layers {auto_ngl} (the most layers that fit on the GPU) or --gpu-layers auto"
+    if best_ctx is not None and best_ctx < n_ctx:
+        text = f"use --ctx-size {best_ctx} (the largest context that fits)"
+        return text + (", or --cache-type q8_0 to halve the KV cache" if q8_fits else "")
+    if q8_fits:
+        return "use --cache-type q8_0 (halves the KV cache)"
+    room = (cpu.free if cpu else 0) + sum(max(g.free - margin, 0) for g in gpus)
+    overhead = est.total - est.weights
+    fitting = [v for v in variants if v.weights + overhead <= room]
+    if fitting:
+        best = max(fitting, key=lambda v: v.weights)
+        return f"try {best.reference} ({_size(best.weights)} of weights), the largest variant that fits"
+    return (
+        f"the model needs {_size(est.total)} and this machine has {_size(room)} free: "
+        "use a smaller quantisation or a smaller variant of the model"
+    )

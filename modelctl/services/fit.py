@@ -1,9 +1,14 @@
-"""fit: read the GGUF header(s), estimate what llama.cpp will allocate, and judge it against this machine."""
+"""fit: read the GGUF header(s), predict what llama.cpp will allocate, and judge it against this machine.
+
+Works from local files or, before any download, from Range reads of the registry blobs' headers: the caller
+passes ``open_range(digest, start, end_inclusive) -> bytes`` (the registry client's ranged blob read), so this
+module knows nothing of HTTP, the CLI or the store.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +16,34 @@ from modelctl import gguf
 from modelctl.fit import devices as _devices
 from modelctl.fit.devices import Device
 from modelctl.fit.estimate import Estimate, estimate
-from modelctl.fit.plan import plan
+from modelctl.fit.plan import GPU_MARGIN, VariantInfo, plan
 from modelctl.fit.settings import RunSettings
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FitReport:
+    """Everything ``modelctl fit --json`` prints, plus the estimate it came from."""
+
     reference: str | None
     settings: RunSettings
     estimate: Estimate
     devices: tuple[Device, ...]
     needs: dict[str, int] = field(default_factory=dict)
     verdict: str
+    """``fits``, ``partial`` (some layers on the CPU) or ``does_not_fit``."""
     gpu_layers: int
+    n_layers: int = 0
+    """Offloadable layers (the blocks plus the output layer): ``gpu_layers`` of ``n_layers``."""
     max_ctx_size: int | None
     suggestion: str | None
     bytes_fetched: int = 0
+    architecture: str | None = None
+    quantization: str | None = None
+    parameters: int = 0
+
+    @property
+    def n_ctx(self) -> int:
+        return self.estimate.n_ctx
 
     def to_json(self) -> dict[str, Any]:
         e = self.estimate
@@ -43,6 +60,7 @@ class FitReport:
                 "weights": e.weights,
                 "kv_cache": e.kv_cache,
                 "compute": e.compute,
+                # llama.cpp's logits plus llama-cpp-python's copies of them (host RAM no llama.cpp log shows)
                 "output": e.output + e.host_extra,
                 "total": e.total,
             },
@@ -58,49 +76,89 @@ class FitReport:
         }
 
 
-def fit_local(paths: Sequence[Path], settings: RunSettings, *, devices: Sequence[Device] | None = None) -> FitReport:
-    headers = [gguf.read_header(gguf.FileSource(Path(p))) for p in paths]
-    return _report(headers, settings, devices, fetched=0)
+def fit_local(
+    paths: Sequence[Path],
+    settings: RunSettings,
+    *,
+    devices: Sequence[Device] | None = None,
+    variants: Sequence[VariantInfo] = (),
+    reference: str | None = None,
+) -> FitReport:
+    """Fit from local GGUF files (every shard of a split model, in order)."""
+    headers = gguf.read_headers([gguf.FileSource(Path(p)) for p in paths])
+    return fit_headers(headers, settings, devices=devices, variants=variants, reference=reference, fetched=0)
 
 
 def fit_remote(
-    fetch_range: Callable[[str, int, int], bytes],
+    open_range: Callable[[str, int, int], bytes],
     layers: Sequence[tuple[str, int]],
     settings: RunSettings,
     *,
     devices: Sequence[Device] | None = None,
+    variants: Sequence[VariantInfo] = (),
+    reference: str | None = None,
 ) -> FitReport:
-    """Read only the GGUF headers through ``fetch_range(digest, start, end_inclusive)``."""
+    """Fit from the registry: only the GGUF headers of ``layers`` (digest, size) are read, by ranges."""
 
     def reader(digest: str) -> Callable[[int, int], bytes]:
-        return lambda start, end: fetch_range(digest, start, end)
+        return lambda start, end: open_range(digest, start, end)
 
     sources = [gguf.RangedSource(reader(digest), size) for digest, size in layers]
-    headers = [gguf.read_header(src) for src in sources]
-    return _report(headers, settings, devices, fetched=sum(s.bytes_fetched for s in sources))
+    headers = gguf.read_headers(sources)
+    fetched = sum(s.bytes_fetched for s in sources)
+    return fit_headers(headers, settings, devices=devices, variants=variants, reference=reference, fetched=fetched)
 
 
-def _report(
-    headers: list[gguf.GGUFHeader], settings: RunSettings, devices: Sequence[Device] | None, *, fetched: int
+def fit_headers(
+    headers: Sequence[gguf.GGUFHeader],
+    settings: RunSettings,
+    *,
+    devices: Sequence[Device] | None = None,
+    variants: Sequence[VariantInfo] = (),
+    reference: str | None = None,
+    fetched: int = 0,
+    repack: dict[int, int] | None = None,
 ) -> FitReport:
+    """Estimate and plan for headers already read (``devices`` None: this machine's)."""
+    header = gguf.merge(headers)
     found = tuple(devices if devices is not None else _devices.detect())
-    est = estimate(headers, settings)
-    trained = headers[0].arch("context_length")
+    if repack is None:
+        repack = _devices.repack_types()
+    n_ctx = settings.resolved_ctx(header.context_length)
+    trained = header.context_length
+
+    def estimate_at(ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
+        return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, repack=repack)
+
+    def estimate_with_cache(cache: str, ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
+        other = replace(settings, cache_type=cache)
+        return estimate(header, other, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, repack=repack)
+
     verdict = plan(
-        est,
+        estimate_at,
         found,
-        lambda ctx: estimate(headers, settings, n_ctx=ctx),
-        int(trained) if isinstance(trained, int) else None,
+        n_layer=header.n_layer,
+        n_ctx=n_ctx,
+        trained_ctx=trained,
+        gpu_layers=settings.gpu_layers,
+        cache_type=settings.cache_type,
+        estimate_with_cache=estimate_with_cache,
+        margin=GPU_MARGIN,
+        variants=variants,
     )
     return FitReport(
-        reference=None,
+        reference=reference,
         settings=settings,
-        estimate=est,
+        estimate=verdict.estimate,
         devices=found,
         needs=verdict.needs,
         verdict=verdict.verdict,
         gpu_layers=verdict.gpu_layers,
+        n_layers=verdict.n_layers,
         max_ctx_size=verdict.max_ctx_size,
         suggestion=verdict.suggestion,
         bytes_fetched=fetched,
+        architecture=header.architecture,
+        quantization=header.quantization,
+        parameters=header.parameter_count(),
     )

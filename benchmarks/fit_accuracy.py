@@ -1,0 +1,411 @@
+"""Fit accuracy: the fit check's prediction against the buffer sizes llama.cpp itself prints when it loads a model.
+
+For SmolLM2-135M and a set of small generated GGUFs (GQA and MHA llama, tied embeddings with a 128K vocabulary,
+gemma2's sliding-window layers, OpenELM's per-layer head counts, F16 / Q8_0 / Q4_K / Q4_0 weights), each at several
+contexts and cache types, the model is loaded by llama-cpp-python in a subprocess with ``verbose=True`` and the
+settings ``modelctl run`` uses (:class:`modelctl.fit.settings.RunSettings`), and its ``model``, ``KV``, ``output``
+and ``compute buffer size`` lines are compared with :func:`modelctl.fit.estimate.estimate`.
+
+Targets (issue 5): weights, KV cache and output within 0.1 MiB; compute within +15% / -0%; total never under.
+
+    .venv/bin/python benchmarks/fit_accuracy.py            # the full table (Markdown) on stdout
+    .venv/bin/python benchmarks/fit_accuracy.py --quick    # SmolLM2 at two contexts and two generated shapes
+
+It writes the table to docs/fit_accuracy.md as well, and exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from modelctl.fit.estimate import Estimate, estimate  # noqa: E402
+from modelctl.fit.settings import RunSettings  # noqa: E402
+from modelctl.gguf import FileSource, read_header  # noqa: E402
+
+SMOLLM2 = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct-Q4_1.gguf"
+MIB = 1 << 20
+EXACT_MIB = 0.1
+COMPUTE_OVER = 0.15
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shape:
+    """A generated model: llama.cpp's hyper-parameters and the type of its large weights."""
+
+    name: str
+    arch: str = "llama"
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int | tuple[int, ...] = 8
+    n_head_kv: int | tuple[int, ...] = 2
+    n_ff: int | tuple[int, ...] = 512
+    head_dim: int | None = None
+    n_vocab: int = 8192
+    weights: str = "F16"
+    tied: bool = False
+    n_swa: int = 0
+    ctx_train: int = 8192
+    held_out: bool = False
+    """Not used to calibrate the compute formula: a check that it generalises."""
+
+
+SHAPES: tuple[Shape, ...] = (
+    Shape(name="llama-gqa-f16", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=688, weights="F16"),
+    Shape(name="llama-mha-q8_0", n_layer=3, n_embd=384, n_head=6, n_head_kv=6, n_ff=1024, weights="Q8_0"),
+    Shape(
+        name="llama-mha-tied-f16",
+        n_layer=3,
+        n_embd=256,
+        n_head=4,
+        n_head_kv=4,
+        n_ff=640,
+        n_vocab=32000,
+        weights="F16",
+        tied=True,
+    ),
+    Shape(
+        name="llama-tied-128k-q8_0",
+        n_layer=2,
+        n_embd=128,
+        n_head=4,
+        n_head_kv=1,
+        n_ff=256,
+        n_vocab=128256,
+        weights="Q8_0",
+        tied=True,
+    ),
+    Shape(name="llama-q4_k", n_layer=4, n_embd=512, n_head=8, n_head_kv=4, n_ff=1536, weights="Q4_K"),
+    Shape(name="llama-q4_0", n_layer=3, n_embd=256, n_head=4, n_head_kv=2, n_ff=768, weights="Q4_0", tied=True),
+    Shape(
+        name="gemma2-swa-f16",
+        arch="gemma2",
+        n_layer=4,
+        n_embd=256,
+        n_head=4,
+        n_head_kv=2,
+        n_ff=512,
+        head_dim=64,
+        n_vocab=16384,
+        n_swa=512,
+        tied=True,
+    ),
+    Shape(
+        name="openelm-per-layer-heads",
+        arch="openelm",
+        n_layer=4,
+        n_embd=256,
+        n_head=(4, 4, 6, 8),
+        n_head_kv=(1, 2, 2, 4),
+        n_ff=(512, 640, 768, 1024),
+        head_dim=64,
+        n_vocab=8192,
+        tied=True,
+    ),
+    Shape(
+        name="llama-1024-q8_0",
+        n_layer=3,
+        n_embd=1024,
+        n_head=16,
+        n_head_kv=4,
+        n_ff=2816,
+        n_vocab=32000,
+        weights="Q8_0",
+        held_out=True,
+    ),
+    Shape(
+        name="llama-small-vocab-f16",
+        n_layer=8,
+        n_embd=512,
+        n_head=8,
+        n_head_kv=8,
+        n_ff=1408,
+        n_vocab=2048,
+        held_out=True,
+    ),
+)
+
+# (n_ctx, cache type) pairs each shape is measured at
+CASES: tuple[tuple[int, str], ...] = (
+    (256, "f16"),
+    (1024, "f16"),
+    (4096, "f16"),
+    (16384, "f16"),
+    (2048, "q8_0"),
+    (8192, "q4_0"),
+)
+QUICK_SHAPES = ("llama-gqa-f16", "openelm-per-layer-heads")
+QUICK_CASES: tuple[tuple[int, str], ...] = ((512, "f16"), (4096, "f16"))
+SMOLLM2_CASES: tuple[tuple[int, str], ...] = (
+    (256, "f16"),
+    (512, "f16"),
+    (2048, "f16"),
+    (4096, "f16"),
+    (8192, "f16"),
+    (2048, "q8_0"),
+    (4096, "q4_0"),
+)
+
+
+def _per_layer(value: int | tuple[int, ...], n: int) -> list[int]:
+    return list(value) if isinstance(value, tuple) else [value] * n
+
+
+def write_gguf(shape: Shape, path: Path, *, seed: int = 0) -> Path:
+    """Write ``shape`` as a loadable GGUF (random weights; a byte-level vocabulary of ``n_vocab`` tokens)."""
+    import gguf
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    heads = _per_layer(shape.n_head, shape.n_layer)
+    kv_heads = _per_layer(shape.n_head_kv, shape.n_layer)
+    ffs = _per_layer(shape.n_ff, shape.n_layer)
+    head_dim = shape.head_dim or shape.n_embd // heads[0]
+    qtype = gguf.GGMLQuantizationType[shape.weights]
+
+    def weight(rows: int, cols: int) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+        if qtype == gguf.GGMLQuantizationType.Q4_K:
+            # gguf-py cannot quantize to Q4_K: valid blocks by hand (d, dmin f16; 12 scale bytes; 128 nibble bytes)
+            blocks = rows * cols // 256
+            raw = np.zeros((blocks, 144), dtype=np.uint8)
+            raw[:, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
+            raw[:, 4:16] = rng.integers(0, 64, (blocks, 12), dtype=np.uint8)
+            raw[:, 16:] = rng.integers(0, 256, (blocks, 128), dtype=np.uint8)
+            return raw.reshape(rows, cols // 256 * 144), qtype
+        data = rng.standard_normal((rows, cols), dtype=np.float32) * 0.02
+        if qtype == gguf.GGMLQuantizationType.F16:
+            return data.astype(np.float16), None
+        return quantize(data, qtype), qtype
+
+    def norm(n: int) -> np.ndarray:
+        return np.ones(n, dtype=np.float32)
+
+    w = gguf.GGUFWriter(str(path), shape.arch)
+    w.add_name(shape.name)
+    w.add_block_count(shape.n_layer)
+    w.add_context_length(shape.ctx_train)
+    w.add_embedding_length(shape.n_embd)
+    w.add_feed_forward_length(ffs if isinstance(shape.n_ff, tuple) else shape.n_ff)
+    w.add_head_count(heads if isinstance(shape.n_head, tuple) else shape.n_head)
+    w.add_head_count_kv(kv_heads if isinstance(shape.n_head_kv, tuple) else shape.n_head_kv)
+    w.add_layer_norm_rms_eps(1e-6)
+    if shape.head_dim:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_dimension_count(head_dim)
+    if shape.n_swa:
+        w.add_sliding_window(shape.n_swa)
+    w.add_file_type({"F16": 1, "Q8_0": 7, "Q4_K": 15, "Q4_0": 2}[shape.weights])
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<t{i}>" for i in range(shape.n_vocab)])
+    w.add_token_scores([0.0] * shape.n_vocab)
+    w.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (shape.n_vocab - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    tensors: list[tuple[str, np.ndarray, gguf.GGMLQuantizationType | None]] = []
+
+    def add(name: str, rows: int, cols: int) -> None:
+        data, raw = weight(rows, cols)
+        tensors.append((name, data, raw))
+
+    add("token_embd.weight", shape.n_vocab, shape.n_embd)
+    tensors.append(("output_norm.weight", norm(shape.n_embd), None))
+    if not shape.tied:
+        add("output.weight", shape.n_vocab, shape.n_embd)
+    for i in range(shape.n_layer):
+        q, kv = heads[i] * head_dim, kv_heads[i] * head_dim
+        tensors.append((f"blk.{i}.attn_norm.weight", norm(shape.n_embd), None))
+        if shape.arch == "openelm":
+            add(f"blk.{i}.attn_qkv.weight", q + 2 * kv, shape.n_embd)
+            tensors.append((f"blk.{i}.attn_q_norm.weight", norm(head_dim), None))
+            tensors.append((f"blk.{i}.attn_k_norm.weight", norm(head_dim), None))
+        else:
+            add(f"blk.{i}.attn_q.weight", q, shape.n_embd)
+            add(f"blk.{i}.attn_k.weight", kv, shape.n_embd)
+            add(f"blk.{i}.attn_v.weight", kv, shape.n_embd)
+        add(f"blk.{i}.attn_output.weight", shape.n_embd, q)
+        if shape.arch == "gemma2":
+            tensors.append((f"blk.{i}.post_attention_norm.weight", norm(shape.n_embd), None))
+            tensors.append((f"blk.{i}.post_ffw_norm.weight", norm(shape.n_embd), None))
+        tensors.append((f"blk.{i}.ffn_norm.weight", norm(shape.n_embd), None))
+        add(f"blk.{i}.ffn_gate.weight", ffs[i], shape.n_embd)
+        add(f"blk.{i}.ffn_up.weight", ffs[i], shape.n_embd)
+        add(f"blk.{i}.ffn_down.weight", shape.n_embd, ffs[i])
+    for name, data, raw in tensors:
+        w.add_tensor(name, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+LOADER = r"""
+import json, sys
+from llama_cpp import Llama
+kwargs = json.loads(sys.argv[2])
+Llama(sys.argv[1], verbose=True, **kwargs)
+"""
+
+_LINES = {
+    "weights": re.compile(r"model buffer size\s*=\s*([\d.]+) MiB"),
+    "kv_cache": re.compile(r"KV buffer size\s*=\s*([\d.]+) MiB"),
+    "recurrent": re.compile(r"RS buffer size\s*=\s*([\d.]+) MiB"),
+    "output": re.compile(r"output buffer size\s*=\s*([\d.]+) MiB"),
+    "compute": re.compile(r"sched_reserve:\s+\S+ compute buffer size\s*=\s*([\d.]+) MiB"),
+}
+
+
+def measure(model: Path, settings: RunSettings, n_ctx: int) -> dict[str, float]:
+    """Load ``model`` in a subprocess with ``settings`` and return llama.cpp's buffer sizes (MiB, summed)."""
+    kwargs = settings.llama_kwargs(n_ctx=n_ctx, gpu_layers=0)
+    out = subprocess.run(
+        [sys.executable, "-c", LOADER, str(model), json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"llama.cpp failed to load {model.name}: {out.stderr[-1500:]}")
+    found = {key: sum(float(v) for v in pattern.findall(out.stderr)) for key, pattern in _LINES.items()}
+    if not found["weights"] or not found["compute"]:
+        raise RuntimeError(f"llama.cpp printed no buffer sizes for {model.name}")
+    found["kv_cache"] += found.pop("recurrent")
+    return found
+
+
+@dataclass(kw_only=True)
+class Row:
+    model: str
+    n_ctx: int
+    cache: str
+    truth: dict[str, float]
+    predicted: dict[str, float]
+    problems: list[str] = field(default_factory=list)
+
+    def check(self) -> Row:
+        for key in ("weights", "kv_cache", "output"):
+            if abs(self.predicted[key] - self.truth[key]) > EXACT_MIB:
+                self.problems.append(f"{key} off by {self.predicted[key] - self.truth[key]:+.2f} MiB")
+        c_true, c_pred = self.truth["compute"], self.predicted["compute"]
+        if c_pred < c_true - 0.005 or c_pred > c_true * (1 + COMPUTE_OVER) + 0.005:
+            self.problems.append(f"compute {100 * (c_pred / c_true - 1):+.1f}%")
+        if self.predicted["total"] < sum(self.truth.values()) - 0.005:
+            self.problems.append("total under")
+        return self
+
+    @property
+    def compute_error(self) -> float:
+        return self.predicted["compute"] / self.truth["compute"] - 1
+
+
+def predicted_mib(est: Estimate) -> dict[str, float]:
+    """The prediction in MiB; ``total`` covers the buffers llama.cpp reports, ``host`` what it does not."""
+    return {
+        "weights": est.weights / MIB,
+        "kv_cache": est.kv_cache / MIB,
+        "output": est.output / MIB,
+        "compute": est.compute / MIB,
+        "total": (est.total - est.host_extra) / MIB,
+        "host": est.host_extra / MIB,
+    }
+
+
+def compare(model: Path, label: str, cases: Iterable[tuple[int, str]]) -> list[Row]:
+    header = read_header(FileSource(model))
+    rows = []
+    for n_ctx, cache in cases:
+        settings = RunSettings(n_ctx=n_ctx, cache_type=cache, gpu_layers=0)
+        truth = measure(model, settings, n_ctx)
+        est = estimate([header], settings)
+        rows.append(Row(model=label, n_ctx=n_ctx, cache=cache, truth=truth, predicted=predicted_mib(est)).check())
+    return rows
+
+
+def table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| model | ctx | cache | weights MiB (llama.cpp / fit) | KV MiB | output MiB | compute MiB | compute error "
+        "| total MiB | + host MiB | ok |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        t, p = r.truth, r.predicted
+        lines.append(
+            f"| {r.model} | {r.n_ctx} | {r.cache} "
+            f"| {t['weights']:.2f} / {p['weights']:.2f} | {t['kv_cache']:.2f} / {p['kv_cache']:.2f} "
+            f"| {t['output']:.2f} / {p['output']:.2f} | {t['compute']:.2f} / {p['compute']:.2f} "
+            f"| {100 * r.compute_error:+.1f}% | {sum(t.values()):.2f} / {p['total']:.2f} | {p['host']:.2f} "
+            f"| {'yes' if not r.problems else '; '.join(r.problems)} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows: Sequence[Row]) -> str:
+    misses = [r for r in rows if r.problems]
+    worst = {
+        key: max(abs(r.predicted[key] - r.truth[key]) for r in rows) for key in ("weights", "kv_cache", "output")
+    }
+    errors = [r.compute_error for r in rows]
+    return (
+        f"{len(rows)} comparisons, {len(misses)} outside the targets (weights, KV, output within {EXACT_MIB} MiB; "
+        f"compute within +{COMPUTE_OVER:.0%}/-0%; total never under). Largest differences: weights "
+        f"{worst['weights']:.2f} MiB, KV {worst['kv_cache']:.2f} MiB, output {worst['output']:.2f} MiB; compute "
+        f"from {100 * min(errors):+.1f}% to {100 * max(errors):+.1f}%."
+    )
+
+
+def run(*, quick: bool = False, workdir: Path | None = None) -> list[Row]:
+    shapes = [s for s in SHAPES if not quick or s.name in QUICK_SHAPES]
+    cases = QUICK_CASES if quick else CASES
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        if SMOLLM2.is_file():
+            rows += compare(SMOLLM2, "SmolLM2-135M Q4_1", cases if quick else SMOLLM2_CASES)
+        for shape in shapes:
+            path = write_gguf(shape, Path(tmp) / f"{shape.name}.gguf")
+            label = f"{shape.name} (held out)" if shape.held_out else shape.name
+            rows += compare(path, label, cases)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="SmolLM2 at two contexts and two generated shapes")
+    parser.add_argument("--no-write", action="store_true", help="do not write docs/fit_accuracy.md")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick)
+    text = table(rows)
+    note = summary(rows)
+    print(text + "\n\n" + note)
+    if not args.no_write and not args.quick:
+        doc = ROOT / "docs" / "fit_accuracy.md"
+        doc.write_text(
+            "# Fit check accuracy (CPU, llama-cpp-python 0.3.36)\n\n"
+            "Generated by `.venv/bin/python benchmarks/fit_accuracy.py`: for each model, context and cache type, "
+            "the buffer sizes llama.cpp prints when it loads the model with the settings `modelctl run` uses "
+            "(left) against modelctl's prediction from the GGUF header alone (right), in MiB. *total* is the sum "
+            "of those four buffers; *+ host* is what the fit check adds for llama-cpp-python's own arrays "
+            "(the `n_batch x n_vocab` float32 scores and friends), which llama.cpp never reports. f16 caches load "
+            "without flash attention, q8_0 / q4_0 caches with it (llama.cpp needs it for a quantised V cache). "
+            "Shapes marked *held out* were not used to calibrate the compute formula.\n\n" + text + "\n\n" + note + "\n"
+        )
+    return 1 if any(r.problems for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""The GGUF header reader: files written by the ``gguf`` package, ranged reads, split models, and a table of
+malformed headers that must each fail with a clear GGUFError."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from modelctl.errors import GGUFError
+from modelctl.gguf import FileSource, RangedSource, merge, read_header, read_headers
+
+
+def write(path: Path, *, n_vocab: int = 2000, split: tuple[int, int] | None = None, tensors: bool = True) -> Path:
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(3)
+    w.add_context_length(4096)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv([2, 1, 2])
+    w.add_sliding_window(512)
+    w.add_file_type(7)
+    w.add_chat_template("{{ messages }}")
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_scores([0.5] * n_vocab)
+    if split:
+        w.add_uint16("split.no", split[0])
+        w.add_uint16("split.count", split[1])
+    if tensors:
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        suffix = "" if not split else str(split[0])
+        embd = gguf.quants.quantize(np.zeros((n_vocab, 64), dtype=np.float32), q8)
+        w.add_tensor(f"token_embd.weight{suffix}", embd, raw_dtype=q8)
+        w.add_tensor(f"blk.0.attn_q.weight{suffix}", np.zeros((64, 64), dtype=np.float16))
+        w.add_tensor(f"output_norm.weight{suffix}", np.ones(64, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_reads_what_the_gguf_package_writes(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.gguf")
+    h = read_header(FileSource(path))
+    assert h.version == 3
+    assert (h.architecture, h.n_layer, h.n_embd, h.n_head) == ("llama", 3, 64, 4)
+    assert h.head_counts_kv() == [2, 1, 2] and h.n_head_kv == 2
+    assert h.key_length == h.value_length == 16  # n_embd / n_head
+    assert (h.context_length, h.sliding_window, h.n_vocab) == (4096, 512, 2000)
+    assert h.quantization == "Q8_0"
+    assert h.chat_template == "{{ messages }}"
+    # the 2000 tokens and scores were counted, not kept
+    assert "tokenizer.ggml.tokens" not in h.metadata and h.array_lengths["tokenizer.ggml.scores"] == 2000
+    embd, q, norm = h.tensors
+    assert embd.shape == (64, 2000) and embd.n_bytes == 2000 * 64 // 32 * 34 and embd.type_name == "Q8_0"
+    assert q.n_bytes == 64 * 64 * 2 and norm.n_bytes == 64 * 4
+    assert h.data_offset % h.alignment == 0 and h.data_offset >= h.header_bytes
+    assert h.parameter_count() == 2000 * 64 + 64 * 64 + 64
+    assert h.tensor("output_norm.weight") == norm and h.tensor("missing") is None
+    assert path.stat().st_size == h.data_offset + norm.offset + norm.n_bytes
+
+
+def test_asked_for_arrays_are_read(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.gguf")
+    h = read_header(FileSource(path), want_arrays=frozenset({"tokenizer.ggml.tokens"}))
+    tokens = h.metadata["tokenizer.ggml.tokens"]
+    assert isinstance(tokens, list) and tokens[:2] == ["t0", "t1"] and len(tokens) == 2000
+
+
+def test_ranged_reads_grow_and_skip_what_is_not_needed(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_token_list([f"t{i}" for i in range(50_000)])
+    w.add_array("test.big", [0.0] * 600_000)  # 2.4 MB of f32, skipped unread
+    w.add_block_count(1)
+    w.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = path.read_bytes()
+    calls: list[tuple[int, int]] = []
+
+    def open_range(start: int, end: int) -> bytes:
+        calls.append((start, end))
+        return data[start : end + 1]
+
+    source = RangedSource(open_range, len(data))
+    h = read_header(source)
+    local = read_header(FileSource(path))
+    assert (h.metadata, h.tensors, h.array_lengths) == (local.metadata, local.tensors, local.array_lengths)
+    assert h.n_vocab == 50_000 and h.array_lengths["test.big"] == 600_000 and h.n_layer == 1
+    sizes = [end - start + 1 for start, end in calls]
+    assert sizes[0] == 256 << 10
+    assert source.bytes_fetched == h.bytes_fetched < h.header_bytes - (2 << 20)  # the array never came
+    assert all(b[0] > a[1] for a, b in itertools.pairwise(calls))  # no byte fetched twice
+
+
+def test_ranged_source_with_unknown_size_stops_at_the_end() -> None:
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
+    h = read_header(RangedSource(lambda s, e: data[s : e + 1], None))
+    assert h.tensors == () and h.header_bytes == len(data)
+
+
+def test_split_models_merge_in_order(tmp_path: Path) -> None:
+    paths = [write(tmp_path / f"m-0000{i + 1}-of-00002.gguf", split=(i, 2)) for i in range(2)]
+    headers = read_headers([FileSource(p) for p in paths])
+    merged = merge(headers)
+    assert merged.n_files == 2 and len(merged.tensors) == 6
+    assert [t.file for t in merged.tensors] == [0, 0, 0, 1, 1, 1]
+    assert merged.data_offsets == (headers[0].data_offset, headers[1].data_offset)
+    with pytest.raises(GGUFError, match="out of order"):
+        merge(list(reversed(headers)))
+    with pytest.raises(GGUFError, match=r"split\.count"):
+        merge(headers[:1] + headers)
+    with pytest.raises(GGUFError, match="1 GGUF file"):
+        merge(headers[:1])
+    single = read_header(FileSource(write(tmp_path / "single.gguf")))
+    assert merge([single]) is single
+
+
+def test_real_model_header(smollm2_gguf: Path) -> None:
+    h = read_header(FileSource(smollm2_gguf))
+    assert (h.architecture, h.n_layer, h.n_embd, h.n_head, h.n_head_kv) == ("llama", 30, 576, 9, 3)
+    assert h.n_vocab == 49152 and h.context_length == 8192
+    assert (h.block_count, h.embedding_length, h.head_count, h.head_count_kv) == (30, 576, 9, 3)
+    assert (h.key_length, h.value_length, h.sliding_window) == (64, 64, 0)
+    assert h.tied_embeddings  # SmolLM2 has no output.weight
+    assert h.quantization == "Q4_1"
+    assert 130e6 < h.parameter_count() < 140e6
+    assert h.chat_template and "im_start" in h.chat_template
+    assert h.header_bytes < 2 << 20 and h.bytes_fetched < h.header_bytes  # token types skipped unread
+
+
+# --- malformed headers, built byte by byte
+
+
+class B:
+    def __init__(self) -> None:
+        self.kv: list[bytes] = []
+        self.ti: list[bytes] = []
+
+    @staticmethod
+    def s(text: str | bytes) -> bytes:
+        raw = text.encode() if isinstance(text, str) else text
+        return struct.pack("<Q", len(raw)) + raw
+
+    def u32(self, key: str, value: int) -> B:
+        self.kv.append(self.s(key) + struct.pack("<II", 4, value))
+        return self
+
+    def raw_kv(self, payload: bytes) -> B:
+        self.kv.append(payload)
+        return self
+
+    def tensor(self, name: str | bytes, dims: tuple[int, ...], ggml_type: int = 0, offset: int = 0) -> B:
+        info = self.s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        self.ti.append(info + struct.pack("<IQ", ggml_type, offset))
+        return self
+
+    def build(self, pad: int = 4096) -> bytes:
+        head = b"GGUF" + struct.pack("<IQQ", 3, len(self.ti), len(self.kv))
+        return head + b"".join(self.kv) + b"".join(self.ti) + bytes(pad)
+
+
+def arch() -> B:
+    return B().raw_kv(B.s("general.architecture") + struct.pack("<I", 8) + B.s("llama"))
+
+
+BAD: list[tuple[str, Callable[[], bytes], str]] = [
+    ("duplicate key", lambda: arch().u32("a", 1).u32("a", 2).build(), "duplicate GGUF metadata key 'a'"),
+    ("unknown value type", lambda: arch().raw_kv(B.s("k") + struct.pack("<I", 13)).build(), "unknown value type 13"),
+    (
+        "nested array",
+        lambda: arch().raw_kv(B.s("k") + struct.pack("<IIQ", 9, 9, 1)).build(),
+        "nested arrays are not supported",
+    ),
+    (
+        "huge array",
+        lambda: arch().raw_kv(B.s("k") + struct.pack("<IIQ", 9, 0, 2**40)).build(),
+        "has 1099511627776 items",
+    ),
+    ("not utf-8", lambda: arch().raw_kv(B.s(b"\xff\xfe") + struct.pack("<II", 4, 1)).build(), "not UTF-8"),
+    ("bad alignment", lambda: arch().u32("general.alignment", 24).build(), "general.alignment 24"),
+    ("zero alignment", lambda: arch().u32("general.alignment", 0).build(), "general.alignment 0"),
+    ("no dims", lambda: arch().tensor("t", ()).build(), "0 dimensions"),
+    ("five dims", lambda: arch().tensor("t", (1, 1, 1, 1, 1)).build(), "5 dimensions"),
+    ("unknown type", lambda: arch().tensor("t", (32,), ggml_type=99).build(), "unknown ggml tensor type 99"),
+    ("block size", lambda: arch().tensor("t", (33,), ggml_type=8).build(), "not a multiple of the Q8_0 block"),
+    ("overflow", lambda: arch().tensor("t", (2**40, 2**40)).build(), "more elements than fit in 64 bits"),
+    ("huge dim", lambda: arch().tensor("t", (2**63 + 1,)).build(), "dimension of"),
+    ("misaligned", lambda: arch().tensor("t", (8,), offset=4).build(), "not aligned"),
+    ("outside", lambda: arch().tensor("t", (8,), offset=1 << 20).build(), "lies outside the file"),
+    (
+        "duplicate tensor",
+        lambda: arch().tensor("t", (8,)).tensor("t", (8,), offset=32).build(),
+        "duplicate GGUF tensor",
+    ),
+    ("long name", lambda: arch().tensor("x" * 64, (8,)).build(), "64 bytes long"),
+    ("long string", lambda: arch().raw_kv(B.s("k") + struct.pack("<IQ", 8, 2**21)).build(), "limit 1048576"),
+]
+
+
+@pytest.mark.parametrize(("name", "build", "message"), BAD, ids=[b[0] for b in BAD])
+def test_malformed_headers_raise_a_clear_error(name: str, build: Callable[[], bytes], message: str) -> None:
+    data = build()
+    with pytest.raises(GGUFError, match=message.replace("(", r"\(")):
+        read_header(RangedSource(lambda s, e: data[s : e + 1], len(data)))
+
+
+def test_a_missing_file_is_a_gguf_error(tmp_path: Path) -> None:
+    with pytest.raises(GGUFError, match="cannot read"):
+        FileSource(tmp_path / "absent.gguf")
+
+
+def test_quantization_without_file_type_is_the_commonest_weight_type() -> None:
+    data = arch().tensor("a", (32, 4), ggml_type=8).tensor("b", (32, 64), ggml_type=1, offset=160).build(pad=8192)
+    h = read_header(RangedSource(lambda s, e: data[s : e + 1], len(data)))
+    assert h.quantization == "F16"
