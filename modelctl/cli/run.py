@@ -48,12 +48,17 @@ def _gpu_layers(value: str) -> int | None:
     return number
 
 
-def _options(ctx_size: int | None, gpu_layers: str, threads: int | None, no_pull: bool, force: bool) -> RunOptions:
+def _options(
+    ctx_size: int | None, gpu_layers: str, cache_type: str, threads: int | None, no_pull: bool, force: bool
+) -> RunOptions:
     from modelctl.services.run import RunOptions
 
+    if cache_type not in CACHE_TYPES:
+        raise UsageError(f"unknown cache type {cache_type!r}", hint="use " + ", ".join(CACHE_TYPES))
     return RunOptions(
         ctx_size=ctx_size,
         gpu_layers=_gpu_layers(gpu_layers),
+        cache_type=cache_type,
         n_threads=threads,
         no_pull=no_pull,
         force=force,
@@ -77,6 +82,10 @@ def _prepare(ref: str, options: RunOptions, *, quiet: bool) -> Prepared:
 CTX_SIZE = typer.Option(None, "--ctx-size", min=16, help="Context window in tokens (default: what fits).")
 GPU_LAYERS = typer.Option("auto", "--gpu-layers", metavar="N|auto", help="Layers to offload to the GPU.")
 NO_PULL = typer.Option(False, "--no-pull", help="Fail (exit 3) instead of pulling a missing model.")
+CACHE_TYPES = ("f16", "q8_0", "q4_0")
+CACHE_TYPE = typer.Option(
+    "f16", "--cache-type", help="KV cache type: f16, q8_0 or q4_0 (quantised caches use flash attention)."
+)
 FORCE = typer.Option(False, "--force", help="Load even when the fit check says the model does not fit.")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: llama-cpp-python's choice).")
 
@@ -86,6 +95,7 @@ def run(
     prompt: str | None = typer.Argument(None, metavar="[PROMPT]", help="Answer this and exit (no chat)."),
     ctx_size: int | None = CTX_SIZE,
     gpu_layers: str = GPU_LAYERS,
+    cache_type: str = CACHE_TYPE,
     threads: int | None = THREADS,
     temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature."),
     top_p: float | None = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling."),
@@ -118,7 +128,7 @@ def run(
 
     from modelctl.services.run import start
 
-    prepared = _prepare(ref, _options(ctx_size, gpu_layers, threads, no_pull, force), quiet=json_out)
+    prepared = _prepare(ref, _options(ctx_size, gpu_layers, cache_type, threads, no_pull, force), quiet=json_out)
     engine = start(prepared)
     try:
         conversation = Conversation(system=system if system is not None else prepared.system)
@@ -321,6 +331,7 @@ def serve(
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
     ctx_size: int | None = CTX_SIZE,
     gpu_layers: str = GPU_LAYERS,
+    cache_type: str = CACHE_TYPE,
     threads: int | None = THREADS,
     no_pull: bool = NO_PULL,
     force: bool = FORCE,
@@ -329,7 +340,7 @@ def serve(
     """Serve a model on an OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
     from modelctl.services.serve import serve as serve_model
 
-    prepared = _prepare(ref, _options(ctx_size, gpu_layers, threads, no_pull, force), quiet=False)
+    prepared = _prepare(ref, _options(ctx_size, gpu_layers, cache_type, threads, no_pull, force), quiet=False)
 
     def ready(url: str) -> None:
         print(f"modelctl: serving {prepared.short} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)

@@ -28,6 +28,11 @@ class LoadSpec:
     n_batch: int = 512
     n_ubatch: int = 512
     n_gpu_layers: int = 0
+    type_k: int = 1
+    type_v: int = 1
+    """ggml type ids of the KV cache (1 = f16), the fit check's cache type."""
+    flash_attn: bool = False
+    swa_full: bool = True
     n_threads: int | None = None
     """None: llama-cpp-python's default (half the CPUs for generation, all of them for the prompt)."""
     chat_template: str | None = None
@@ -252,6 +257,10 @@ def load(spec: LoadSpec) -> Engine:
             n_batch=spec.n_batch,
             n_ubatch=spec.n_ubatch,
             n_gpu_layers=spec.n_gpu_layers,
+            type_k=spec.type_k,
+            type_v=spec.type_v,
+            flash_attn=spec.flash_attn,
+            swa_full=spec.swa_full,
             verbose=spec.verbose,
             **kwargs,
         )

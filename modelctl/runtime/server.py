@@ -62,6 +62,9 @@ def create_app(spec: ServeSpec) -> Any:
         n_batch=load.n_batch,
         n_ubatch=load.n_ubatch,
         n_gpu_layers=load.n_gpu_layers,
+        type_k=load.type_k,
+        type_v=load.type_v,
+        flash_attn=load.flash_attn,
         logits_all=False,  # the server's default keeps n_ctx x n_vocab floats of logits in RAM
         embedding=spec.embeddings,
         kv_overrides=overrides,

@@ -35,6 +35,8 @@ class RunOptions:
     """None: the artifact's context_size, else the fit settings' default, shrunk to what fits."""
     gpu_layers: int | None = None
     """None: ``auto``, the fit plan's choice (0 on CPU-only builds)."""
+    cache_type: str = "f16"
+    """KV cache type for K and V (f16, q8_0, q4_0); a quantised cache turns flash attention on."""
     no_pull: bool = False
     force: bool = False
     debug: bool = False
@@ -107,6 +109,7 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
     gpu_layers = options.gpu_layers if options.gpu_layers is not None else int(report.gpu_layers or 0)
     if not gpu_ok:
         gpu_layers = 0
+    from modelctl.fit.settings import CACHE_TYPES
     from modelctl.runtime.engine import LoadSpec
 
     load = LoadSpec(
@@ -115,6 +118,10 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
         n_gpu_layers=gpu_layers,
+        type_k=CACHE_TYPES[settings.cache_type],
+        type_v=CACHE_TYPES[settings.cache_type],
+        flash_attn=settings.flash_attention,
+        swa_full=settings.swa_full,
         n_threads=options.n_threads,
         chat_template=_text_layer(store, entry.model.chat_template),
         verbose=options.debug,
@@ -161,6 +168,8 @@ def _settings(entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> Run
     n_ctx = options.ctx_size or entry.model.context_size
     if n_ctx:
         changes["n_ctx"] = n_ctx
+    if options.cache_type != "f16":
+        changes["cache_type"] = options.cache_type
     if options.gpu_layers is not None:
         changes["gpu_layers"] = options.gpu_layers if gpu_ok else 0
     elif not gpu_ok:

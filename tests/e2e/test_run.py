@@ -96,3 +96,23 @@ def test_empty_prompt_is_a_usage_error(modelctl: Runner) -> None:
     result = modelctl("run", REF, "   ", *FAST)
     assert result.returncode == 2
     assert "nothing to answer" in result.stderr
+
+
+def test_cache_type_reaches_llama_cpp_and_matches_the_fit_check(modelctl: Runner) -> None:
+    # run must load with the settings the fit check judged: a q8_0 cache (and the flash attention it needs).
+    fit = modelctl("fit", REF, "--ctx-size", "1024", "--cache-type", "q8_0", "--json")
+    assert fit.returncode == 0, fit.stderr
+    predicted = json.loads(fit.stdout)["memory"]["kv_cache"] / (1 << 20)
+    result = modelctl("--debug", "run", REF, "Hi", *FAST, "--cache-type", "q8_0", "--max-tokens", "2")
+    assert result.returncode == 0, result.stderr
+    assert "flash_attn            = enabled" in result.stderr
+    kv_lines = [line for line in result.stderr.splitlines() if "KV buffer size" in line]
+    assert kv_lines, result.stderr[-2000:]
+    loaded = float(kv_lines[0].split("=")[1].split()[0])
+    assert abs(loaded - predicted) < 0.1, (loaded, predicted)
+
+
+def test_unknown_cache_type_is_a_usage_error(modelctl: Runner) -> None:
+    result = modelctl("run", REF, "Hi", "--cache-type", "q2_k")
+    assert result.returncode == 2, result.stderr
+    assert "unknown cache type" in result.stderr and len(result.stderr.strip().splitlines()) == 1
