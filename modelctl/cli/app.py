@@ -34,7 +34,7 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import auth, fit, models, publish, pull, run
+    from modelctl.cli import archive, auth, fit, models, publish, pull, run
 
     pull.register(app)
     run.register(app)
@@ -42,6 +42,7 @@ def _register() -> None:
     models.register(app)
     publish.register(app)
     auth.register(app)
+    archive.register(app)
 
 
 def run() -> None:

@@ -1,0 +1,589 @@
+"""save / load: move models to and from an offline machine as an OCI image layout archive (a tar).
+
+The archive is the OCI image layout spec's own shape, as ``skopeo copy ... oci-archive:x.tar:<ref>`` writes it::
+
+    oci-layout              {"imageLayoutVersion":"1.0.0"}
+    index.json              one entry per saved reference (org.opencontainers.image.ref.name = full reference),
+                            plus untagged entries for referrers (model cards) so that OCI tools see them
+    blobs/sha256/<hex>      manifests, configs, layers and referrers
+
+``save`` streams every blob into the tar (never a whole blob in memory) and hashes it on the way, so a corrupt
+local blob is reported instead of exported. ``load`` reads the tar in one pass (a file or a pipe): it never
+extracts by member name; each ``blobs/sha256/<hex>`` member is streamed into a temp file in the store's
+``.tmp/`` while its sha256 runs, and compared with the name. Only when every blob arrived intact, every
+manifest's children are present with the sizes their descriptors say, does anything enter ``blobs/`` (atomic
+renames) and only then are the references tagged. A hostile or damaged archive leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from modelctl import digest as _digest
+from modelctl import reference
+from modelctl.config import Config
+from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, NotFound, UsageError
+from modelctl.oci import descriptor
+from modelctl.oci import mediatypes as mt
+from modelctl.oci.descriptor import Descriptor, Index, Manifest
+from modelctl.services import local
+from modelctl.store import LAYOUT_VERSION, MAX_MANIFEST, TMP_DIR, Layout
+
+CHUNK = 1 << 20
+MAX_SMALL = 4 << 20
+"""index.json and oci-layout larger than this are refused (they are a few KiB)."""
+MAX_DEPTH = 8
+"""Indexes nested deeper than this are refused (a hostile archive could loop)."""
+
+Progress = Callable[[str, int], None]
+"""Called with (digest, bytes) after each blob is written or read."""
+
+
+# -- results -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArchivedModel:
+    reference: str
+    digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "digest": self.digest, "id": self.digest.removeprefix("sha256:")[:12]}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArchiveResult:
+    """What ``save`` wrote or ``load`` imported."""
+
+    models: tuple[ArchivedModel, ...]
+    referrers: int
+    """Manifests attached to the models (model cards) that travelled along."""
+    blobs: int
+    bytes: int
+    new_blobs: int = 0
+    """load only: blobs the store did not have before."""
+    skipped: tuple[str, ...] = field(default_factory=tuple)
+    """load only: archive members ignored (files outside the layout, blobs nothing references)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_json() for m in self.models],
+            "referrers": self.referrers,
+            "blobs": self.blobs,
+            "bytes": self.bytes,
+            "new_blobs": self.new_blobs,
+            "skipped": list(self.skipped),
+        }
+
+
+# -- save ----------------------------------------------------------------------------------------------------
+
+
+def save(config: Config, texts: Iterable[str], out: BinaryIO, *, progress: Progress | None = None) -> ArchiveResult:
+    """Write the models ``texts`` name (with their referrers) to ``out`` as an OCI layout tar, streaming."""
+    store = local.layout(config)
+    names = list(texts)
+    if not names:
+        raise UsageError("name at least one model to save")
+    models: list[ArchivedModel] = []
+    index: list[dict[str, Any]] = []
+    order: list[Descriptor] = []  # every blob, manifests first, once
+    seen: set[str] = set()
+    referrer_count = 0
+
+    def add(desc: Descriptor) -> None:
+        if desc.digest not in seen:
+            seen.add(desc.digest)
+            order.append(desc)
+
+    tagged: set[str] = set()
+    for text in names:
+        entry = local.resolve(store, text)
+        if entry.name in tagged:
+            continue
+        tagged.add(entry.name)
+        models.append(ArchivedModel(reference=entry.name, digest=entry.desc.digest))
+        index.append(
+            Descriptor(
+                media_type=entry.desc.media_type,
+                digest=entry.desc.digest,
+                size=entry.desc.size,
+                annotations={mt.REF_NAME: entry.name},
+            ).to_json()
+        )
+        for desc in _closure(store, entry.desc):
+            add(desc)
+    roots = {m.digest for m in models}
+    for desc in list(order):
+        if desc.digest in roots:
+            for ref in _referrers(store, desc.digest):
+                if ref.digest not in seen:
+                    referrer_count += 1
+                    index.append(ref.to_json())
+                    for child in _closure(store, ref):
+                        add(child)
+    index_bytes = json.dumps(
+        {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": index}, separators=(",", ":")
+    ).encode()
+    total = 0
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, "oci-layout", LAYOUT_VERSION)
+        _add_bytes(tar, "index.json", index_bytes)
+        _add_dir(tar, "blobs/")
+        _add_dir(tar, "blobs/sha256/")
+        for desc in order:
+            total += _add_blob(tar, store, desc)
+            if progress is not None:
+                progress(desc.digest, desc.size)
+    return ArchiveResult(models=tuple(models), referrers=referrer_count, blobs=len(order), bytes=total)
+
+
+def save_to_path(
+    config: Config, texts: Iterable[str], path: Path, *, progress: Progress | None = None
+) -> ArchiveResult:
+    """``save`` into a file: written beside it under a temporary name, renamed into place when complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        with tmp.open("wb") as f:
+            result = save(config, texts, f, progress=progress)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
+
+
+def _closure(store: Layout, desc: Descriptor, depth: int = 0) -> Iterator[Descriptor]:
+    """``desc`` and everything it references (manifest first, then its config and layers)."""
+    if depth > MAX_DEPTH:
+        raise IntegrityError(f"indexes nested more than {MAX_DEPTH} deep under {desc.digest}")
+    yield desc
+    if desc.media_type not in (*mt.MANIFESTS, *mt.INDEXES):
+        return
+    doc = descriptor.parse(store.read_blob(desc.digest, max_size=MAX_MANIFEST), desc.media_type)
+    if isinstance(doc, Manifest):
+        yield doc.config
+        yield from doc.layers
+    else:
+        for child in doc.manifests:
+            yield from _closure(store, child, depth + 1)
+
+
+def _referrers(store: Layout, digest: str, depth: int = 0) -> Iterator[Descriptor]:
+    """Manifests whose subject is ``digest``, and their own referrers (a card's signature, say)."""
+    if depth > MAX_DEPTH:
+        return
+    for ref in store.referrers(digest):
+        yield ref
+        yield from _referrers(store, ref.digest, depth + 1)
+
+
+def _tarinfo(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    tar.addfile(_tarinfo(name.rstrip("/"), 0, directory=True))
+
+
+class _HashingReader:
+    """A read-only file wrapper hashing what passes through (tarfile copies blobs with ``read``)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.count += len(data)
+        return data
+
+
+def _add_blob(tar: tarfile.TarFile, store: Layout, desc: Descriptor) -> int:
+    path = store.blob_path(desc.digest)
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"blob {desc.digest} is missing from the local store",
+            hint="pull the model again, then save it",
+        ) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size != desc.size:
+            raise IntegrityError(
+                f"stored blob {desc.digest} is {size} bytes, its descriptor says {desc.size}",
+                hint="the local copy is corrupt; remove the model and pull it again",
+            )
+        reader = _HashingReader(f)
+        tar.addfile(_tarinfo(f"blobs/sha256/{_digest.hex_of(desc.digest)}", size), reader)
+    actual = "sha256:" + reader.sha.hexdigest()
+    if reader.count != size or actual != desc.digest:
+        error = DigestMismatch(desc.digest, actual, what=f"stored blob {desc.digest}")
+        error.hint = "the local copy is corrupt; remove the model and pull it again (the archive is incomplete)"
+        raise error
+    return size
+
+
+# -- load ----------------------------------------------------------------------------------------------------
+
+
+def load(config: Config, source: BinaryIO, *, name: str = "archive", progress: Progress | None = None) -> ArchiveResult:
+    """Import an OCI layout tar (ours, skopeo's, any tool's) from ``source``, verifying every blob as it streams.
+
+    Raises IntegrityError (exit 5) for a hostile, truncated or corrupt archive; the store is then unchanged
+    (no blob committed, nothing tagged).
+    """
+    store = local.layout(config)
+    store.ensure()
+    with _Staging(store) as staging:
+        index_raw, skipped = _read_archive(source, name, store, staging, progress)
+        entries = _parse_index(index_raw, name)
+        keep, referrers = _plan(store, staging, entries, name)
+        with store.locked():
+            new_blobs = 0
+            for digest in keep:
+                staged = staging.blobs.get(digest)
+                if staged is not None and not store.has_blob(digest):
+                    store.commit_blob(staged, digest)
+                    new_blobs += 1
+            models: list[ArchivedModel] = []
+            for ref_name, desc in entries:
+                if ref_name is None:
+                    continue
+                store.tag(ref_name, desc)
+                models.append(ArchivedModel(reference=ref_name, digest=desc.digest))
+        unused = sorted(set(staging.sizes) - keep)
+        return ArchiveResult(
+            models=tuple(models),
+            referrers=referrers,
+            blobs=len(keep),
+            bytes=sum(staging.sizes[d] for d in keep if d in staging.sizes),
+            new_blobs=new_blobs,
+            skipped=(*skipped, *(f"blobs/sha256/{_digest.hex_of(d)}" for d in unused)),
+        )
+
+
+def load_from_path(config: Config, path: Path, *, progress: Progress | None = None) -> ArchiveResult:
+    if not Path(path).is_file():
+        raise NotFound(f"archive {path} does not exist", hint="give the file modelctl save wrote")
+    with Path(path).open("rb") as f:
+        return load(config, f, name=str(path), progress=progress)
+
+
+class _Staging:
+    """Verified blobs waiting in the store's ``.tmp/`` (same filesystem: committing is a rename).
+
+    Flat files named ``load.<pid>.<random>.<hex>``: a killed load leaves files that ``prune`` removes.
+    """
+
+    def __init__(self, store: Layout) -> None:
+        self.dir = store.root / TMP_DIR
+        self.prefix = f"load.{os.getpid()}.{secrets.token_hex(4)}."
+        self.blobs: dict[str, Path] = {}
+        """digest -> staged file (blobs the store did not have)."""
+        self.sizes: dict[str, int] = {}
+        """digest -> size of every blob in the archive (staged or already stored)."""
+
+    def __enter__(self) -> _Staging:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for path in self.blobs.values():
+            path.unlink(missing_ok=True)  # committed ones were renamed away already
+
+    def path(self, digest: str) -> Path:
+        return self.dir / f"{self.prefix}{_digest.hex_of(digest)}"
+
+
+def _safe_parts(member: tarfile.TarInfo, archive: str) -> list[str]:
+    """The member's name as path components; a name that could escape a directory is refused."""
+    name = member.name
+    if not name or "\x00" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise IntegrityError(
+            f"{archive}: refused member {name!r}: absolute or malformed name",
+            hint="the archive is not a plain OCI layout; nothing was loaded",
+        )
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise IntegrityError(
+            f"{archive}: refused member {name!r}: its name leaves the archive (..)",
+            hint="the archive is hostile or corrupt; nothing was loaded",
+        )
+    return parts
+
+
+def _kind(member: tarfile.TarInfo) -> str | None:
+    """None for what may be read (a plain file or a directory), else what the member is."""
+    if member.isdir():
+        return None
+    if member.issym():
+        return f"a symbolic link (to {member.linkname!r})"
+    if member.islnk():
+        return f"a hard link (to {member.linkname!r})"
+    if member.ischr() or member.isblk():
+        return "a device"
+    if member.isfifo():
+        return "a FIFO"
+    if member.issparse():
+        return "a sparse file"
+    if member.isreg():
+        return None
+    return f"an entry of type {member.type!r}"
+
+
+def _read_archive(
+    source: BinaryIO, archive: str, store: Layout, staging: _Staging, progress: Progress | None
+) -> tuple[bytes, list[str]]:
+    """One pass over the tar: stage and verify every blob; return index.json's bytes and the ignored names."""
+    index_raw: bytes | None = None
+    skipped: list[str] = []
+    try:
+        with tarfile.open(fileobj=source, mode="r|*") as tar:
+            for member in tar:
+                parts = _safe_parts(member, archive)
+                what = _kind(member)
+                if what is not None:
+                    raise IntegrityError(
+                        f"{archive}: refused member {member.name!r}: it is {what}",
+                        hint="an OCI layout archive holds plain files only; nothing was loaded",
+                    )
+                if member.isdir():
+                    continue
+                if parts == ["index.json"]:
+                    if index_raw is not None:
+                        raise IntegrityError(f"{archive} holds two index.json files", hint="nothing was loaded")
+                    index_raw = _small(tar, member, archive)
+                elif parts == ["oci-layout"]:
+                    _check_layout_file(_small(tar, member, archive), archive)
+                elif len(parts) == 3 and parts[:2] == ["blobs", "sha256"]:
+                    digest = f"sha256:{parts[2]}"
+                    if not _digest.is_valid(digest):
+                        raise IntegrityError(f"{archive}: refused member {member.name!r}: not a sha256 blob name")
+                    _stage(tar, member, digest, archive, store, staging)
+                    if progress is not None:
+                        progress(digest, member.size)
+                elif parts[:1] == ["blobs"]:
+                    raise IntegrityError(
+                        f"{archive}: unsupported blob {member.name!r}",
+                        hint="modelctl reads sha256 blobs only; nothing was loaded",
+                    )
+                else:
+                    skipped.append(member.name)
+    except (tarfile.TarError, EOFError) as exc:
+        raise IntegrityError(
+            f"{archive} is truncated or not a tar archive ({exc})",
+            hint="copy the archive again (compare its sha256 with the original); nothing was loaded",
+        ) from None
+    if index_raw is None:
+        raise IntegrityError(
+            f"{archive} has no index.json: not an OCI image layout archive",
+            hint="write archives with: modelctl save, or skopeo copy ... oci-archive:FILE:REF",
+        )
+    return index_raw, skipped
+
+
+def _small(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> bytes:
+    if member.size > MAX_SMALL:
+        raise IntegrityError(f"{archive}: {member.name} is {member.size} bytes, more than the {MAX_SMALL} allowed")
+    f = tar.extractfile(member)
+    assert f is not None  # a regular file
+    data = f.read()
+    if len(data) != member.size:
+        raise EOFError(f"{member.name} is cut short")
+    return data
+
+
+def _check_layout_file(raw: bytes, archive: str) -> None:
+    try:
+        version = json.loads(raw).get("imageLayoutVersion")
+    except (ValueError, AttributeError):
+        version = None
+    if not isinstance(version, str) or not version.startswith("1."):
+        raise IntegrityError(f"{archive}: unsupported oci-layout {raw[:100]!r}", hint="expected imageLayoutVersion 1.x")
+
+
+def _stage(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str, archive: str, store: Layout, staging: _Staging
+) -> None:
+    """Stream one blob member through sha256: into a staged file, or nowhere when the store has it already."""
+    f = tar.extractfile(member)
+    assert f is not None
+    # A blob seen before in this archive, or already stored: verify it, write it nowhere.
+    known = digest in staging.sizes or store.has_blob(digest, member.size)
+    target = None if known else staging.path(digest)
+    sha = hashlib.sha256()
+    count = 0
+    out = target.open("wb") if target is not None else None
+    try:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+            count += len(chunk)
+            if out is not None:
+                out.write(chunk)
+    except BaseException:
+        if out is not None:
+            out.close()
+            target.unlink(missing_ok=True)  # type: ignore[union-attr]
+        raise
+    if out is not None:
+        out.close()
+    if count != member.size:
+        if target is not None:
+            target.unlink(missing_ok=True)
+        raise EOFError(f"{member.name} is cut short")
+    actual = "sha256:" + sha.hexdigest()
+    if actual != digest:
+        if target is not None:
+            target.unlink(missing_ok=True)
+        error = DigestMismatch(digest, actual, what=f"blob {digest} in {archive}")
+        error.hint = "the archive is corrupt or was tampered with; nothing was loaded"
+        raise error
+    if target is not None:
+        staging.blobs[digest] = target
+    staging.sizes.setdefault(digest, count)
+
+
+def _parse_index(raw: bytes, archive: str) -> list[tuple[str | None, Descriptor]]:
+    """(full reference or None, manifest descriptor) for each entry of the archive's index.json."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        raise IntegrityError(f"{archive}: malformed index.json: not an OCI image index")
+    out: list[tuple[str | None, Descriptor]] = []
+    for item in doc["manifests"]:
+        desc = Descriptor.from_json(item, where=f"index.json entry of {archive}")
+        if desc.media_type not in (*mt.MANIFESTS, *mt.INDEXES):
+            raise IntegrityError(f"{archive}: index.json entry {desc.digest} has media type {desc.media_type!r}")
+        name = desc.annotations.get(mt.REF_NAME)
+        full: str | None = None
+        if name is not None:
+            try:
+                full = str(reference.parse(name))
+            except ModelctlError:
+                raise IntegrityError(
+                    f"{archive}: index.json names an invalid reference {name!r}",
+                    hint="nothing was loaded",
+                ) from None
+        out.append((full, Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)))
+    if not any(name for name, _ in out):
+        raise IntegrityError(
+            f"{archive}: index.json names no model (no {mt.REF_NAME} annotation)",
+            hint="save with: modelctl save REF, or skopeo copy ... oci-archive:FILE:REF",
+        )
+    return out
+
+
+def _plan(
+    store: Layout, staging: _Staging, entries: list[tuple[str | None, Descriptor]], archive: str
+) -> tuple[set[str], int]:
+    """Every blob to keep (what the index entries reach, plus referrers of it); checks presence and sizes.
+
+    Returns (digests to keep, number of referrer manifests)."""
+
+    def size_of(digest: str) -> int | None:
+        if digest in staging.sizes:
+            return staging.sizes[digest]
+        try:
+            st = store.blob_path(digest).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size
+
+    def read(digest: str) -> bytes:
+        staged = staging.blobs.get(digest)
+        path = staged if staged is not None else store.blob_path(digest)
+        with path.open("rb") as f:
+            data = f.read(MAX_MANIFEST + 1)
+        if len(data) > MAX_MANIFEST or _digest.of_bytes(data) != digest:
+            raise IntegrityError(f"{archive}: manifest {digest} is unreadable or larger than {MAX_MANIFEST} bytes")
+        return data
+
+    def check(desc: Descriptor, parent: str) -> None:
+        size = size_of(desc.digest)
+        if size is None:
+            raise IntegrityError(
+                f"{archive} is missing blob {desc.digest} that {parent} needs",
+                hint="the archive is incomplete; save it again; nothing was loaded",
+            )
+        if size != desc.size:
+            raise IntegrityError(
+                f"{archive}: blob {desc.digest} is {size} bytes, {parent} says {desc.size}",
+                hint="the archive is corrupt; nothing was loaded",
+            )
+
+    keep: set[str] = set()
+
+    def walk(desc: Descriptor, parent: str, depth: int = 0) -> None:
+        check(desc, parent)
+        if desc.digest in keep:
+            return
+        keep.add(desc.digest)
+        if desc.media_type not in (*mt.MANIFESTS, *mt.INDEXES):
+            return
+        if depth > MAX_DEPTH:
+            raise IntegrityError(f"{archive}: indexes nested more than {MAX_DEPTH} deep")
+        doc = descriptor.parse(read(desc.digest), desc.media_type)
+        what = f"manifest {desc.digest}"
+        if isinstance(doc, Manifest):
+            for child in (doc.config, *doc.layers):
+                walk(child, what, depth + 1)
+        elif isinstance(doc, Index):
+            for child in doc.manifests:
+                walk(child, what, depth + 1)
+
+    for ref_name, desc in entries:
+        if ref_name is not None:  # untagged entries load only as referrers of a tagged model (below)
+            walk(desc, f"index.json entry {ref_name}")
+    # Referrers (model cards) of what we keep: archive manifests whose subject is a kept manifest.
+    candidates: dict[str, Manifest] = {}
+    for digest, size in staging.sizes.items():
+        if size > MAX_MANIFEST or digest in keep:
+            continue
+        with suppress(IntegrityError, OSError):
+            data = read(digest)
+            if data.lstrip()[:1] == b"{":
+                doc = descriptor.parse(data)
+                if isinstance(doc, Manifest) and doc.subject is not None:
+                    candidates[digest] = doc
+    referrers = 0
+    changed = True
+    while changed:
+        changed = False
+        for digest, doc in list(candidates.items()):
+            if doc.subject is not None and doc.subject.digest in keep:
+                del candidates[digest]
+                walk(Descriptor(media_type=doc.media_type, digest=digest, size=staging.sizes[digest]), "a referrer")
+                referrers += 1
+                changed = True
+    return keep, referrers
