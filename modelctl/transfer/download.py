@@ -1,9 +1,10 @@
 """One blob, fetched as parallel Range parts into one preallocated file, hashed while it arrives, then committed.
 
 Threads, not asyncio: ``os.pwrite``, ``hashlib`` and socket reads release the GIL on large buffers, so a few
-threads keep a fast link busy. The sha256 follows the contiguous written prefix (the *frontier*): the part at the
-frontier is hashed from memory as its bytes arrive; bytes of later parts are hashed when the frontier reaches them,
-read back with ``os.pread`` right after they were written (page cache, not disk). No second pass over the file.
+threads keep a fast link busy. The sha256 follows the contiguous written prefix (the *frontier*): one thread reads
+back, with ``os.pread``, bytes just written (page cache, not disk) and hashes them outside the lock, so no part
+thread ever waits for the hash. Large blobs are cut into more parts than streams, taken in order, so the frontier
+keeps pace with the download and little is left to hash at the end. No second pass over the file.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ class _Job:
         try:
             pending = [p for p in self.parts if not p.complete]
             if pending:
-                with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="modelctl-part") as pool:
+                streams = max(1, min(self.n_parts, len(pending)))
+                with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="modelctl-part") as pool:
                     futures = [pool.submit(self._fetch_part, p) for p in pending]
                     try:
                         while True:
@@ -266,9 +268,6 @@ class _Job:
 
     def _advance(self, part: Part, pos: int, chunk: bytes) -> None:
         with self.cond:
-            if pos == self.hashed:  # at the frontier: hash from memory now
-                self.hasher.update(chunk)
-                self.hashed += len(chunk)
             part.done += len(chunk)
             self.fetched += len(chunk)
             self.cond.notify_all()
@@ -297,12 +296,9 @@ class _Job:
                 start = self.hashed
                 end = min(self._frontier(), start + HASH_WINDOW)
             data = os.pread(self.fd, end - start, start)
+            self.hasher.update(data)  # outside the lock: the part threads never wait for the hash
             with self.cond:
-                if self.hashed > start:  # the frontier part hashed some of it inline meanwhile
-                    data = data[self.hashed - start :] if self.hashed < end else b""
-                if data:
-                    self.hasher.update(data)
-                    self.hashed += len(data)
+                self.hashed += len(data)
 
     def _emit(self, *, force: bool = False) -> None:
         if self.progress is None:

@@ -36,9 +36,17 @@ class Part:
         return self.done >= self.length
 
 
+MAX_PART = 64 << 20
+"""Large blobs are cut into more parts than there are streams, fetched in order: the written prefix (which the
+sha256 follows) then keeps up with the download instead of waiting for a first part of size/N."""
+
+
 def split(size: int, parts: int, min_part_size: int) -> list[Part]:
-    """Equal parts, each at least ``min_part_size`` (one part for small blobs)."""
+    """Equal parts, each at least ``min_part_size`` (one part for small blobs) and, for blobs larger than
+    ``parts`` x MAX_PART, at most MAX_PART."""
     count = max(1, min(parts, size // max(min_part_size, 1)))
+    if size > count * MAX_PART:
+        count = -(-size // max(MAX_PART, min_part_size))
     step = -(-size // count) if size else 0
     out = [Part(i * step, min(size, (i + 1) * step)) for i in range(count)]
     return [p for p in out if p.length > 0] or [Part(0, 0)]

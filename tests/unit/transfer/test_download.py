@@ -792,3 +792,45 @@ def test_split_tiles_the_blob(size: int, parts: int, minimum: int, count: int) -
     assert len(out) == count
     assert out[0].start == 0 and out[-1].end == size
     assert all(a.end == b.start for a, b in itertools.pairwise(out))
+
+
+def test_split_cuts_large_blobs_into_bounded_parts() -> None:
+    size = 20 * state.MAX_PART + 5
+    out = state.split(size, 8, 32 << 20)
+    assert len(out) == 21 and max(p.length for p in out) <= state.MAX_PART
+    assert out[0].start == 0 and out[-1].end == size
+    assert all(a.end == b.start for a, b in itertools.pairwise(out))
+
+
+def test_more_parts_than_streams_are_fetched_in_order_by_at_most_parts_streams(
+    fetch: Fetch,
+    source: HttpRangeSource,
+    server: BlobServer,
+    store: Layout,
+    blob: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(state, "MAX_PART", MIB // 4)
+    open_range = source.open_range
+    lock = threading.Lock()
+    live = [0, 0]  # now, most
+
+    @contextmanager
+    def counting(start: int, end: int | None) -> Iterator[Any]:
+        with lock:
+            live[0] += 1
+            live[1] = max(live[1], live[0])
+        try:
+            with open_range(start, end) as reader:
+                yield reader
+        finally:
+            with lock:
+                live[0] -= 1
+
+    monkeypatch.setattr(source, "open_range", counting)
+    desc = describe(blob)
+    path = fetch(desc, source, parts=2, min_part_size=MIB // 4)
+    assert path.read_bytes() == blob
+    ranged = [r for r in server.ranges if r is not None]
+    assert len(ranged) == -(-len(blob) // (MIB // 4)), ranged
+    assert live[1] <= 2
