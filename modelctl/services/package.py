@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modelctl.config import Config
-from modelctl.errors import NotFound, UsageError
+from modelctl.errors import DigestMismatch, NotFound, UsageError
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.reference import Reference
@@ -58,15 +58,30 @@ def package(config: Config, refs: Sequence[Reference], spec: PackageInput) -> Pa
     shards = len(spec.gguf)
     for i, path in enumerate(spec.gguf, start=1):
         name = path.name if shards > 1 else (path.name or f"model-{i}.gguf")
-        layers.append(_add_file(config, store, path, mt.DOCKER_GGUF, name))
+        layers.append(add_file(config, store, path, mt.DOCKER_GGUF, name))
     for path in spec.license:
-        layers.append(_add_file(config, store, path, mt.DOCKER_LICENSE, path.name))
+        layers.append(add_file(config, store, path, mt.DOCKER_LICENSE, path.name))
     if spec.mmproj:
-        layers.append(_add_file(config, store, spec.mmproj, mt.DOCKER_MMPROJ, spec.mmproj.name))
+        layers.append(add_file(config, store, spec.mmproj, mt.DOCKER_MMPROJ, spec.mmproj.name))
     if spec.chat_template:
-        layers.append(_add_file(config, store, spec.chat_template, mt.DOCKER_CHAT_TEMPLATE, spec.chat_template.name))
+        layers.append(add_file(config, store, spec.chat_template, mt.DOCKER_CHAT_TEMPLATE, spec.chat_template.name))
+    desc, created = write_model(
+        store, layers, first_gguf=spec.gguf[0], context_size=spec.context_size, created=_created(spec)
+    )
+    for ref in refs:
+        store.tag(str(ref), desc)
+    if spec.card:
+        attach_card(store, desc, spec.card.read_bytes(), created=created)
+    return PackageResult(reference=str(refs[0]), digest=desc.digest, size=sum(x.size for x in layers) + desc.size)
+
+
+def write_model(
+    store: Layout, layers: Sequence[Descriptor], *, first_gguf: Path, context_size: int | None, created: str
+) -> tuple[Descriptor, str]:
+    """Write the v0.1 config (from ``first_gguf``'s header) and the manifest over ``layers``, which must already be
+    in the store; return the manifest's descriptor (untagged) and the creation time written."""
     gguf_layers = [layer for layer in layers if layer.media_type == mt.DOCKER_GGUF]
-    model_config = _config_doc(spec, gguf_layers, layers)
+    model_config = _config_doc(first_gguf, context_size, created, gguf_layers, layers)
     config_bytes = json.dumps(model_config, separators=(",", ":")).encode()
     config_digest = store.write_blob(config_bytes)
     manifest = {
@@ -77,12 +92,7 @@ def package(config: Config, refs: Sequence[Reference], spec: PackageInput) -> Pa
     }
     raw = json.dumps(manifest, separators=(",", ":")).encode()
     digest = store.write_blob(raw)
-    desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=digest, size=len(raw))
-    for ref in refs:
-        store.tag(str(ref), desc)
-    if spec.card:
-        attach_card(store, desc, spec.card.read_bytes(), created=model_config["descriptor"]["created"])
-    return PackageResult(reference=str(refs[0]), digest=digest, size=sum(x.size for x in layers) + len(raw))
+    return Descriptor(media_type=mt.OCI_MANIFEST, digest=digest, size=len(raw)), created
 
 
 def attach_card(store: Layout, subject: Descriptor, card: bytes, *, created: str) -> str:
@@ -110,23 +120,47 @@ def attach_card(store: Layout, subject: Descriptor, card: bytes, *, created: str
     return store.write_blob(raw)
 
 
-def _add_file(config: Config, store: Layout, path: Path, media_type: str, name: str) -> Descriptor:
-    """Copy a file into the store while hashing it (one read), then commit it atomically."""
+def add_file(
+    config: Config,
+    store: Layout,
+    path: Path,
+    media_type: str,
+    name: str,
+    *,
+    move: bool = False,
+    expected: str | None = None,
+) -> Descriptor:
+    """Put a file into the store while hashing it (one read), then commit it atomically.
+
+    ``move`` commits ``path`` itself (it must be on the store's filesystem, e.g. under ingest/) instead of a copy.
+    ``expected`` (``sha256:<hex>``) is checked before anything enters the store: a mismatch deletes the moved file
+    and raises DigestMismatch.
+    """
     config.ingest_dir.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     size = 0
-    with tempfile.NamedTemporaryFile(dir=config.ingest_dir, prefix=".package-", delete=False) as out:
-        tmp = Path(out.name)
-        try:
-            with path.open("rb") as src:
-                while block := src.read(8 << 20):
-                    h.update(block)
-                    out.write(block)
-                    size += len(block)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    if move:
+        tmp = path
+        with path.open("rb") as src:
+            while block := src.read(8 << 20):
+                h.update(block)
+                size += len(block)
+    else:
+        with tempfile.NamedTemporaryFile(dir=config.ingest_dir, prefix=".package-", delete=False) as out:
+            tmp = Path(out.name)
+            try:
+                with path.open("rb") as src:
+                    while block := src.read(8 << 20):
+                        h.update(block)
+                        out.write(block)
+                        size += len(block)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
     digest = "sha256:" + h.hexdigest()
+    if expected is not None and digest != expected:
+        tmp.unlink(missing_ok=True)
+        raise DigestMismatch(expected, digest, what=name)
     if store.has_blob(digest, size):
         tmp.unlink()
     else:
@@ -142,8 +176,14 @@ def _created(spec: PackageInput) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _config_doc(spec: PackageInput, gguf_layers: list[Descriptor], layers: list[Descriptor]) -> dict[str, Any]:
-    meta = _gguf_metadata(spec.gguf[0])
+def _config_doc(
+    first_gguf: Path,
+    context_size: int | None,
+    created: str,
+    gguf_layers: Sequence[Descriptor],
+    layers: Sequence[Descriptor],
+) -> dict[str, Any]:
+    meta = _gguf_metadata(first_gguf)
     summary = meta.pop("__summary__")
     inner: dict[str, Any] = {
         "format": "gguf",
@@ -153,11 +193,11 @@ def _config_doc(spec: PackageInput, gguf_layers: list[Descriptor], layers: list[
         "size": _size_text(sum(layer.size for layer in gguf_layers)),
         "gguf": meta,
     }
-    if spec.context_size is not None:
-        inner["context_size"] = spec.context_size
+    if context_size is not None:
+        inner["context_size"] = context_size
     return {
         "config": inner,
-        "descriptor": {"created": _created(spec)},
+        "descriptor": {"created": created},
         "rootfs": {"type": "rootfs", "diff_ids": [layer.digest for layer in layers]},
     }
 

@@ -73,7 +73,18 @@ def pull(config: Config, refs: Sequence[Reference], reporter: Reporter) -> list[
     store = local.layout(config)
     store.ensure()
     with RegistryClient(config) as client:
-        return [_pull_one(config, client, store, ref, reporter) for ref in refs]
+        return [
+            _pull_hf(config, store, ref, reporter)
+            if ref.is_hugging_face
+            else _pull_one(config, client, store, ref, reporter)
+            for ref in refs
+        ]
+
+
+def _pull_hf(config: Config, store: Layout, ref: Reference, reporter: Reporter) -> PullResult:
+    from modelctl.services import huggingface
+
+    return huggingface.pull_one(config, store, ref, reporter)
 
 
 def resolve_remote(

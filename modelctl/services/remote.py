@@ -15,6 +15,10 @@ def inspect_remote(config: Config, text: str) -> dict[str, Any]:
     from modelctl.services.pull import resolve_remote
 
     ref = reference.parse(text)
+    if ref.is_hugging_face:
+        from modelctl.services import huggingface
+
+        return huggingface.inspect_remote(config, ref)
     with RegistryClient(config) as client:
         manifest, config_bytes, model = resolve_remote(client, ref)
     return describe(str(ref), manifest.digest, json.loads(manifest.raw), json.loads(config_bytes), model)
