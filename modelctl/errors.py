@@ -102,3 +102,7 @@ class RegistryError(ModelctlError):
 
 class NoSpace(ModelctlError):
     exit_code = 8
+
+
+class CardError(UsageError):
+    """A model card whose YAML front matter is missing, malformed or breaks the schema (names file and field)."""

@@ -34,7 +34,7 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import archive, auth, fit, models, publish, pull, run
+    from modelctl.cli import archive, auth, catalog, fit, models, publish, pull, run
 
     pull.register(app)
     run.register(app)
@@ -43,6 +43,7 @@ def _register() -> None:
     publish.register(app)
     auth.register(app)
     archive.register(app)
+    catalog.register(app)
 
 
 def run() -> None:

@@ -10,6 +10,7 @@ from modelctl.config import Config
 from modelctl.errors import NotFound, UsageError
 from modelctl.reference import Reference
 from modelctl.services import local
+from modelctl.services.catalog import variants_for
 
 if TYPE_CHECKING:
     from modelctl.artifact import Model
@@ -32,8 +33,12 @@ def fit_reference(config: Config, text: str, settings: RunSettings, *, remote: b
             paths = local.materialise(config, store, entry)
             if not paths:
                 raise UsageError(f"{entry.name} has no GGUF file", hint="the fit check reads GGUF models only")
-            report = fit_local(paths, settings)
+            report = fit_local(paths, settings, variants=variants_for(entry.name))
             return _named(report, entry.name)
+    if ref.is_hugging_face:
+        from modelctl.services import huggingface
+
+        return huggingface.fit_remote(config, ref, settings)
     from modelctl.oci.client import RegistryClient
     from modelctl.services.pull import resolve_remote
 
@@ -65,7 +70,7 @@ def remote_report(client: RegistryClient, ref: Reference, model: Model, settings
                     break
         return b"".join(pieces)[:want]
 
-    report = fit_remote(fetch, [(d.digest, d.size) for d in model.gguf], settings)
+    report = fit_remote(fetch, [(d.digest, d.size) for d in model.gguf], settings, variants=variants_for(str(ref)))
     return _named(report, str(ref))
 
 

@@ -92,12 +92,12 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
     notes: list[str] = []
     gpu_ok = _gpu_offload_supported()
     settings = _settings(entry, options, gpu_ok)
-    report = _fit(paths, settings)
+    report = _fit(paths, settings, entry.name)
     if report.verdict == "does_not_fit" and options.ctx_size is None:
         wanted = _effective_ctx(settings, report)
         smaller = _shrunk(report, settings, wanted)
         if smaller is not None:
-            retry = _fit(paths, smaller)
+            retry = _fit(paths, smaller, entry.name)
             if retry.verdict != "does_not_fit":
                 notes.append(f"context reduced from {wanted} to {smaller.n_ctx} tokens to fit in memory")
                 settings, report = smaller, retry
@@ -177,10 +177,11 @@ def _settings(entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> Run
     return RunSettings(**changes)
 
 
-def _fit(paths: tuple[Path, ...], settings: RunSettings) -> FitReport:
+def _fit(paths: tuple[Path, ...], settings: RunSettings, name: str) -> FitReport:
+    from modelctl.services.catalog import variants_for
     from modelctl.services.fit import fit_local
 
-    return fit_local(list(paths), settings)
+    return fit_local(list(paths), settings, variants=variants_for(name))
 
 
 def _effective_ctx(settings: RunSettings, report: FitReport) -> int:
