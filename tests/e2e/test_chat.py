@@ -7,7 +7,6 @@ writes when it starts reading a line (``ESC[?2004h``) and when the line is done 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,10 +92,8 @@ def test_ctrl_c_stops_the_answer_and_returns_to_the_prompt(chat: Chat) -> None:
     chat.child.sendline("Write a very long story about a dragon and a knight.")
     chat.child.expect(READ)
     chat.child.expect(r"\w+ \w+ \w+ \w+")  # the answer has started
-    started = time.monotonic()
     chat.child.sendintr()
-    chat.child.expect(READING, timeout=15)
-    assert time.monotonic() - started < 10
+    chat.child.expect(READING, timeout=15)  # back at the prompt, not after the whole story
     assert "Paris" in chat.send(QUESTION)  # the session goes on
     chat.child.sendeof()
     assert chat.exit_status() == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -82,14 +81,12 @@ def test_no_pull_of_an_absent_model_exits_3(modelctl: Runner) -> None:
 def test_a_model_that_does_not_fit_exits_6_without_loading(modelctl: Runner) -> None:
     # 16M tokens of f16 KV cache for SmolLM2 (30 layers x 3 KV heads x 64 x 2 x 2 bytes = 22.5 KiB a token)
     # is 360 GiB: no test machine has that, so the fit check refuses before llama.cpp sees the file.
-    started = time.monotonic()
     result = modelctl("--debug", "run", REF, "Hi", "--ctx-size", str(1 << 24), "--threads", "2")
     assert result.returncode == 6, result.stderr
     assert "does not fit" in result.stderr
     assert "--force" in result.stderr
     assert LOAD_LOG not in result.stderr  # llama.cpp never started loading it
     assert result.stdout == ""
-    assert time.monotonic() - started < 30
 
 
 def test_empty_prompt_is_a_usage_error(modelctl: Runner) -> None:

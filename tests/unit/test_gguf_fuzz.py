@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import time
 import tracemalloc
 from typing import Any
 
@@ -166,7 +165,6 @@ def accessors(header: GGUFHeader) -> None:
 @given(mutations=st.lists(_mutation, min_size=1, max_size=4), known_size=st.booleans())
 def test_mutated_headers_parse_or_raise_gguf_error(mutations: list[tuple[Any, ...]], known_size: bool) -> None:
     data = mutate(mutations)
-    start = time.perf_counter()
     try:
         header = parse(data, known_size=known_size)
     except GGUFError as exc:
@@ -176,7 +174,6 @@ def test_mutated_headers_parse_or_raise_gguf_error(mutations: list[tuple[Any, ..
         assert header.header_bytes <= len(data)
         assert len(header.tensors) <= 2
         accessors(header)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_memory_stays_bounded_on_hostile_counts() -> None:

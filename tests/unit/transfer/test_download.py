@@ -603,10 +603,8 @@ def test_404_is_not_found_at_once(
 ) -> None:
     desc = describe(blob)
     server.not_found = True
-    started = time.monotonic()
     with pytest.raises(NotFound) as caught:
         fetch(desc, source)
-    assert time.monotonic() - started < 5
     assert caught.value.exit_code == 3
     assert sleeps == []
     assert server.requests <= 8  # one try per part, no retries
