@@ -28,10 +28,10 @@ $BIN/modelctl package --gguf "$MODEL" --context-size 8192 ${CARD:+--card "$CARD"
 export MODELCTL_HOME=$WORK/user MODELCTL_MIRRORS=docker.io=http://$REG
 unset SOURCE_DATE_EPOCH
 echo; echo "A fresh user: MODELCTL_HOME=$MODELCTL_HOME MODELCTL_MIRRORS=$MODELCTL_MIRRORS"
-if $BIN/modelctl fit --help >/dev/null 2>&1; then
-  step "modelctl fit ai/smollm2        # from the registry, before any weights are downloaded"
-  $BIN/modelctl fit ai/smollm2
-fi
+step "modelctl fit ai/smollm2        # from the registry, before any weights are downloaded"
+$BIN/modelctl fit ai/smollm2
+step "modelctl card ai/smollm2 --raw | head -12   # the card pushed with the model (an OCI referrer)"
+$BIN/modelctl card ai/smollm2 --raw | head -12
 step "modelctl pull ai/smollm2"
 $BIN/modelctl pull ai/smollm2
 step "modelctl list"
