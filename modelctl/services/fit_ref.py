@@ -33,7 +33,7 @@ def fit_reference(config: Config, text: str, settings: RunSettings, *, remote: b
             paths = local.materialise(config, store, entry)
             if not paths:
                 raise UsageError(f"{entry.name} has no GGUF file", hint="the fit check reads GGUF models only")
-            report = fit_local(paths, settings, variants=variants_for(entry.name))
+            report = fit_local(paths, as_run_would(settings, entry.model), variants=variants_for(entry.name))
             return _named(report, entry.name)
     if ref.is_hugging_face:
         from modelctl.services import huggingface
@@ -70,8 +70,19 @@ def remote_report(client: RegistryClient, ref: Reference, model: Model, settings
                     break
         return b"".join(pieces)[:want]
 
-    report = fit_remote(fetch, [(d.digest, d.size) for d in model.gguf], settings, variants=variants_for(str(ref)))
+    blobs = [(d.digest, d.size) for d in model.gguf]
+    report = fit_remote(fetch, blobs, as_run_would(settings, model), variants=variants_for(str(ref)))
     return _named(report, str(ref))
+
+
+def as_run_would(settings: RunSettings, model: Model) -> RunSettings:
+    """Without --ctx-size, ``run`` loads with the artifact's packaged context (Docker ``context_size``) when it has
+    one, so the check must judge that context too, not the generic default."""
+    if settings.n_ctx is None and model.context_size:
+        import dataclasses
+
+        return dataclasses.replace(settings, n_ctx=model.context_size)
+    return settings
 
 
 def _named(report: FitReport, name: str) -> FitReport:

@@ -112,9 +112,17 @@ def test_package_push_pull_lock(ours: Served, tmp_path: Path, smollm2_gguf: Path
     second = modelctl("push", f"{name}:latest", home=publisher)
     assert "uploaded 0" in second.stdout, "blobs already there are skipped"
 
+    # the fit check judges the load run will make: the packaged context (8192), not the generic 4096 default
+    remote_fit = json.loads(modelctl("fit", "--json", f"{name}:latest", home=user).stdout)
+    assert remote_fit["settings"]["ctx_size"] == 8192 and remote_fit["bytes_fetched"] > 0
+
     lock = tmp_path / "models.lock"
     pulled = modelctl("pull", "--json", "--lock", str(lock), f"{name}:latest", home=user)
     assert pulled.returncode == 0, pulled.stderr
+    local_fit = json.loads(modelctl("fit", "--json", f"{name}:latest", home=user).stdout)
+    assert local_fit["settings"]["ctx_size"] == 8192 and local_fit["bytes_fetched"] == 0
+    asked = json.loads(modelctl("fit", "--json", "--ctx-size", "1024", f"{name}:latest", home=user).stdout)
+    assert asked["settings"]["ctx_size"] == 1024
     doc = json.loads(pulled.stdout)["models"][0]
     assert doc["digest"] == digest.group(0)
     model_bytes = smollm2_gguf.read_bytes()
