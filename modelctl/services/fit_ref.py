@@ -11,6 +11,7 @@ from modelctl.errors import NotFound, UsageError
 from modelctl.reference import Reference
 from modelctl.services import local
 from modelctl.services.catalog import variants_for
+from modelctl.services.ranged import take_window
 
 if TYPE_CHECKING:
     from modelctl.artifact import Model
@@ -57,18 +58,7 @@ def remote_report(client: RegistryClient, ref: Reference, model: Model, settings
     def fetch(digest: str, start: int, end: int) -> bytes:
         want = end - start + 1
         with client.open_blob(ref, digest, start=start, end=end) as reader:
-            skip = start - reader.offset  # a server that ignores Range sends from byte 0: skip, and stop early
-            pieces: list[bytes] = []
-            have = 0
-            for chunk in reader.iter_chunks():
-                if skip:
-                    cut = min(skip, len(chunk))
-                    chunk, skip = chunk[cut:], skip - cut
-                pieces.append(chunk)
-                have += len(chunk)
-                if have >= want:
-                    break
-        return b"".join(pieces)[:want]
+            return take_window(reader.iter_chunks(), start - reader.offset, want)
 
     blobs = [(d.digest, d.size) for d in model.gguf]
     report = fit_remote(fetch, blobs, as_run_would(settings, model), variants=variants_for(str(ref)))

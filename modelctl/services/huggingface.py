@@ -38,6 +38,7 @@ from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.reference import HUGGING_FACE, Reference
 from modelctl.services import local, package
+from modelctl.services.ranged import take_window
 from modelctl.store import Layout
 
 if TYPE_CHECKING:
@@ -441,16 +442,6 @@ def _ranged(config: Config, ref: Reference, found: Listing) -> Iterator[Callable
                 if r.status_code not in (200, 206):
                     raise RegistryError(f"the Hub answered HTTP {r.status_code} for {path}", status=r.status_code)
                 skip = start if r.status_code == 200 else 0  # a server ignoring Range sends from byte 0
-                pieces: list[bytes] = []
-                have = 0
-                for chunk in r.iter_raw():
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                    pieces.append(chunk)
-                    have += len(chunk)
-                    if have >= want:
-                        break
-            return b"".join(pieces)[:want]
+                return take_window(r.iter_raw(), skip, want)
 
         yield fetch
