@@ -154,8 +154,19 @@ def available(files: Iterable[HubFile]) -> list[str]:
     return sorted(quants, key=lambda q: (-BITS_PER_WEIGHT.get(q, 0.0), q))
 
 
+def is_safe_path(path: str) -> bool:
+    """Whether a listed file name stays inside the download directory: relative, no ``..``, no backslash, no
+    control characters. The Hub never lists anything else; an endpoint that does is not trusted with it."""
+    if not path or path.startswith("/") or "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
 def choose(files: Sequence[HubFile], tag: str | None, *, repo: str = "the repository") -> Selection:
-    """The files to pull for ``tag``; NotFound (exit 3) with the available quantisations otherwise."""
+    """The files to pull for ``tag``; NotFound (exit 3) with the available quantisations otherwise.
+
+    Names that could escape the download directory are never considered."""
+    files = [f for f in files if is_safe_path(f.path)]
     groups = _groups(files)
     complete = [g for g in groups if g.complete]
     if not groups:

@@ -332,7 +332,10 @@ def _download(config: Config, ref: Reference, found: Listing, f: HubFile, work_d
             local_dir=work_dir,
             **kwargs,
         )
-    return Path(str(path))
+    got = Path(str(path)).resolve()
+    if not got.is_relative_to(work_dir.resolve()):  # hf_files refuses such names first; this guards the library
+        raise IntegrityError(f"the Hub file {f.path!r} resolved outside {work_dir}", hint="report this repository")
+    return got
 
 
 def _progress_bar(reporter: Reporter, digest: str, total: int) -> type[Any]:

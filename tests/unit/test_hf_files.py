@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from modelctl import hf_files
 from modelctl.errors import NotFound
 from modelctl.hf_files import HubFile, available, choose, quant_of, shard_of
 
@@ -116,3 +117,23 @@ def test_take_window_skips_what_a_server_ignoring_range_sent_and_stops_early() -
 
     assert take_window(chunks(), 2, 5) == b"23456"
     assert take_window(iter([b"abc"]), 0, 10) == b"abc"  # a short body gives what there is
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "../evil-Q4_K_M.gguf",
+        "/etc/evil-Q4_K_M.gguf",
+        "a/../../evil-Q4_K_M.gguf",
+        "a\\..\\evil-Q4_K_M.gguf",
+        "evil\n-Q4_K_M.gguf",
+        "./evil-Q4_K_M.gguf",
+        "a//evil-Q4_K_M.gguf",
+    ],
+)
+def test_names_that_could_escape_the_download_directory_are_never_chosen(hostile: str) -> None:
+    assert not hf_files.is_safe_path(hostile)
+    chosen = hf_files.choose(files(hostile, "sub/model-Q4_K_M.gguf"), None)
+    assert [f.path for f in chosen.files] == ["sub/model-Q4_K_M.gguf"]
+    with pytest.raises(NotFound):
+        hf_files.choose(files(hostile), None)
