@@ -6,6 +6,7 @@ The chat is a prompt_toolkit line editor with history; answers stream as they ar
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 from types import FrameType
@@ -109,16 +110,8 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", help="Print tokens/s and time to first token."),
 ) -> None:
     """Chat with a model, or answer PROMPT (plus piped stdin) and exit."""
-    from modelctl.runtime.conversation import Conversation, Sampling
+    from modelctl.runtime.conversation import Conversation
 
-    default = Sampling()
-    sampling = Sampling(
-        temperature=default.temperature if temperature is None else temperature,
-        top_p=default.top_p if top_p is None else top_p,
-        top_k=default.top_k if top_k is None else top_k,
-        seed=seed,
-        max_tokens=max_tokens,
-    )
     piped = None if sys.stdin.isatty() else sys.stdin.read()
     interactive = prompt is None and piped is None
     if not interactive and not (prompt or "").strip() and not (piped or "").strip():
@@ -129,6 +122,15 @@ def run(
     from modelctl.services.run import start
 
     prepared = _prepare(ref, _options(ctx_size, gpu_layers, cache_type, threads, no_pull, force), quiet=json_out)
+    default = prepared.sampling  # the artifact's defaults (an Ollama params layer), else llama.cpp's
+    sampling = dataclasses.replace(
+        default,
+        temperature=default.temperature if temperature is None else temperature,
+        top_p=default.top_p if top_p is None else top_p,
+        top_k=default.top_k if top_k is None else top_k,
+        seed=default.seed if seed is None else seed,
+        max_tokens=default.max_tokens if max_tokens is None else max_tokens,
+    )
     engine = start(prepared)
     try:
         conversation = Conversation(system=system if system is not None else prepared.system)

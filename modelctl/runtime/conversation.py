@@ -28,6 +28,8 @@ class Sampling:
     """None: a random seed per answer."""
     max_tokens: int | None = None
     """None: until the model stops or the context is full."""
+    stop: tuple[str, ...] = ()
+    """Strings that end an answer (an Ollama model's ``stop`` parameters)."""
 
     def with_value(self, name: str, text: str) -> Sampling:
         """A copy with one setting parsed from text (``/set temperature 0.2``); UsageError when invalid."""
@@ -53,6 +55,7 @@ class Sampling:
             "top_k": self.top_k,
             "seed": self.seed,
             "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
         }
 
 

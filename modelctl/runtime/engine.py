@@ -196,6 +196,7 @@ class Reply:
             top_k=sampling.top_k,
             seed=RANDOM_SEED if sampling.seed is None else sampling.seed,
             max_tokens=self._max_tokens,
+            stop=list(sampling.stop) or None,
             stream=True,
         )
         try:

@@ -6,6 +6,7 @@ and a model that is present locally needs no network at all. ``serve`` prepares 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from modelctl.services import local
 if TYPE_CHECKING:
     from modelctl.fit.settings import RunSettings
     from modelctl.oci.descriptor import Descriptor
+    from modelctl.runtime.conversation import Sampling
     from modelctl.runtime.engine import Engine, LoadSpec
     from modelctl.services.fit import FitReport
     from modelctl.services.pull import Reporter
@@ -55,6 +57,8 @@ class Prepared:
     load: LoadSpec
     system: str | None = None
     """The artifact's default system prompt (Ollama's ``system`` layer), if any."""
+    sampling: Sampling = field(default_factory=lambda: _default_sampling())
+    """The artifact's sampling defaults (Ollama's ``params`` layer), else llama.cpp's; flags override them."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Things the user should know (a context shrunk to fit, a refusal overridden by --force)."""
 
@@ -133,6 +137,7 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
         fit=report,
         load=load,
         system=_text_layer(store, entry.model.system),
+        sampling=sampling_from_params(store, entry.model.params, notes),
         notes=tuple(notes),
     )
 
@@ -211,6 +216,62 @@ def _gpu_offload_supported() -> bool:
     from modelctl.runtime.engine import gpu_offload_supported
 
     return gpu_offload_supported()
+
+
+def _default_sampling() -> Sampling:
+    from modelctl.runtime.conversation import Sampling
+
+    return Sampling()
+
+
+def sampling_from_params(store: Layout, desc: Descriptor | None, notes: list[str]) -> Sampling:
+    """Sampling defaults from an Ollama ``params`` layer (JSON): temperature, top_p, top_k, seed, num_predict,
+    stop. Values of the wrong type or range are ignored with a note, never fatal: the model still runs."""
+    from modelctl.runtime.conversation import Sampling
+
+    sampling = Sampling()
+    if desc is None:
+        return sampling
+    try:
+        doc = json.loads(store.read_blob(desc.digest, max_size=1 << 20))
+    except (ValueError, UnicodeDecodeError):
+        notes.append("the model's params layer is not JSON; using default sampling")
+        return sampling
+    if not isinstance(doc, dict):
+        return sampling
+    changes: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, field_name, integral, low, high in _PARAMS:
+        value = doc.get(key)
+        if value is None:
+            continue
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or (integral and not isinstance(number, int)) or not low <= number <= high:
+            ignored.append(key)
+            continue
+        if key == "num_predict" and number <= 0:  # Ollama's -1/-2: no limit
+            continue
+        changes[field_name] = int(number) if integral else float(number)
+    stop = doc.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) and s for s in stop):
+        changes["stop"] = tuple(stop[:16])
+    elif stop is not None:
+        ignored.append("stop")
+    if ignored:
+        notes.append(f"ignored invalid params: {', '.join(ignored)}")
+    return replace(sampling, **changes)
+
+
+_PARAMS: tuple[tuple[str, str, bool, float, float], ...] = (
+    ("temperature", "temperature", False, 0.0, 10.0),
+    ("top_p", "top_p", False, 0.0, 1.0),
+    ("top_k", "top_k", True, 0, 1 << 20),
+    ("seed", "seed", True, 0, (1 << 32) - 1),
+    ("num_predict", "max_tokens", True, -2, 1 << 20),
+)
+"""Ollama parameter -> Sampling field, whether it must be a whole number, and its range."""
 
 
 def _text_layer(store: Layout, desc: Descriptor | None) -> str | None:

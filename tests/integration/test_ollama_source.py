@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,16 +38,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture()
-def ollama_registry(tmp_path: Path, smollm2_gguf: Path) -> Iterator[tuple[RegistryServer, str]]:
+@contextmanager
+def serving(tmp_path: Path, gguf: Path, params: dict[str, object]) -> Iterator[tuple[RegistryServer, str]]:
     """A docker-registry holding ``library/smollm2:135m`` in Ollama's format; yields it and the manifest digest."""
     layout = OCILayout(tmp_path / "layout")
     ollama_artifact(
         layout,
         "135m",
-        smollm2_gguf,
+        gguf,
         template=GO_TEMPLATE,
-        params={"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.2},
+        params=params,
         license=b"Apache-2.0",
         model_type="135M",
         file_type="Q4_1",
@@ -55,6 +56,12 @@ def ollama_registry(tmp_path: Path, smollm2_gguf: Path) -> Iterator[tuple[Regist
         pushed = push_layout(layout, "135m", server, "library/smollm2:135m")
         assert pushed.via == "http"  # skopeo cannot carry Ollama layers; see helpers.oci_layout
         yield server, pushed.digest
+
+
+@pytest.fixture()
+def ollama_registry(tmp_path: Path, smollm2_gguf: Path) -> Iterator[tuple[RegistryServer, str]]:
+    with serving(tmp_path, smollm2_gguf, {"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.2}) as served:
+        yield served
 
 
 def modelctl(
@@ -127,3 +134,15 @@ def test_run_uses_the_gguf_chat_template(ollama_registry: tuple[RegistryServer, 
 
     server_gone = modelctl("run", "--no-pull", REF, "Say hi.", "--ctx-size", "256", "--max-tokens", "3", home=home)
     assert server_gone.returncode == 0, server_gone.stderr  # present locally: no registry needed
+
+
+def test_run_applies_the_params_layer(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """Ollama's ``params`` are run's defaults: here a stop string cuts the answer before the word it would say."""
+    question = "What is the capital of France?"
+    args = ("run", REF, "Answer in one short sentence.", "--ctx-size", "1024", "--threads", "2")
+    with serving(tmp_path, smollm2_gguf, {"stop": ["Paris"], "temperature": 0}) as (server, _):
+        home = tmp_path / "home"
+        stopped = modelctl(*args, home=home, registry=server, stdin=question)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip() and "Paris" not in stopped.stdout
+    # the same model and question without the stop string (the test above) answers "Paris"
