@@ -12,11 +12,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from _harness import ThrottlingProxy, docker_registry, make_blob, median, push_model, rmtree, sha256_file, timed
+from _harness import (
+    Registry,
+    ThrottlingProxy,
+    docker_registry,
+    make_blob,
+    median,
+    push_model,
+    rmtree,
+    sha256_file,
+    timed,
+)
 
 
 def main() -> None:
@@ -26,6 +39,7 @@ def main() -> None:
     parser.add_argument("--throttle-mib", type=float, default=16.0)
     parser.add_argument("--throttled-size-mib", type=int, default=256)
     parser.add_argument("--parts", type=int, default=8)
+    parser.add_argument("--throttled-only", action="store_true", help="skip the 2 GiB comparison")
     args = parser.parse_args()
     modelctl = [sys.executable, "-m", "modelctl"]
     with tempfile.TemporaryDirectory(prefix="bench-pull-", dir=os.environ.get("BENCH_TMP")) as tmp:
@@ -37,7 +51,7 @@ def main() -> None:
             ref = f"{reg.host}/ai/big:2g"
             url = f"http://{reg.host}/v2/ai/big/blobs/{digest}"
             times: dict[str, list[float]] = {"sha256": [], "curl": [], "modelctl": [], "skopeo": []}
-            for r in range(args.rounds):
+            for r in range(0 if args.throttled_only else args.rounds):
                 times["sha256"].append(sha256_file(blob))
                 out = work / "curl.out"
                 times["curl"].append(timed(["curl", "-sf", "-o", str(out), url]))
@@ -51,6 +65,8 @@ def main() -> None:
                     timed(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}:x"])
                 )
                 rmtree(dest)
+            if args.throttled_only:
+                return _throttled(args, work, reg, modelctl)
             med = {k: median(v) for k, v in times.items()}
             gib = args.size_mib / 1024
             print(f"## {args.size_mib} MiB model from a local docker-registry ({args.rounds} rounds, medians)\n")
@@ -69,35 +85,56 @@ def main() -> None:
                 f"modelctl / curl: {med['modelctl'] / med['curl']:.2f}x"
             )
 
-            small = work / "small.gguf"
-            small_digest = make_blob(small, args.throttled_size_mib << 20)
-            push_model(reg.host, "ai/small:t", small, small_digest)
-            rate = args.throttle_mib * (1 << 20)
-            with ThrottlingProxy(reg.host, rate) as proxy:
-                res: dict[int, list[float]] = {1: [], args.parts: []}
-                for r in range(2):
-                    for parts in (1, args.parts):
-                        home = work / f"t{parts}-{r}"
-                        env = dict(
-                            os.environ,
-                            MODELCTL_HOME=str(home),
-                            MODELCTL_PARTS=str(parts),
-                            MODELCTL_PART_SIZE=str(1 << 20),
-                        )
-                        res[parts].append(timed([*modelctl, "pull", "-q", f"{proxy.host}/ai/small:t"], env))
-                        rmtree(home)
-            one, many = median(res[1]), median(res[args.parts])
-            mib = args.throttled_size_mib
-            print(f"\n## {mib} MiB through a proxy capping each connection at {args.throttle_mib:g} MiB/s\n")
-            print("| parts | seconds | MiB/s |")
-            print("|---|---|---|")
-            print(f"| 1 | {one:.2f} | {mib / one:.1f} |")
-            print(f"| {args.parts} | {many:.2f} | {mib / many:.1f} |")
-            speedup = one / many
-            print(
-                f"\nspeed-up {speedup:.2f}x with {args.parts} parts "
-                f"(target >= {0.8 * args.parts:.1f}x = 0.8 x N)"
-            )
+            _throttled(args, work, reg, modelctl)
+
+
+def _throttled(args: argparse.Namespace, work: Path, reg: Registry, modelctl: list[str]) -> None:
+    """N parts vs one stream through a proxy capping each connection."""
+    small = work / "small.gguf"
+    small_digest = make_blob(small, args.throttled_size_mib << 20)
+    push_model(reg.host, "ai/small:t", small, small_digest)
+    rate = args.throttle_mib * (1 << 20)
+    with ThrottlingProxy(reg.host, rate) as proxy:
+        res: dict[int, list[float]] = {1: [], args.parts: []}
+        rates: dict[int, list[float]] = {1: [], args.parts: []}
+        for r in range(2):
+            for parts in (1, args.parts):
+                home = work / f"t{parts}-{r}"
+                env = dict(
+                    os.environ,
+                    MODELCTL_HOME=str(home),
+                    MODELCTL_PARTS=str(parts),
+                    MODELCTL_PART_SIZE=str(1 << 20),
+                )
+                seconds, mibs = _timed_with_rate([*modelctl, "pull", f"{proxy.host}/ai/small:t"], env)
+                res[parts].append(seconds)
+                rates[parts].append(mibs)
+                rmtree(home)
+    one, many = median(res[1]), median(res[args.parts])
+    mib = args.throttled_size_mib
+    print(f"\n## {mib} MiB through a proxy capping each connection at {args.throttle_mib:g} MiB/s\n")
+    r1, rn = median(rates[1]), median(rates[args.parts])
+    print("| parts | command seconds | command MiB/s | blob transfer MiB/s (first byte to last) |")
+    print("|---|---|---|---|")
+    print(f"| 1 | {one:.2f} | {mib / one:.1f} | {r1:.1f} |")
+    print(f"| {args.parts} | {many:.2f} | {mib / many:.1f} | {rn:.1f} |")
+    print(
+        f"\nspeed-up with {args.parts} parts (target >= {0.8 * args.parts:.1f}x = 0.8 x N): "
+        f"{one / many:.2f}x whole command, {rn / r1:.2f}x blob transfer throughput"
+    )
+
+
+def _timed_with_rate(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time of the whole command, and the blob's transfer rate (MiB/s) from modelctl's last progress line,
+    which counts from the first byte received to the last (process start and manifest requests excluded)."""
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    rates = re.findall(r"100\.0% \S+ \S+/\S+ \S+ ([0-9.]+) (KiB|MiB|GiB)/s", done.stderr)
+    if not rates:
+        raise SystemExit(f"no final progress line in: {done.stderr[-500:]}")
+    value, unit = rates[-1]
+    return seconds, float(value) * {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}[unit]
 
 
 if __name__ == "__main__":
