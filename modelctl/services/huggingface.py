@@ -1,8 +1,10 @@
 """Hugging Face GGUF repositories: ``hf.co/<org>/<repo>[:QUANT]``, through the ``huggingface_hub`` library.
 
 The Hub lists a repository's files with their LFS sha256 (the model info with files metadata); ``hf_files`` picks
-the GGUF shard(s) and mmproj for the quantisation tag; ``hf_hub_download`` fetches what the store lacks (honouring
-HF_ENDPOINT, HF_TOKEN and its own resume of ``.incomplete`` files under ``$MODELCTL_HOME/ingest/hf/``); each file
+the GGUF shard(s) and mmproj for the quantisation tag; huggingface_hub's ``http_get`` fetches what the store lacks
+(honouring HF_ENDPOINT and HF_TOKEN) into ``$MODELCTL_HOME/ingest/hf/<sha256>.partial``, resuming a partial left by
+an interrupted pull (``hf_hub_download`` no longer resumes: it writes a new temporary file each time), under the
+blob's lock in ``ingest/`` (the one registry pulls take), so concurrent pulls download each file once; each file
 is hashed as it enters ``blobs/`` and must equal the Hub's sha256. The result is the same Docker model-spec v0.1
 artifact ``modelctl package`` writes, tagged ``hf.co/<org>/<repo>:<QUANT>`` (and ``:latest`` when no tag was given),
 so every other command treats it like any model. Its creation time is the repository's last modification, so a
@@ -14,6 +16,7 @@ pull of an unchanged repository reproduces the same manifest digest.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,6 +133,9 @@ def listing(config: Config, ref: Reference) -> Listing:
     return Listing(repo_id=ref.repository, revision=info.sha, last_modified=info.last_modified, files=tuple(files))
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def plan(config: Config, ref: Reference) -> Plan:
     found = listing(config, ref)
     selection = hf_files.choose(found.files, ref.tag, repo=f"{HUGGING_FACE}/{ref.repository}")
@@ -138,6 +144,11 @@ def plan(config: Config, ref: Reference) -> Plan:
             raise IntegrityError(
                 f"the Hub lists no sha256 for {f.path} in {ref.repository}",
                 hint="modelctl verifies every file and cannot verify this one; report it to the repository owner",
+            )
+        if not _SHA256.fullmatch(f.sha256.lower()):  # it names files under ingest/ and blobs/: never trust its shape
+            raise IntegrityError(
+                f"the Hub lists a malformed sha256 for {f.path} in {ref.repository}",
+                hint="check that HF_ENDPOINT points at a Hugging Face Hub",
             )
     return Plan(listing=found, selection=selection, tag=selection.quant or "latest")
 
@@ -269,21 +280,22 @@ def _fetch(config: Config, store: Layout, ref: Reference, todo: Plan, reporter: 
                 f"{stored} needs {to_fetch} bytes, {free} are free under {config.home}",
                 hint="free some space (modelctl prune, modelctl rm) or set MODELCTL_HOME elsewhere",
             )
-    work_dir = config.ingest_dir / "hf" / ref.repository.replace("/", "--")
+    import filelock
+
+    work_dir = config.ingest_dir / "hf"
     layers: list[Descriptor] = []
     for f in selection.files:
         media_type = mt.DOCKER_MMPROJ if f is selection.mmproj else mt.DOCKER_GGUF
         name = f.path.rsplit("/", 1)[-1]
         digest = _digest(f)
-        if f in missing and not store.has_blob(digest, f.size):
-            path = _download(config, ref, todo.listing, f, work_dir, reporter)
-            layers.append(package.add_file(config, store, path, media_type, name, move=True, expected=digest))
-        else:
-            assert f.size is not None
-            layers.append(
-                Descriptor(media_type=media_type, digest=digest, size=f.size, annotations={mt.FILEPATH: name})
-            )
-    shutil.rmtree(work_dir, ignore_errors=True)  # only hf's download metadata is left there
+        if f in missing:
+            config.ingest_dir.mkdir(parents=True, exist_ok=True)
+            with filelock.FileLock(str(config.ingest_dir / f"{digest.removeprefix('sha256:')}.lock")):
+                if not store.has_blob(digest, f.size):  # another pull may have stored it while we waited
+                    path = _download(config, ref, todo.listing, f, work_dir, reporter)
+                    package.add_file(config, store, path, media_type, name, move=True, expected=digest)
+        assert f.size is not None
+        layers.append(Descriptor(media_type=media_type, digest=digest, size=f.size, annotations={mt.FILEPATH: name}))
     created = _rfc3339(todo.listing.last_modified)
     desc, _ = package.write_model(
         store, layers, first_gguf=store.blob_path(layers[0].digest), context_size=None, created=created
@@ -312,30 +324,37 @@ def _rfc3339(when: datetime | None) -> str:
 
 
 def _download(config: Config, ref: Reference, found: Listing, f: HubFile, work_dir: Path, reporter: Reporter) -> Path:
+    """Fetch ``f`` into ``work_dir/<sha256>.partial``, resuming from what a previous pull left there; the caller
+    holds the file's lock and verifies the sha256 (a wrong partial is deleted then, so the next pull starts over)."""
     import inspect
     import logging
 
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its warnings would bypass our one-line errors
+    assert f.sha256 is not None and f.size is not None
     kwargs: dict[str, Any] = {}
-    if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
-        kwargs["tqdm_class"] = _progress_bar(reporter, _digest(f), f.size or 0)
+    if "tqdm_class" in inspect.signature(http_get).parameters:
+        kwargs["tqdm_class"] = _progress_bar(reporter, _digest(f), f.size)
     work_dir.mkdir(parents=True, exist_ok=True)
-    with hub_errors(config, ref):
-        path = hf_hub_download(
-            found.repo_id,
-            f.path,
-            revision=found.revision,
-            endpoint=endpoint(config),
-            token=_token(config),
-            local_dir=work_dir,
+    partial = work_dir / f"{f.sha256.lower()}.partial"
+    url = hf_hub_url(found.repo_id, f.path, revision=found.revision, endpoint=endpoint(config))
+    with hub_errors(config, ref), partial.open("ab") as out:
+        if out.tell() > f.size:  # not a prefix of this file: start over
+            out.seek(0)
+            out.truncate()
+        http_get(
+            url,  # the resolve URL: redirects to the CDN are followed, without the token off the Hub's host
+            out,
+            resume_size=out.tell(),
+            headers=build_hf_headers(token=_token(config)),
+            expected_size=f.size,
+            displayed_filename=f.path,
             **kwargs,
         )
-    got = Path(str(path)).resolve()
-    if not got.is_relative_to(work_dir.resolve()):  # hf_files refuses such names first; this guards the library
-        raise IntegrityError(f"the Hub file {f.path!r} resolved outside {work_dir}", hint="report this repository")
-    return got
+    return partial
 
 
 def _progress_bar(reporter: Reporter, digest: str, total: int) -> type[Any]:

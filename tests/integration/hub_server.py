@@ -12,7 +12,9 @@ It speaks the endpoints ``huggingface_hub`` uses to list and download a model re
 
 A repository with a ``token`` answers 401 without ``Authorization: Bearer <token>`` (as the Hub does for private and
 gated repositories); an unknown repository or revision answers 404 with ``X-Error-Code``. ``wrong_sha`` makes the
-listing report a wrong sha256 for one file (to test verification). Every request is logged for assertions.
+listing report a wrong sha256 for one file (to test verification). ``rate_bytes_per_s`` (off unless set; a test
+may change it at any time) throttles every body send, each request on its own, to test interrupted and concurrent
+downloads. Every request is logged for assertions.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class HubRepo:
     files: Mapping[str, Path | bytes]
     token: str | None = None
     wrong_sha: frozenset[str] = frozenset()
+    listed_sha: Mapping[str, str] = field(default_factory=dict)
+    """Files whose listing shows this text as their sha256 verbatim (hostile endpoints)."""
     sha: str = COMMIT
     last_modified: str = "2024-11-20T10:00:00.000Z"
 
@@ -47,6 +51,7 @@ class Request:
     range: str | None
     authorization: bool
     sent: int = 0
+    redirect: bool = False
 
 
 @dataclass
@@ -86,6 +91,9 @@ class HubServer:
     """The same server on 127.0.0.2: another host, as the Hub's CDN is (huggingface_hub follows same-host redirects
     itself and expects the redirect's headers only from a cross-host one)."""
     requests: list[Request] = field(default_factory=list)
+    rate_bytes_per_s: float | None = None
+    """When set, each response body is sent at about this rate (read per chunk: a test may slow down or speed up the
+    server while a download runs)."""
     _blobs: dict[str, _Blob] = field(default_factory=dict)
     _by_path: dict[tuple[str, str], _Blob] = field(default_factory=dict)
 
@@ -100,8 +108,12 @@ class HubServer:
     # --- what tests look at ---------------------------------------------------------------------------------
 
     def downloads(self) -> list[Request]:
-        """GETs of file content (CDN or resolve bodies)."""
-        return [r for r in self.requests if r.method == "GET" and (r.path.startswith("/cdn/") or "/resolve/" in r.path)]
+        """GETs of file content (CDN or resolve bodies; a resolve GET answered with the CDN redirect sends none)."""
+        return [
+            r
+            for r in self.requests
+            if r.method == "GET" and not r.redirect and (r.path.startswith("/cdn/") or "/resolve/" in r.path)
+        ]
 
     def full_downloads(self) -> list[Request]:
         """Whole-file GETs (no Range): what a header read must never do."""
@@ -109,6 +121,16 @@ class HubServer:
 
     def bytes_sent(self) -> int:
         return sum(r.sent for r in self.requests)
+
+    def bytes_sent_for(self, repo_id: str, path: str) -> int:
+        """Body bytes sent of one file, through the CDN (LFS files) or the resolve URL, by every request so far."""
+        cdn = f"/cdn/{self.sha256(repo_id, path)}"
+        resolve = f"/{repo_id}/resolve/"
+        return sum(
+            r.sent
+            for r in list(self.requests)
+            if r.path == cdn or (r.path.startswith(resolve) and r.path.endswith(f"/{path}"))
+        )
 
     def sha256(self, repo_id: str, path: str) -> str:
         return self._by_path[(repo_id, path)].sha256
@@ -157,6 +179,7 @@ class HubServer:
                         if path not in repo.wrong_sha
                         else hashlib.sha256(b"wrong" + path.encode()).hexdigest()
                     )
+                    sha = repo.listed_sha.get(path, sha)
                     entry["lfs"] = {"sha256": sha, "size": blob.size, "pointerSize": 134}
             siblings.append(entry)
         doc = {
@@ -193,6 +216,7 @@ class HubServer:
                 "ETag": f'W/"{hashlib.sha1(blob.sha256.encode()).hexdigest()}"',
                 "Location": f"{self.cdn_url}/cdn/{blob.sha256}",
             }
+            entry.redirect = True
             return web.Response(status=302, headers=headers)
         headers["ETag"] = f'"{hashlib.sha1(blob.sha256.encode()).hexdigest()}"'
         return await self._send(request, entry, blob, headers)
@@ -225,10 +249,13 @@ class HubServer:
         offset = start
         try:
             while offset <= end:
-                chunk = blob.read(offset, min(1 << 20, end - offset + 1))
+                rate = self.rate_bytes_per_s
+                chunk = blob.read(offset, min(64 << 10 if rate else 1 << 20, end - offset + 1))
                 await response.write(chunk)
                 offset += len(chunk)
                 entry.sent += len(chunk)
+                if rate:
+                    await asyncio.sleep(len(chunk) / rate)
         except ConnectionError:  # the client stopped reading (a header read that has what it needs)
             return response
         await response.write_eof()

@@ -3,11 +3,15 @@ speaking the Hub's API (tests/integration/hub_server.py), through huggingface_hu
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,12 +72,16 @@ def hub(ggufs: dict[str, Path], smollm2_gguf: Path) -> Iterator[HubServer]:
             wrong_sha=frozenset({"Bad-Q4_K_M.gguf"}),
         ),
         "acme/Private-GGUF": HubRepo(files={"Private-Q4_K_M.gguf": ggufs["q4km"]}, token=TOKEN),
+        "acme/Evil-GGUF": HubRepo(
+            files={"Evil-Q4_K_M.gguf": ggufs["q4km"]},
+            listed_sha={"Evil-Q4_K_M.gguf": "../../../../evil-" + "0" * 50},
+        ),
     }
     with hub_server(repos) as server:
         yield server
 
 
-def modelctl(hub: HubServer | None, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli_env(hub: HubServer | None, token: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["HF_ENDPOINT"] = hub.url if hub else "http://127.0.0.1:9"  # port 9: nothing listens there
     env["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -81,8 +89,14 @@ def modelctl(hub: HubServer | None, *args: str, token: str | None = None) -> sub
     env.pop("HF_TOKEN", None)
     if token is not None:
         env["HF_TOKEN"] = token
+    return env
+
+
+def modelctl(hub: HubServer | None, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
     modelctl_bin = Path(sys.executable).parent / "modelctl"
-    return subprocess.run([str(modelctl_bin), *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(modelctl_bin), *args], env=cli_env(hub, token), capture_output=True, text=True, timeout=300
+    )
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -180,6 +194,15 @@ def test_sha_mismatch_is_refused_and_nothing_tagged(hub: HubServer, ggufs: dict[
     ok(modelctl(hub, "pull", "hf.co/acme/Bad-GGUF:Q8_0"))  # the store still works; the good file pulls
 
 
+def test_a_malformed_listed_sha256_is_refused_before_any_download(hub: HubServer) -> None:
+    # the sha256 names files under ingest/ and blobs/: a hostile listing must not steer a path
+    proc = modelctl(hub, "pull", "hf.co/acme/Evil-GGUF")
+    assert proc.returncode == 5, proc.stderr
+    assert "malformed sha256" in error_line(proc)
+    assert not any(r.path.endswith(".gguf") for r in hub.downloads())
+    assert listed() == []
+
+
 def test_token_required(hub: HubServer) -> None:
     for token in (None, "hf_wrongWRONGwrong0000"):
         proc = modelctl(hub, "pull", "hf.co/acme/Private-GGUF", token=token)
@@ -233,3 +256,119 @@ def test_inspect_and_fit_remote_before_download(hub: HubServer, smollm2_gguf: Pa
     assert listed() == []
     split = json.loads(ok(modelctl(hub, "fit", "--remote", "--json", "hf.co/acme/Split-GGUF")).stdout)
     assert split["reference"] == "hf.co/acme/Split-GGUF:Q4_K_M"
+
+
+# --- interrupted and concurrent pulls of a large file, from a throttled Hub --------------------------------------
+
+BIG_REPO = "acme/Big-GGUF"
+BIG_FILE = f"{SMOL}-Q4_1.gguf"
+BIG_REF = f"hf.co/{BIG_REPO}:Q4_1"
+SLOW = 4 << 20
+"""Bytes per second per request while a test needs a download in flight: the ~94 MiB SmolLM2 file takes ~25 s."""
+
+
+@pytest.fixture()
+def big_hub(smollm2_gguf: Path) -> Iterator[HubServer]:
+    """A Hub with one real >= 64 MiB GGUF (SmolLM2-135M Q4_1) and nothing else to fetch (no mmproj)."""
+    assert smollm2_gguf.stat().st_size >= 64 << 20
+    with hub_server({BIG_REPO: HubRepo(files={BIG_FILE: smollm2_gguf})}) as server:
+        yield server
+
+
+_runs = itertools.count()
+
+
+@dataclass
+class Background:
+    """``modelctl`` as :func:`modelctl` runs it, but in the background; its output goes to files (a pipe nobody
+    reads could fill and stall it)."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+
+    @classmethod
+    def start(cls, hub: HubServer, *args: str) -> Background:
+        out = home().parent / f"modelctl-{next(_runs)}.out"
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "modelctl"), *args],
+                env=cli_env(hub),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        return cls(proc, out)
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def wait_for(what: str, condition: Callable[[], bool], runs: Sequence[Background]) -> None:
+    """Poll until ``condition()``; fail if a process ended first (the test's timeout bounds the wait)."""
+    while not condition():
+        for run in runs:
+            if run.proc.poll() is not None:
+                pytest.fail(f"modelctl exited {run.proc.returncode} before {what}:\n{run.output()}")
+        time.sleep(0.05)
+
+
+def the_stored_file(expected: Path) -> None:
+    """The store has the model once, tagged, with the right bytes, and every blob is what its name says."""
+    [row] = listed()
+    assert row["reference"] == BIG_REF
+    path = Path(ok(modelctl(None, "path", BIG_REF)).stdout.strip())
+    assert sha256_file(path) == sha256_file(expected)
+    blobs = home() / "store" / "blobs" / "sha256"
+    big = [b for b in blobs.iterdir() if b.stat().st_size >= 1 << 20]
+    assert [f"sha256:{b.name}" for b in big] == [sha256_file(expected)], "the model's file is stored once"
+    for blob in blobs.iterdir():
+        assert sha256_file(blob) == f"sha256:{blob.name}", f"{blob} is not what its name says"
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_then_pull_again_resumes(big_hub: HubServer, smollm2_gguf: Path) -> None:
+    size = smollm2_gguf.stat().st_size
+    big_hub.rate_bytes_per_s = SLOW
+    run = Background.start(big_hub, "pull", BIG_REF)
+    try:
+        # Past half the file: a pull that started over would then need more than 1.5x the file in all.
+        wait_for("60% was sent", lambda: big_hub.bytes_sent_for(BIG_REPO, BIG_FILE) >= 0.6 * size, [run])
+    finally:
+        run.stop()  # SIGKILL: no handler runs, nothing is cleaned up
+    assert run.proc.returncode == -signal.SIGKILL, run.output()
+    first = big_hub.bytes_sent_for(BIG_REPO, BIG_FILE)
+    assert first < size, "the first pull was killed mid-download"
+    assert listed() == [], "nothing is tagged by a killed pull"
+    big_hub.rate_bytes_per_s = None
+    ok(modelctl(big_hub, "pull", BIG_REF))
+    the_stored_file(smollm2_gguf)
+    total = big_hub.bytes_sent_for(BIG_REPO, BIG_FILE)
+    print(f"kill -9 resume: {first / size:.2f}x sent before the kill, {total / size:.2f}x in all")
+    assert total < 1.5 * size, f"the Hub sent {total / size:.2f}x the file: the partial was not resumed"
+
+
+@pytest.mark.timeout(300)
+def test_two_concurrent_pulls_download_once(big_hub: HubServer, smollm2_gguf: Path) -> None:
+    size = smollm2_gguf.stat().st_size
+    big_hub.rate_bytes_per_s = SLOW
+    runs = [Background.start(big_hub, "pull", BIG_REF) for _ in range(2)]
+    try:
+        # Both have listed the repository, so both found the file missing, while the first download is still slow.
+        listing = f"/api/models/{BIG_REPO}"
+        wait_for("both listed the repository", lambda: sum(r.path == listing for r in big_hub.requests) >= 2, runs)
+        assert big_hub.bytes_sent_for(BIG_REPO, BIG_FILE) < size, "the pulls overlap"
+        big_hub.rate_bytes_per_s = None
+        codes = [run.proc.wait() for run in runs]
+    finally:
+        for run in runs:
+            run.stop()
+    assert codes == [0, 0], [run.output() for run in runs]
+    the_stored_file(smollm2_gguf)
+    total = big_hub.bytes_sent_for(BIG_REPO, BIG_FILE)
+    print(f"two concurrent pulls: {total / size:.2f}x the file sent")
+    assert total < 1.3 * size, f"the Hub sent {total / size:.2f}x the file: both pulls downloaded it"
