@@ -96,18 +96,27 @@ def df(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
             (f"models ({usage.models})", render.size(usage.store_bytes - usage.unreferenced_bytes)),
             (f"blobs ({usage.blobs})", render.size(usage.store_bytes)),
             ("unreferenced (modelctl prune)", render.size(usage.unreferenced_bytes)),
-            ("partial downloads", render.size(usage.partial_bytes)),
+            ("partial downloads (modelctl prune --partials)", render.size(usage.partial_bytes)),
             ("free on disk", render.size(usage.free_bytes)),
         ],
     )
 
 
-def prune() -> None:
+def prune(
+    partials: bool = typer.Option(
+        False, "--partials", help="Also delete partial downloads no running pull is using (they can no longer resume)."
+    ),
+) -> None:
     """Delete blobs no model references (older than an hour, so running pulls are safe)."""
     from modelctl.services.models import prune as prune_store
+    from modelctl.services.models import prune_partials
 
     removed = prune_store(settings())
     print(f"removed {len(removed)} blobs")
+    if partials:
+        gone = prune_partials(settings())
+        busy = f"; {gone.in_use} in use by a running pull, kept" if gone.in_use else ""
+        print(f"removed {gone.count} partial downloads ({render.size(gone.bytes)}){busy}")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -189,3 +190,48 @@ def prune(config: Config) -> list[str]:
             if f"sha256:{child.name}" not in live:
                 shutil.rmtree(child, ignore_errors=True)
     return removed
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class PrunedPartials:
+    count: int
+    bytes: int
+    in_use: int
+    """Partials left alone because a pull holds their lock right now."""
+
+
+def prune_partials(config: Config) -> PrunedPartials:
+    """Delete partial downloads (registry parts under ``ingest/<hex>/``, Hub files under ``ingest/hf/<hex>.partial``)
+    that no pull is using. A pull holds the blob's lock in ``ingest/`` while it writes, so taking that lock without
+    waiting tells an abandoned partial from a live one; resuming it later is what is given up."""
+    import filelock
+
+    ingest = config.ingest_dir
+    found: list[tuple[str, Path]] = []
+    if ingest.is_dir():
+        found += [(c.name, c) for c in ingest.iterdir() if c.is_dir() and _HEX.fullmatch(c.name)]
+        hf = ingest / "hf"
+        if hf.is_dir():
+            found += [(c.stem, c) for c in hf.iterdir() if c.suffix == ".partial" and _HEX.fullmatch(c.stem)]
+    count = size = busy = 0
+    for hex_digest, path in found:
+        lock = filelock.FileLock(str(ingest / f"{hex_digest}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            busy += 1
+            continue
+        try:
+            files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+            size += sum(f.stat().st_size for f in files)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            count += 1
+        finally:
+            lock.release()
+    return PrunedPartials(count=count, bytes=size, in_use=busy)
