@@ -8,7 +8,6 @@ Jinja template (tokenizer.chat_template): the Go template here would be a Jinja 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import servers
+from helpers.ggufs import sha256_file as sha256
 from helpers.oci_layout import OCILayout, ollama_artifact, push_layout
 from helpers.servers import RegistryServer
 
@@ -28,14 +28,6 @@ GO_TEMPLATE = (
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 )
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.ggufs import sha256_file as sha256
 
 from modelctl.oci import mediatypes as mt
 from modelctl.store import Layout
@@ -38,14 +39,6 @@ def modelctl(*args: str, home: Path, stdin: bytes | None = None) -> subprocess.C
 
 def skopeo(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True, timeout=300)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def listed(home: Path) -> dict[str, dict[str, object]]:
