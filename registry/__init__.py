@@ -6,63 +6,27 @@ Public API (used by ``modelctl registry serve`` / ``modelctl registry gc`` and `
     create_app(*, root, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0) -> Application
     gc(root, *, grace_seconds=0.0, dry_run=False) -> list[str]        (digests of the removed blobs)
 
-Imports are deferred so that importing ``registry`` costs nothing until a server is wanted.
+Imports are deferred so that importing ``registry`` costs nothing until a server is wanted. (The collector lives
+in ``registry.collect``: a submodule named ``gc`` would replace the ``gc`` function on first import.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from registry.app import create_app, serve
+    from registry.collect import gc
 
 __all__ = ["create_app", "gc", "serve"]
 
-
-def create_app(
-    *,
-    root: Path,
-    htpasswd: Path | None = None,
-    proxy: str | None = None,
-    allow_anonymous_pull: bool = False,
-    tag_ttl: float = 30.0,
-) -> web.Application:
-    """The registry as an aiohttp application over the storage root ``root``."""
-    from registry.app import create_app as _create_app
-
-    return _create_app(
-        root=root, htpasswd=htpasswd, proxy=proxy, allow_anonymous_pull=allow_anonymous_pull, tag_ttl=tag_ttl
-    )
+_WHERE = {"create_app": "registry.app", "serve": "registry.app", "gc": "registry.collect"}
 
 
-def serve(
-    *,
-    root: Path,
-    host: str,
-    port: int,
-    htpasswd: Path | None = None,
-    proxy: str | None = None,
-    allow_anonymous_pull: bool = False,
-    tag_ttl: float = 30.0,
-) -> None:
-    """Serve until SIGINT/SIGTERM; prints ``listening on http://HOST:PORT`` to stderr once bound.
-    ``tag_ttl``: how long a pull-through cache trusts an upstream tag answer (seconds)."""
-    from registry.app import serve as _serve
-
-    _serve(
-        root=root,
-        host=host,
-        port=port,
-        htpasswd=htpasswd,
-        proxy=proxy,
-        allow_anonymous_pull=allow_anonymous_pull,
-        tag_ttl=tag_ttl,
-    )
-
-
-def gc(root: Path, *, grace_seconds: float = 0.0, dry_run: bool = False) -> list[str]:
-    """Remove blobs that no stored manifest references; returns their digests."""
-    from registry.gc import gc as _gc
-
-    return _gc(root, grace_seconds=grace_seconds, dry_run=dry_run)
+def __getattr__(name: str) -> Any:
+    """The public functions, imported on first use (PEP 562), so their signatures live in one place."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'registry' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -50,8 +50,11 @@ def run() -> None:
     _register()
     debug = "--debug" in sys.argv[1:]
     try:
-        app()
+        # not standalone: click's usage errors reach errors.report (one line, exit 2) instead of a boxed panel
+        code = app(prog_name="modelctl", standalone_mode=False)
     except SystemExit:
         raise
     except BaseException as exc:
         sys.exit(errors.report(exc, debug=debug))
+    if isinstance(code, int) and code:  # typer.Exit(n) / ctx.exit(n) come back as a return value here
+        sys.exit(code)

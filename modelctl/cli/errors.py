@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 import traceback
 
+import click
+
 from modelctl.errors import ModelctlError
 
 EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -16,6 +19,16 @@ def report(exc: BaseException, *, debug: bool) -> int:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, KeyboardInterrupt):
+        print("modelctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, click.UsageError):
+        where = f"{exc.ctx.command_path} --help" if exc.ctx else "modelctl --help"
+        print(f"modelctl: error: {exc.format_message().rstrip('.')}: see {where}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, click.ClickException):
+        print(f"modelctl: error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, click.exceptions.Abort):
         print("modelctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(exc, ModelctlError):

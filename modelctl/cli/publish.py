@@ -102,7 +102,12 @@ def registry_gc(root: Path = typer.Option(..., "--root", help="Storage directory
     """Delete blobs no manifest references."""
     import registry
 
-    removed = registry.gc(root)
+    try:
+        removed = registry.gc(root)
+    except FileNotFoundError:
+        raise UsageError(
+            f"{root} is not a registry root (no blobs/)", hint="give the --root the registry serves"
+        ) from None
     print(f"removed {len(removed)} blobs")
 
 

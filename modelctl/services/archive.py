@@ -152,6 +152,10 @@ def save_to_path(
 ) -> ArchiveResult:
     """``save`` into a file: written beside it under a temporary name, renamed into place when complete."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(
+            f"directory {path.parent} does not exist", hint="create it, or give -o a path in an existing one"
+        )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
         with tmp.open("wb") as f:
