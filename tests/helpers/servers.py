@@ -8,11 +8,13 @@ is a context manager that waits until ``/v2/`` answers and always reaps the proc
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -59,9 +61,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(
-    root: Path, port: int, htpasswd: Path | None, token: TokenAuthority | None, log_level: str = "warn"
-) -> str:
+def _config(root: Path, port: int, htpasswd: Path | None, token: TokenAuthority | None, log_level: str = "warn") -> str:
     lines = [
         "version: 0.1",
         "log:",
@@ -114,9 +114,7 @@ def docker_registry(
     ``htpasswd=(user, password)`` turns on Basic auth; ``token`` turns on token auth (``token_credentials``
     are the account the returned :class:`RegistryServer` names, for pushing). The process is always reaped."""
     if not DOCKER_REGISTRY.is_file():
-        raise AssertionError(
-            f"{DOCKER_REGISTRY} is missing: apt-get install docker-registry (make setup does it)"
-        )
+        raise AssertionError(f"{DOCKER_REGISTRY} is missing: apt-get install docker-registry (make setup does it)")
     root.mkdir(parents=True, exist_ok=True)
     htpasswd_path = write_htpasswd(root / "htpasswd", *htpasswd) if htpasswd else None
     creds = htpasswd or token_credentials
@@ -143,9 +141,7 @@ def docker_registry(
             if not _wait_ready(server, proc):
                 if attempt < 2 and "address already in use" in log.read_text(errors="replace"):
                     continue
-                raise AssertionError(
-                    f"docker-registry did not start: {log.read_text(errors='replace')[-2000:]}"
-                )
+                raise AssertionError(f"docker-registry did not start: {log.read_text(errors='replace')[-2000:]}")
             yield server
             return
         finally:
@@ -174,3 +170,32 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     proc.wait()
+
+
+OURS = ("-m", "registry")
+"""``python -m registry``; ``("-m", "modelctl", "registry", "serve")`` starts the same server through the CLI."""
+
+
+def start_ours(
+    root: Path, *args: str, via: Sequence[str] = OURS, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Our registry over ``root`` on a free port (``--addr 127.0.0.1:0``), once its ``listening on`` line is out:
+    (process, base URL, log file). Raises with the log when it exits or does not start; the caller stops it."""
+    root.mkdir(parents=True, exist_ok=True)
+    log = log or root.parent / f"{root.name}-{secrets.token_hex(3)}.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, *via, "--root", str(root), "--addr", "127.0.0.1:0", *args],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if found := re.search(r"listening on (http://\S+)", log.read_text()):
+            return proc, found.group(1), log
+        if proc.poll() is not None:
+            raise RuntimeError(f"registry exited {proc.returncode}: {log.read_text()}")
+        time.sleep(0.05)
+    stop(proc)
+    raise RuntimeError(f"registry did not start: {log.read_text()}")

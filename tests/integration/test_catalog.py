@@ -9,12 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import servers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,44 +29,11 @@ def modelctl(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[str]:
     """``modelctl registry serve`` on a free port; yields host:port."""
-    log = tmp_path / "registry.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "modelctl",
-                "registry",
-                "serve",
-                "--root",
-                str(tmp_path / "reg"),
-                "--addr",
-                "127.0.0.1:0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc, url, _ = servers.start_ours(tmp_path / "reg", via=("-m", "modelctl", "registry", "serve"))
     try:
-        deadline = time.monotonic() + 30
-        host = None
-        while time.monotonic() < deadline and host is None:
-            found = re.search(r"listening on http://(\S+)", log.read_text())
-            if found:
-                host = found.group(1)
-            elif proc.poll() is not None:
-                break
-            else:
-                time.sleep(0.05)
-        if host is None:
-            raise RuntimeError(f"registry did not start: {log.read_text()}")
-        yield host
+        yield url.removeprefix("http://")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        servers.stop(proc)
 
 
 CUSTOM = """---

@@ -8,13 +8,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers import servers
 
 
 @dataclass
@@ -35,23 +35,8 @@ class Served:
 
 def start(root: Path) -> Served:
     """``modelctl registry serve`` on a free port (``:0``); the listening line says which."""
-    log = root.with_suffix(".log")
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelctl", "registry", "serve", "--root", str(root), "--addr", "127.0.0.1:0"],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on http://(\S+)", log.read_text())
-        if found:
-            return Served(proc, found.group(1), root)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"registry did not start: {log.read_text()}")
+    proc, url, _ = servers.start_ours(root, via=("-m", "modelctl", "registry", "serve"))
+    return Served(proc, url.removeprefix("http://"), root)
 
 
 @pytest.fixture

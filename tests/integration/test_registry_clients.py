@@ -7,11 +7,9 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 import time
 import uuid
@@ -23,6 +21,7 @@ from typing import Any
 import bcrypt
 import httpx
 import pytest
+from helpers import servers
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_REGISTRY = Path("/usr/bin/docker-registry")
@@ -57,24 +56,8 @@ class Server:
 
 def start_ours(root: Path, *args: str) -> Server:
     """``python -m registry`` on a free port (``--addr 127.0.0.1:0``), once its listening line is out."""
-    root.mkdir(parents=True, exist_ok=True)
-    log = root.parent / f"{root.name}-{uuid.uuid4().hex[:6]}.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "registry", "--root", str(root), "--addr", "127.0.0.1:0", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if m := re.search(r"listening on (http://\S+)", log.read_text()):
-            return Server("ours", proc, m.group(1))
-        if proc.poll() is not None:
-            raise RuntimeError(log.read_text())
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"registry did not start: {log.read_text()}")
+    proc, url, _ = servers.start_ours(root, *args)
+    return Server("ours", proc, url)
 
 
 def start_distribution(tmp: Path) -> Server:

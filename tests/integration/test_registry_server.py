@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import bcrypt
 import httpx
 import pytest
+from helpers import servers
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_REGISTRY = Path("/usr/bin/docker-registry")
@@ -72,25 +73,8 @@ class Registry:
 
 def start_registry(root: Path, *args: str) -> Registry:
     """Start ``python -m registry`` on a free port (``--addr 127.0.0.1:0``); wait for its listening line."""
-    root.mkdir(parents=True, exist_ok=True)
-    log = root.parent / f"{root.name}-{uuid.uuid4().hex[:6]}.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "registry", "--root", str(root), "--addr", "127.0.0.1:0", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on (http://\S+)", log.read_text())
-        if m:
-            return Registry(proc, m.group(1), root, log)
-        if proc.poll() is not None:
-            raise RuntimeError(f"registry exited {proc.returncode}: {log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"registry did not start: {log.read_text()}")
+    proc, url, log = servers.start_ours(root, *args)
+    return Registry(proc, url, root, log)
 
 
 @pytest.fixture(scope="module")
