@@ -35,6 +35,11 @@ class VariantInfo:
     quantization: str | None = None
 
 
+Variants = Sequence[VariantInfo] | Callable[[], Sequence[VariantInfo]]
+"""The other variants, or a function that finds them: called only when a suggestion needs them (reading a card
+costs more than the whole fit check)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Plan:
     verdict: Verdict
@@ -89,7 +94,7 @@ def plan(
     estimate_with_cache: Callable[[str, int, int, Sequence[float]], Estimate] | None = None,
     margin: int = GPU_MARGIN,
     host_margin: int = HOST_MARGIN,
-    variants: Sequence[VariantInfo] = (),
+    variants: Variants = (),
 ) -> Plan:
     """Place the layers, judge the fit at ``n_ctx`` and find the largest context that fits.
 
@@ -250,7 +255,7 @@ def _suggest(
     cpu: Device | None,
     gpus: Sequence[Device],
     margin: int,
-    variants: Sequence[VariantInfo],
+    variants: Variants,
 ) -> str | None:
     if verdict == "fits":
         return None
@@ -271,7 +276,7 @@ def _suggest(
         return "use --cache-type q8_0 (halves the KV cache)"
     room = (cpu.free if cpu else 0) + sum(max(g.free - margin, 0) for g in gpus)
     overhead = est.total - est.weights
-    fitting = [v for v in variants if v.weights + overhead <= room]
+    fitting = [v for v in (variants() if callable(variants) else variants) if v.weights + overhead <= room]
     if fitting:
         best = max(fitting, key=lambda v: v.weights)
         return f"try {best.reference} ({_size(best.weights)} of weights), the largest variant that fits"

@@ -16,7 +16,7 @@ from modelctl import gguf
 from modelctl.fit import devices as _devices
 from modelctl.fit.devices import Device
 from modelctl.fit.estimate import Estimate, estimate
-from modelctl.fit.plan import GPU_MARGIN, VariantInfo, plan
+from modelctl.fit.plan import GPU_MARGIN, Variants, plan
 from modelctl.fit.settings import RunSettings
 
 
@@ -81,7 +81,7 @@ def fit_local(
     settings: RunSettings,
     *,
     devices: Sequence[Device] | None = None,
-    variants: Sequence[VariantInfo] = (),
+    variants: Variants = (),
     reference: str | None = None,
 ) -> FitReport:
     """Fit from local GGUF files (every shard of a split model, in order)."""
@@ -95,7 +95,7 @@ def fit_remote(
     settings: RunSettings,
     *,
     devices: Sequence[Device] | None = None,
-    variants: Sequence[VariantInfo] = (),
+    variants: Variants = (),
     reference: str | None = None,
 ) -> FitReport:
     """Fit from the registry: only the GGUF headers of ``layers`` (digest, size) are read, by ranges."""
@@ -114,7 +114,7 @@ def fit_headers(
     settings: RunSettings,
     *,
     devices: Sequence[Device] | None = None,
-    variants: Sequence[VariantInfo] = (),
+    variants: Variants = (),
     reference: str | None = None,
     fetched: int = 0,
     repack: dict[int, int] | None = None,

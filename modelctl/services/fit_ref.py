@@ -3,6 +3,7 @@ the GGUF headers only (no weights downloaded). Also the pre-download warning of 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from modelctl import reference
@@ -10,11 +11,11 @@ from modelctl.config import Config
 from modelctl.errors import NotFound, UsageError
 from modelctl.reference import Reference
 from modelctl.services import local
-from modelctl.services.catalog import variants_for
 from modelctl.services.ranged import take_window
 
 if TYPE_CHECKING:
     from modelctl.artifact import Model
+    from modelctl.fit.plan import VariantInfo
     from modelctl.fit.settings import RunSettings
     from modelctl.oci.client import RegistryClient
     from modelctl.services.fit import FitReport
@@ -34,7 +35,7 @@ def fit_reference(config: Config, text: str, settings: RunSettings, *, remote: b
             paths = local.materialise(config, store, entry)
             if not paths:
                 raise UsageError(f"{entry.name} has no GGUF file", hint="the fit check reads GGUF models only")
-            report = fit_local(paths, as_run_would(settings, entry.model), variants=variants_for(entry.name))
+            report = fit_local(paths, as_run_would(settings, entry.model), variants=card_variants(entry.name))
             return _named(report, entry.name)
     if ref.is_hugging_face:
         from modelctl.services import huggingface
@@ -61,8 +62,19 @@ def remote_report(client: RegistryClient, ref: Reference, model: Model, settings
             return take_window(reader.iter_chunks(), start - reader.offset, want)
 
     blobs = [(d.digest, d.size) for d in model.gguf]
-    report = fit_remote(fetch, blobs, as_run_would(settings, model), variants=variants_for(str(ref)))
+    report = fit_remote(fetch, blobs, as_run_would(settings, model), variants=card_variants(str(ref)))
     return _named(report, str(ref))
+
+
+def card_variants(name: str) -> Callable[[], Sequence[VariantInfo]]:
+    """The variants in ``name``'s bundled card, read only if the fit check needs a suggestion."""
+
+    def find() -> Sequence[VariantInfo]:
+        from modelctl.services.catalog import variants_for
+
+        return variants_for(name)
+
+    return find
 
 
 def as_run_would(settings: RunSettings, model: Model) -> RunSettings:

@@ -183,10 +183,10 @@ def _settings(entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> Run
 
 
 def _fit(paths: tuple[Path, ...], settings: RunSettings, name: str) -> FitReport:
-    from modelctl.services.catalog import variants_for
     from modelctl.services.fit import fit_local
+    from modelctl.services.fit_ref import card_variants
 
-    return fit_local(list(paths), settings, variants=variants_for(name))
+    return fit_local(list(paths), settings, variants=card_variants(name))
 
 
 def _effective_ctx(settings: RunSettings, report: FitReport) -> int:

@@ -88,6 +88,18 @@ def test_weights_alone_do_not_fit_suggests_a_variant() -> None:
     assert "smaller variant" in (run([ram(1 * GIB)]).suggestion or "")
 
 
+def test_variants_are_looked_up_only_for_a_suggestion() -> None:
+    calls: list[int] = []
+
+    def find() -> list[VariantInfo]:
+        calls.append(1)
+        return [VariantInfo(reference="ai/x:small", weights=300 * MIB)]
+
+    assert run([ram(64 * GIB)], variants=find).verdict == "fits" and calls == []
+    p = run([ram(1228 * MIB)], variants=find)
+    assert p.suggestion and "try ai/x:small" in p.suggestion and calls == [1]
+
+
 def test_all_layers_on_a_large_gpu() -> None:
     p = run([gpu(8 * GIB), ram(4 * GIB)])
     assert p.verdict == "fits" and p.gpu_layers == N_LAYER + 1 and p.n_layers == N_LAYER + 1
