@@ -6,10 +6,16 @@ it, and a layout copied to an offline machine is a valid store there. The spec f
 
     oci-layout              {"imageLayoutVersion":"1.0.0"}
     index.json              one entry per tag; annotation org.opencontainers.image.ref.name = full reference
-    blobs/sha256/<hex>      content, named by its digest; a file here is always complete and correct
+    blobs/sha256/<hex>      content, named by its digest; a file here was complete and correct when it arrived
     .lock  .tmp/            ours (dotfiles, ignored by OCI tools): the cross-process lock, temp files
+    .unflushed.json         ours: blobs committed without an fsync of their data (see modelctl.writeback)
 
-Invariants: a blob enters ``blobs/`` only by an atomic rename after its digest was verified; ``index.json``
+Invariants: a blob enters ``blobs/`` only by an atomic rename after its digest was verified. One committed without
+a flush (``commit_blob(..., flush=False)``, a pull's layers) is listed in ``.unflushed.json`` with the boot id
+before the rename, and stays listed until it is known to be on disk (fsynced once it has settled, or re-verified);
+after a reboot (a kernel crash or power loss may have lost its page-cache bytes) :meth:`Layout.recover_unflushed`
+re-hashes it and deletes it if damaged, so ``blobs/`` may then lack a blob a tag needs (``pull`` fetches it again,
+``run`` reports it missing). Every other blob is fsynced before its rename. ``index.json``
 is rewritten atomically (temp file, fsync, rename) under the lock, so readers never see a torn index and
 concurrent writers never lose an entry; a tag never points at a manifest whose config or layers are missing.
 Removing a tag deletes only the blobs that no other tag needs; blobs nothing references (a pull killed before
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from modelctl import digest as _digest
+from modelctl import writeback
 from modelctl.errors import DigestMismatch, IntegrityError, InvalidReference, ModelctlError, NotFound
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
@@ -162,19 +169,75 @@ class Layout:
         self._write_atomic(self.blob_path(actual), data)
         return actual
 
-    def commit_blob(self, path: Path, digest: str) -> Path:
-        """Move an already-verified file (same filesystem, e.g. from ingest/) into ``blobs/`` atomically."""
+    def commit_blob(self, path: Path, digest: str, *, flush: bool = True) -> Path:
+        """Move an already-verified file (same filesystem, e.g. from ingest/) into ``blobs/`` atomically.
+
+        ``flush=False`` skips the fsync of the data (it costs more than a fast download): the blob is first listed
+        in the journal of unflushed blobs, durably, then renamed. Without a boot id (not Linux) it flushes anyway.
+        """
         target = self.blob_path(digest)
         self.ensure()
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        boot = None if flush else writeback.boot_id()
+        if boot is None:
+            _fsync_file(path)
+            self._move_in(path, target)
+            return target
+        size = os.stat(path).st_size
+        with self.locked():
+            entries = [e for e in writeback.load(self.root) or [] if e.digest != digest]
+            entries.append(writeback.Entry(digest, boot, time.time(), size))
+            self._write_atomic(self.root / writeback.JOURNAL, writeback.dump(entries))
+            self._move_in(path, target)
+        return target
+
+    def _move_in(self, path: Path, target: Path) -> None:
         os.utime(path)  # prune() measures a blob's age from its arrival in blobs/, not its last write
         os.replace(path, target)
         _fsync_dir(self.blobs_dir)
-        return target
+
+    def recover_unflushed(self) -> list[str]:
+        """Settle the journal of unflushed blobs; return the digests of blobs deleted as damaged by a crash.
+
+        Call it when the store is opened, before any blob is used. Without a journal it costs one failed open and
+        no lock; with only young entries of this boot, a read, a stat per entry and no lock. Otherwise, under the
+        lock: entries of another boot are re-hashed and their blob deleted if its size or digest is wrong; entries
+        of this boot older than ``writeback.SETTLE_SECONDS`` are fsynced; both are dropped, and so are entries whose
+        blob is gone (which is how ``remove`` and ``prune`` clean up after themselves: they leave the journal alone).
+        """
+        entries = writeback.load(self.root)
+        if entries is None:
+            return []
+        boot, now = writeback.boot_id(), time.time()
+
+        def due(e: writeback.Entry) -> bool:
+            return writeback.suspect(e, boot) or writeback.settled(e, boot, now) or not self.has_blob(e.digest)
+
+        if entries and not any(due(e) for e in entries):
+            return []
+        removed: list[str] = []
+        with self.locked():
+            kept: list[writeback.Entry] = []
+            for entry in writeback.load(self.root) or []:
+                path = self.blob_path(entry.digest)
+                try:
+                    if writeback.suspect(entry, boot):
+                        if not writeback.intact(path, entry):
+                            path.unlink()
+                            removed.append(entry.digest)
+                    elif writeback.settled(entry, boot, now):
+                        _fsync_file(path)
+                    else:
+                        path.stat()
+                        kept.append(entry)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+            if removed:
+                _fsync_dir(self.blobs_dir)
+            if kept:
+                self._write_atomic(self.root / writeback.JOURNAL, writeback.dump(kept))
+            else:
+                (self.root / writeback.JOURNAL).unlink(missing_ok=True)
+        return removed
 
     # -- tags -----------------------------------------------------------------------------------------------
 
@@ -467,6 +530,14 @@ def _check_name(name: str) -> None:
 
 def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -31,7 +31,10 @@ class LocalModel:
 
 
 def layout(config: Config) -> Layout:
-    return Layout(config.store_dir)
+    """The store, its journal of unflushed blobs settled first (after a crash, damaged blobs go before any use)."""
+    store = Layout(config.store_dir)
+    store.recover_unflushed()
+    return store
 
 
 def load(store: Layout, name: str, desc: Descriptor) -> LocalModel:
