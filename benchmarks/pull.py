@@ -6,6 +6,7 @@
 2. Per-connection throttling (a local TCP proxy capping each connection, as CDNs do): 1 part vs N parts.
 
 Usage: .venv/bin/python benchmarks/pull.py [--size-mib 2048] [--rounds 3] [--throttle-mib 16] [--parts 8]
+       [--throttled-only | --skip-throttled]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--throttled-size-mib", type=int, default=256)
     parser.add_argument("--parts", type=int, default=8)
     parser.add_argument("--throttled-only", action="store_true", help="skip the 2 GiB comparison")
+    parser.add_argument("--skip-throttled", action="store_true", help="only the 2 GiB comparison")
     args = parser.parse_args()
     modelctl = [sys.executable, "-m", "modelctl"]
     with tempfile.TemporaryDirectory(prefix="bench-pull-", dir=os.environ.get("BENCH_TMP")) as tmp:
@@ -85,7 +87,8 @@ def main() -> None:
                 f"modelctl / curl: {med['modelctl'] / med['curl']:.2f}x"
             )
 
-            _throttled(args, work, reg, modelctl)
+            if not args.skip_throttled:
+                _throttled(args, work, reg, modelctl)
 
 
 def _throttled(args: argparse.Namespace, work: Path, reg: Registry, modelctl: list[str]) -> None:

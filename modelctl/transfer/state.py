@@ -1,7 +1,8 @@
 """Part state of a partial download: which byte ranges of the preallocated file are already written.
 
 Persisted as a small JSON file beside the data (temp file + ``os.replace``), so a ``kill -9`` loses at most the
-bytes written since the last save and the next pull resumes every part where it stopped.
+bytes written since the last save and the next pull resumes every part where it stopped. The state names the boot
+it was written in: only a crash of the whole machine (a new boot) can lose page-cache bytes the state counts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from modelctl import writeback
 
 STATE_FILE = "state.json"
 DATA_FILE = "data"
@@ -41,6 +44,11 @@ MAX_PART = 64 << 20
 sha256 follows) then keeps up with the download instead of waiting for a first part of size/N."""
 
 
+def current_boot() -> str | None:
+    """The id of this boot (see :mod:`modelctl.writeback`): saved with the state, compared on resume."""
+    return writeback.boot_id()
+
+
 def split(size: int, parts: int, min_part_size: int) -> list[Part]:
     """Equal parts, each at least ``min_part_size`` (one part for small blobs) and, for blobs larger than
     ``parts`` x MAX_PART, at most MAX_PART."""
@@ -52,13 +60,15 @@ def split(size: int, parts: int, min_part_size: int) -> list[Part]:
     return [p for p in out if p.length > 0] or [Part(0, 0)]
 
 
-def load(directory: Path, digest: str, size: int) -> list[Part] | None:
-    """The saved parts, or None when there is no usable state (absent, corrupt, or for another blob/size)."""
+def load(directory: Path, digest: str, size: int) -> tuple[list[Part], str | None] | None:
+    """The saved parts and the boot they were saved in, or None when there is no usable state (absent,
+    corrupt, or for another blob/size)."""
     try:
         doc = json.loads((directory / STATE_FILE).read_text())
         if not isinstance(doc, dict) or doc.get("digest") != digest or doc.get("size") != size:
             return None
         parts = [Part(int(s), int(e), int(d)) for s, e, d in doc["parts"]]
+        boot = doc.get("boot")
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not (directory / DATA_FILE).is_file() or (directory / DATA_FILE).stat().st_size != size:
@@ -68,16 +78,21 @@ def load(directory: Path, digest: str, size: int) -> list[Part] | None:
         if p.start != expected or p.end < p.start or not 0 <= p.done <= p.length:
             return None
         expected = p.end
-    return parts if expected == size else None
+    return (parts, boot if isinstance(boot, str) else None) if expected == size else None
 
 
 def save(directory: Path, digest: str, size: int, parts: list[Part]) -> None:
-    doc = {"digest": digest, "size": size, "parts": [[p.start, p.end, p.done] for p in parts]}
+    doc = {
+        "digest": digest,
+        "size": size,
+        "boot": current_boot(),
+        "parts": [[p.start, p.end, p.done] for p in parts],
+    }
     tmp = directory / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, directory / STATE_FILE)
 
 
 def saved_bytes(directory: Path, digest: str, size: int) -> int:
-    parts = load(directory, digest, size)
-    return sum(p.done for p in parts) if parts else 0
+    saved = load(directory, digest, size)
+    return sum(p.done for p in saved[0]) if saved else 0

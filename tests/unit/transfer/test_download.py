@@ -1,9 +1,10 @@
 """The download engine against a real local HTTP server: parts, resume (also after kill -9), faults, space.
 
 The source is a real ``ThreadingHTTPServer`` on 127.0.0.1 serving one in-memory blob with ``Range`` support and
-switchable faults, read through a small ``httpx`` adapter that keeps the registry client's ``RangeSource``
-contract; the sink is a real ``Layout``. The kill -9 and two-process tests load this file by path in a child
-process and run :func:`child_main` there.
+switchable faults, read through a small ``httpx`` adapter (the registry client's status handling, shortened)
+that yields the client's own ``BlobReader``, so the engine reads the socket as it does in a pull; the sink is a
+real ``Layout``. The kill -9 and two-process tests load this file by path in a child process and run
+:func:`child_main` there.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ import pytest
 from modelctl.digest import hex_of, of_bytes
 from modelctl.errors import DigestMismatch, NoSpace, NotFound, RegistryError
 from modelctl.oci.descriptor import Descriptor
+from modelctl.oci.transport import BlobReader
 from modelctl.store import Layout
 from modelctl.transfer import Progress, check_space, download, plan, state
 
 MIB = 1 << 20
 BLOB_SIZE = 8 * MIB + 12345  # not a multiple of the part size: the last part is short
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 # -- the server ---------------------------------------------------------------------------------------------
@@ -188,33 +189,6 @@ class _Handler(BaseHTTPRequestHandler):
 # -- the source: httpx, with the registry client's contract -------------------------------------------------
 
 
-class HttpRangeReader:
-    """Like ``modelctl.oci.transport.BlobReader``: ``offset`` is ``start`` on a matching 206, else 0."""
-
-    def __init__(self, response: httpx.Response, start: int, end: int | None) -> None:
-        self._response = response
-        self.status = response.status_code
-        self.offset = 0
-        self.total: int | None = None
-        length = response.headers.get("Content-Length", "")
-        if self.status == 206:
-            found = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-            if not found or int(found[1]) != start or (end is not None and int(found[2]) > end):
-                raise RegistryError(f"bad Content-Range for {start}-{end}", status=206, temporary=True)
-            self.offset = start
-            self.total = None if found[3] == "*" else int(found[3])
-        else:
-            self.total = int(length) if length.isdigit() else None
-
-    def iter_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
-        try:
-            for chunk in self._response.iter_raw():
-                for i in range(0, len(chunk), size):
-                    yield chunk[i : i + size]
-        except httpx.TransportError as exc:
-            raise RegistryError(f"connection to {self._response.url.host} broke: {exc}", temporary=True) from None
-
-
 class HttpRangeSource:
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self.url = url
@@ -224,7 +198,7 @@ class HttpRangeSource:
         self.client.close()
 
     @contextmanager
-    def open_range(self, start: int, end: int | None) -> Iterator[HttpRangeReader]:
+    def open_range(self, start: int, end: int | None) -> Iterator[BlobReader]:
         headers = {"Range": f"bytes={start}-{'' if end is None else end}"}
         try:
             response = self.client.send(self.client.build_request("GET", self.url, headers=headers), stream=True)
@@ -243,7 +217,7 @@ class HttpRangeSource:
                 )
             if status not in (200, 206):
                 raise RegistryError(f"{self.url} answered {status}", status=status)
-            yield HttpRangeReader(response, start, end)
+            yield BlobReader(response, start=start, end=end)
         finally:
             response.close()
 
@@ -534,6 +508,59 @@ def test_an_unusable_state_is_ignored_and_the_download_restarts(
     assert server.bytes_served == len(blob)
 
 
+def _claim_half_done(part_dir: Path, desc: Descriptor, blob: bytes, *, boot: object) -> None:
+    """A partial whose state says the first half is written while the file holds zeros there: what a machine
+    crash (not a kill) can leave behind, since the state is saved without waiting for the disk."""
+    part_dir.mkdir(parents=True)
+    (part_dir / state.DATA_FILE).write_bytes(b"\0" * len(blob))
+    half = len(blob) // 2
+    state.save(part_dir, desc.digest, len(blob), [state.Part(0, half, half), state.Part(half, len(blob), 0)])
+    doc = json.loads((part_dir / state.STATE_FILE).read_text())
+    doc["boot"] = boot
+    (part_dir / state.STATE_FILE).write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("boot", ["another-boot", None], ids=["another-boot", "no-boot-id"])
+def test_a_partial_damaged_by_a_crash_before_a_reboot_is_fetched_again(
+    fetch: Fetch, source: HttpRangeSource, server: BlobServer, store: Layout, ingest: Path, blob: bytes, boot: object
+) -> None:
+    desc = describe(blob)
+    _claim_half_done(partial_dir(ingest, desc), desc, blob, boot=boot)
+    assert fetch(desc, source).read_bytes() == blob
+    assert store.has_blob(desc.digest, desc.size)
+    # half on the resume, then the whole blob once the resumed copy failed verification
+    assert server.bytes_served == len(blob) - len(blob) // 2 + len(blob)
+
+
+def test_a_damaged_partial_from_this_boot_is_a_digest_mismatch(
+    fetch: Fetch, source: HttpRangeSource, store: Layout, ingest: Path, blob: bytes
+) -> None:
+    """In the same boot the page cache cannot lose bytes: a bad partial is corruption, reported, not retried."""
+    desc = describe(blob)
+    _claim_half_done(partial_dir(ingest, desc), desc, blob, boot=state.current_boot())
+    with pytest.raises(DigestMismatch):
+        fetch(desc, source)
+    assert not partial_dir(ingest, desc).exists()
+    assert blobs_in(store) == []
+
+
+def test_one_stream_hashes_its_buffers_without_reading_the_file_back(
+    fetch: Fetch, source: HttpRangeSource, blob: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path of a pull from a near registry: every buffer is hashed as it is, no ``pread``."""
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counting_pread(fd: int, length: int, offset: int) -> bytes:
+        reads.append(length)
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    desc = describe(blob)
+    assert fetch(desc, source, parts=1).read_bytes() == blob
+    assert reads == []
+
+
 # -- faults -------------------------------------------------------------------------------------------------
 
 
@@ -735,7 +762,8 @@ def _write_state(directory: Path, doc: object, data_size: int = SIZE) -> None:
 
 def test_state_load_accepts_a_good_state(tmp_path: Path) -> None:
     _write_state(tmp_path, GOOD)
-    assert state.load(tmp_path, DIGEST, SIZE) == [state.Part(0, 500, 100), state.Part(500, 1000, 500)]
+    # a state without a boot id (older modelctl) loads, as from an unknown boot
+    assert state.load(tmp_path, DIGEST, SIZE) == ([state.Part(0, 500, 100), state.Part(500, 1000, 500)], None)
     assert state.saved_bytes(tmp_path, DIGEST, SIZE) == 600
 
 
@@ -744,7 +772,7 @@ def test_state_save_then_load_round_trips(tmp_path: Path) -> None:
     parts = state.split(SIZE, 3, 100)
     parts[1].done = 7
     state.save(tmp_path, DIGEST, SIZE, parts)
-    assert state.load(tmp_path, DIGEST, SIZE) == parts
+    assert state.load(tmp_path, DIGEST, SIZE) == (parts, state.current_boot())
 
 
 @pytest.mark.parametrize(
