@@ -288,6 +288,42 @@ def test_kill_9_then_resume_fetches_little_twice(tmp_path: Path) -> None:
         store_is_consistent()
 
 
+def test_a_blob_a_crash_damaged_is_found_after_the_reboot_and_pulled_again(tmp_path: Path) -> None:
+    """Pulls commit blobs without waiting for the disk. Simulate what a power cut can leave: the journal's entry
+    from the previous boot and a page of the blob that never reached the disk (zeros, same size)."""
+    data = b"GGUF" + os.urandom(8 << 20)
+    layer = "sha256:" + hashlib.sha256(data).hexdigest()
+    with docker_registry(tmp_path / "reg") as reg, Proxy(reg.host).running() as proxy:
+        push(reg, "ai/crash", "1", [data])
+        ref = f"{proxy.host}/ai/crash:1"
+        assert modelctl("pull", "-q", ref).returncode == 0
+        store = home() / "store"
+        journal = store / ".unflushed.json"
+        entries = json.loads(journal.read_text())["blobs"]
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert {e["digest"] for e in entries} >= {layer} and {e["boot"] for e in entries} == {boot}
+
+        for e in entries:
+            e["boot"] = "the-boot-before-the-power-cut"
+        journal.write_text(json.dumps({"blobs": entries}))
+        blob = store / "blobs" / "sha256" / layer.removeprefix("sha256:")
+        with blob.open("r+b") as f:
+            f.seek(4 << 20)
+            f.write(b"\0" * 4096)
+
+        listed = modelctl("list", "--json")  # the first command after the "reboot" re-verifies
+        assert listed.returncode == 0, listed.stderr
+        assert not blob.exists() and not journal.exists()
+        store_is_consistent()
+
+        before = proxy.blob_bytes
+        again = modelctl("pull", "-q", ref)
+        assert again.returncode == 0, again.stderr
+        assert proxy.blob_bytes - before >= len(data), "the damaged layer is fetched again"
+        assert hashlib.sha256(blob.read_bytes()).digest() == hashlib.sha256(data).digest()
+        store_is_consistent()
+
+
 def test_two_concurrent_pulls_fetch_once(tmp_path: Path) -> None:
     data = b"GGUF" + os.urandom(64 << 20)
     with docker_registry(tmp_path / "reg") as reg, Proxy(reg.host).running() as proxy:

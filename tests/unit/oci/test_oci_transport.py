@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -251,3 +252,110 @@ def test_large_body_over_real_socket_is_intact(tmp_path: Path, serve: Serve) -> 
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Body(BaseHTTPRequestHandler):
+    """Serves ``server.data`` as a blob body in the way ``server.mode`` says: ``plain`` (Content-Length, headers and
+    the start of the body in one write, so h11 holds some of it), ``chunked``, ``short`` (closes half-way) or
+    ``stall`` (headers, then silence)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        data: bytes = self.server.data  # type: ignore[attr-defined]
+        mode: str = self.server.mode  # type: ignore[attr-defined]
+        if mode == "chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 100_000):
+                piece = data[i : i + 100_000]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        if mode == "stall":
+            self.wfile.write(head)
+            self.wfile.flush()
+            threading.Event().wait(3)
+            return
+        body = data[: len(data) // 2] if mode == "short" else data
+        self.wfile.write(head + body)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def body_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[str, Config]]]:
+    servers: list[Server] = []
+
+    def start(mode: str, data: bytes, *, tls: bool = False, **kw: object) -> tuple[str, Config]:
+        server = Server(("127.0.0.1", 0), _Body)
+        server.data, server.mode = data, mode  # type: ignore[attr-defined]
+        scheme = "http"
+        if tls:
+            cert, key = self_signed(tmp_path)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            scheme = "https"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"{scheme}://127.0.0.1:{server.server_address[1]}/blob", config(tmp_path, **kw)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _read_all(reader: transport.BlobReader, size: int = 1 << 20) -> bytes:
+    buffer = bytearray(size)
+    out = bytearray()
+    while got := reader.read_into(memoryview(buffer)):
+        out += buffer[:got]
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("mode", "tls", "from_socket"),
+    [("plain", False, True), ("plain", True, True), ("chunked", False, False)],
+    ids=["http-socket", "tls-socket", "chunked-through-httpx"],
+)
+def test_read_into_reads_every_byte_once(
+    body_server: Callable[..., tuple[str, Config]], mode: str, tls: bool, from_socket: bool
+) -> None:
+    """The blob body fast path reads the socket itself, after the bytes h11 already held; chunked bodies (and
+    anything else it cannot read safely) go through httpx. Either way: every byte, once, in order."""
+    data = os.urandom(3 << 20) + b"end"
+    url, cfg = body_server(mode, data, tls=tls)
+    with transport.build_client(cfg) as client:
+        response = transport.send(client, client.build_request("GET", url))
+        reader = transport.BlobReader(response, start=0, end=None)
+        try:
+            assert _read_all(reader, 100_003) == data
+            assert isinstance(reader._body, transport._SocketBody) is from_socket
+        finally:
+            reader.close()
+
+
+def test_read_into_reports_a_short_body_and_a_stall(body_server: Callable[..., tuple[str, Config]]) -> None:
+    data = os.urandom(1 << 20)
+    url, cfg = body_server("short", data)
+    with transport.build_client(cfg) as client:
+        reader = transport.BlobReader(transport.send(client, client.build_request("GET", url)), start=0, end=None)
+        with pytest.raises(RegistryError) as caught:
+            _read_all(reader)
+        reader.close()
+    assert caught.value.temporary and "unreachable" in str(caught.value)
+
+    url, cfg = body_server("stall", data, stall_timeout=0.3)
+    with transport.build_client(cfg) as client:
+        reader = transport.BlobReader(transport.send(client, client.build_request("GET", url)), start=0, end=None)
+        with pytest.raises(RegistryError) as caught:
+            _read_all(reader)
+        reader.close()
+    assert caught.value.temporary and "timed out" in str(caught.value)
