@@ -342,20 +342,18 @@ def test_read_into_reads_every_byte_once(
             reader.close()
 
 
-def test_read_into_reports_a_short_body_and_a_stall(body_server: Callable[..., tuple[str, Config]]) -> None:
-    data = os.urandom(1 << 20)
-    url, cfg = body_server("short", data)
+@pytest.mark.parametrize(
+    ("mode", "settings", "says"),
+    [("short", {}, "unreachable"), ("stall", {"stall_timeout": 0.3}, "timed out")],
+    ids=["closed-half-way", "stalled"],
+)
+def test_read_into_reports_a_short_body_and_a_stall(
+    body_server: Callable[..., tuple[str, Config]], mode: str, settings: dict[str, object], says: str
+) -> None:
+    url, cfg = body_server(mode, os.urandom(1 << 20), **settings)
     with transport.build_client(cfg) as client:
         reader = transport.BlobReader(transport.send(client, client.build_request("GET", url)), start=0, end=None)
         with pytest.raises(RegistryError) as caught:
             _read_all(reader)
         reader.close()
-    assert caught.value.temporary and "unreachable" in str(caught.value)
-
-    url, cfg = body_server("stall", data, stall_timeout=0.3)
-    with transport.build_client(cfg) as client:
-        reader = transport.BlobReader(transport.send(client, client.build_request("GET", url)), start=0, end=None)
-        with pytest.raises(RegistryError) as caught:
-            _read_all(reader)
-        reader.close()
-    assert caught.value.temporary and "timed out" in str(caught.value)
+    assert caught.value.temporary and says in str(caught.value)
