@@ -19,7 +19,7 @@ from modelctl import reference
 from modelctl.config import Config
 from modelctl.errors import AuthError, DigestMismatch, IntegrityError, NotFound, RegistryError
 from modelctl.oci import mediatypes as mt
-from modelctl.oci.client import BlobReader, RegistryClient
+from modelctl.oci.client import BlobReader, RegistryClient, _regroup
 from modelctl.oci.credentials import Credentials
 from modelctl.oci.descriptor import Index, Manifest
 
@@ -937,3 +937,14 @@ def test_unreachable_token_service_is_named(tmp_path: Path, sleeps: Sleeps) -> N
         client.get_manifest(REF)
     assert "auth.test unreachable" in str(caught.value) and caught.value.temporary
     assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1000])
+def test_regroup_cuts_exact_groups_without_joining(size: int) -> None:
+    """Chunked uploads send each group as a list of pieces (re-iterable for an auth retry, no 64 MiB joins)."""
+    pieces = [bytes([i]) * n for i, n in enumerate([5, 64, 1, 300, 0, 129, 64])]
+    groups = list(_regroup(iter(pieces), size))
+    assert all(isinstance(g, list) for g in groups)
+    lengths = [sum(map(len, g)) for g in groups]
+    assert all(n == size for n in lengths[:-1]) and 0 < lengths[-1] <= size
+    assert b"".join(b"".join(g) for g in groups) == b"".join(pieces)
