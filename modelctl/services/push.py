@@ -22,7 +22,7 @@ from modelctl.transfer import Progress
 CHUNKED_ABOVE = 256 << 20
 CHUNK_SIZE = 64 << 20
 PARALLEL_BLOBS = 3
-READ_SIZE = 8 << 20
+READ_SIZE = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -82,7 +82,9 @@ def push(
 
 
 def _reading(path: Path, desc: Descriptor, progress: Callable[[Progress], None] | None) -> Iterator[bytes]:
-    """The blob's bytes in 8 MiB pieces, reporting progress the way pull does (same renderers in the CLI)."""
+    """The blob's bytes in 1 MiB pieces, reporting progress the way pull does (same renderers in the CLI).
+
+    Small pieces because httpcore copies whatever a ``send()`` leaves of a piece (1 MiB beat 8 MiB by ~5%)."""
     done = 0
     last = 0.0
     with path.open("rb") as f:
