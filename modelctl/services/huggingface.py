@@ -1,13 +1,14 @@
 """Hugging Face GGUF repositories: ``hf.co/<org>/<repo>[:QUANT]``, through the ``huggingface_hub`` library.
 
-The Hub lists a repository's files with their LFS sha256 (the model info with files metadata); ``hf_files`` picks
-the GGUF shard(s) and mmproj for the quantisation tag; huggingface_hub's ``http_get`` fetches what the store lacks
-(honouring HF_ENDPOINT and HF_TOKEN) into ``$MODELCTL_HOME/ingest/hf/<sha256>.partial``, resuming a partial left by
-an interrupted pull (``hf_hub_download`` no longer resumes: it writes a new temporary file each time), under the
-blob's lock in ``ingest/`` (the one registry pulls take), so concurrent pulls download each file once; each file
-is hashed as it enters ``blobs/`` and must equal the Hub's sha256. The result is the same Docker model-spec v0.1
-artifact ``modelctl package`` writes, tagged ``hf.co/<org>/<repo>:<QUANT>`` (and ``:latest`` when no tag was given),
-so every other command treats it like any model. Its creation time is the repository's last modification, so a
+The Hub lists a repository's files with their LFS sha256 (the model info with files metadata, through
+huggingface_hub, honouring HF_ENDPOINT and HF_TOKEN); ``hf_files`` picks the GGUF shard(s) and mmproj for the
+quantisation tag. The files the store lacks are fetched from the resolve URLs by the registry pull's engine
+(``modelctl.transfer``): parallel Range parts, resume after a kill, one download per file across processes, the
+sha256 checked as the bytes arrive against the Hub's. huggingface_hub's ``http_get`` streamed one connection through
+10 MiB re-chunking and needed a second read to hash (8.7 s for a 1 GiB file curl fetched in 1.7 s, measured with
+benchmarks/hf_pull.py). The result is the same Docker model-spec v0.1 artifact ``modelctl package`` writes,
+tagged ``hf.co/<org>/<repo>:<QUANT>`` (and ``:latest`` when no tag was given), so every other command treats it like
+any model. Its creation time is the repository's last modification, so a
 pull of an unchanged repository reproduces the same manifest digest.
 
 ``huggingface_hub`` is imported lazily: it is heavy, and only these commands need it.
@@ -18,11 +19,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelctl import artifact, hf_files, transfer
@@ -45,12 +45,14 @@ from modelctl.services.ranged import take_window
 from modelctl.store import Layout
 
 if TYPE_CHECKING:
+    import httpx
+
     from modelctl.fit.settings import RunSettings
+    from modelctl.oci.transport import BlobReader
     from modelctl.services.fit import FitReport
     from modelctl.services.pull import PullResult, Reporter
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-HEADER_READ_TIMEOUT = 30.0
 _NETWORK_ERRORS = frozenset(
     {
         "ConnectError",
@@ -280,22 +282,28 @@ def _fetch(config: Config, store: Layout, ref: Reference, todo: Plan, reporter: 
                 f"{stored} needs {to_fetch} bytes, {free} are free under {config.home}",
                 hint="free some space (modelctl prune, modelctl rm) or set MODELCTL_HOME elsewhere",
             )
-    import filelock
-
-    work_dir = config.ingest_dir / "hf"
     layers: list[Descriptor] = []
-    for f in selection.files:
-        media_type = mt.DOCKER_MMPROJ if f is selection.mmproj else mt.DOCKER_GGUF
-        name = f.path.rsplit("/", 1)[-1]
-        digest = _digest(f)
-        if f in missing:
-            config.ingest_dir.mkdir(parents=True, exist_ok=True)
-            with filelock.FileLock(str(config.ingest_dir / f"{digest.removeprefix('sha256:')}.lock")):
-                if not store.has_blob(digest, f.size):  # another pull may have stored it while we waited
-                    path = _download(config, ref, todo.listing, f, work_dir, reporter)
-                    package.add_file(config, store, path, media_type, name, move=True, expected=digest)
-        assert f.size is not None
-        layers.append(Descriptor(media_type=media_type, digest=digest, size=f.size, annotations={mt.FILEPATH: name}))
+    with _hub_files(config, ref, todo.listing) as source_for:
+        for f in selection.files:
+            media_type = mt.DOCKER_MMPROJ if f is selection.mmproj else mt.DOCKER_GGUF
+            name = f.path.rsplit("/", 1)[-1]
+            assert f.size is not None
+            desc = Descriptor(media_type=media_type, digest=_digest(f), size=f.size, annotations={mt.FILEPATH: name})
+            if f in missing:
+                # The registry pull's engine: parallel Range parts, resume, one download per blob across processes,
+                # the sha256 checked as the bytes arrive against the Hub's LFS sha256 (the digest).
+                transfer.download(
+                    desc,
+                    source_for(f.path),
+                    store,
+                    ingest_dir=config.ingest_dir,
+                    parts=config.parts,
+                    min_part_size=config.min_part_size,
+                    stall_timeout=config.stall_timeout,
+                    retries=config.retries,
+                    progress=reporter.progress,
+                )
+            layers.append(desc)
     created = _rfc3339(todo.listing.last_modified)
     desc, _ = package.write_model(
         store, layers, first_gguf=store.blob_path(layers[0].digest), context_size=None, created=created
@@ -321,63 +329,6 @@ def _rfc3339(when: datetime | None) -> str:
     from datetime import UTC
 
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _download(config: Config, ref: Reference, found: Listing, f: HubFile, work_dir: Path, reporter: Reporter) -> Path:
-    """Fetch ``f`` into ``work_dir/<sha256>.partial``, resuming from what a previous pull left there; the caller
-    holds the file's lock and verifies the sha256 (a wrong partial is deleted then, so the next pull starts over)."""
-    import inspect
-    import logging
-
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its warnings would bypass our one-line errors
-    assert f.sha256 is not None and f.size is not None
-    kwargs: dict[str, Any] = {}
-    if "tqdm_class" in inspect.signature(http_get).parameters:
-        kwargs["tqdm_class"] = _progress_bar(reporter, _digest(f), f.size)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    partial = work_dir / f"{f.sha256.lower()}.partial"
-    url = hf_hub_url(found.repo_id, f.path, revision=found.revision, endpoint=endpoint(config))
-    with hub_errors(config, ref), partial.open("ab") as out:
-        if out.tell() > f.size:  # not a prefix of this file: start over
-            out.seek(0)
-            out.truncate()
-        http_get(
-            url,  # the resolve URL: redirects to the CDN are followed, without the token off the Hub's host
-            out,
-            resume_size=out.tell(),
-            headers=build_hf_headers(token=_token(config)),
-            expected_size=f.size,
-            displayed_filename=f.path,
-            **kwargs,
-        )
-    return partial
-
-
-def _progress_bar(reporter: Reporter, digest: str, total: int) -> type[Any]:
-    """A tqdm class for hf_hub_download that draws nothing and forwards its counts to the reporter."""
-    from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
-
-    class Bar(hf_tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-            self._start = int(kwargs.get("initial") or 0)
-            self._done = self._start
-
-        def update(self, n: float | None = 1) -> bool | None:
-            self._done += int(n or 0)
-            reporter.progress(
-                transfer.Progress(
-                    digest=digest, total=total, done=self._done, fetched_this_run=self._done - self._start
-                )
-            )
-            return None
-
-    return Bar
 
 
 def _warn_if_too_big(config: Config, ref: Reference, todo: Plan, reporter: Reporter) -> None:
@@ -441,29 +392,61 @@ def _fit(config: Config, ref: Reference, todo: Plan, settings: RunSettings) -> F
 
 @contextmanager
 def _ranged(config: Config, ref: Reference, found: Listing) -> Iterator[Callable[[str, int, int], bytes]]:
-    """``fetch(path, start, end_inclusive)`` over ``<endpoint>/<repo>/resolve/<revision>/<path>``: one Range GET
-    each, redirects followed (httpx drops Authorization on a cross-host redirect to a CDN)."""
-    import httpx
+    """``fetch(path, start, end_inclusive)``: one Range GET of a file's resolve URL (the fit check's header reads)."""
+    with _hub_files(config, ref, found) as source_for:
+
+        def fetch(path: str, start: int, end: int) -> bytes:
+            with source_for(path).open_range(start, end) as reader:
+                return take_window(reader.iter_chunks(), start - reader.offset, end - start + 1)
+
+        yield fetch
+
+
+@contextmanager
+def _hub_files(config: Config, ref: Reference, found: Listing) -> Iterator[Callable[[str], _HubFile]]:
+    """``source_for(path)``: a :class:`_HubFile` for each file of the listed revision, over one HTTP client."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
+    from modelctl.oci import transport
+
     headers = build_hf_headers(token=_token(config))
-    with httpx.Client(follow_redirects=True, timeout=HEADER_READ_TIMEOUT, headers=headers) as client:
+    with transport.build_client(config) as client:
 
-        def fetch(path: str, start: int, end: int) -> bytes:
+        def source_for(path: str) -> _HubFile:
             url = hf_hub_url(found.repo_id, path, revision=found.revision, endpoint=endpoint(config))
-            want = end - start + 1
-            with hub_errors(config, ref), client.stream("GET", url, headers={"Range": f"bytes={start}-{end}"}) as r:
-                if r.status_code in (401, 403):
-                    raise AuthError(
-                        f"the Hub refused access to {HUGGING_FACE}/{ref.repository} (HTTP {r.status_code})",
-                        hint="set HF_TOKEN to a token that can read it",
-                    )
-                if r.status_code == 404:
-                    raise NotFound(f"{path} not found in {HUGGING_FACE}/{ref.repository}", hint="pull again")
-                if r.status_code not in (200, 206):
-                    raise RegistryError(f"the Hub answered HTTP {r.status_code} for {path}", status=r.status_code)
-                skip = start if r.status_code == 200 else 0  # a server ignoring Range sends from byte 0
-                return take_window(r.iter_raw(), skip, want)
+            return _HubFile(client, url, headers, path, f"{HUGGING_FACE}/{ref.repository}")
 
-        yield fetch
+        yield source_for
+
+
+@dataclass(frozen=True)
+class _HubFile:
+    """One file's resolve URL as the engine's ``RangeSource``: the Hub redirects to its CDN, and the client's
+    redirect handling keeps ``Range`` and drops the token when the host changes."""
+
+    client: httpx.Client
+    url: str
+    headers: Mapping[str, str]
+    path: str
+    repo: str
+
+    @contextmanager
+    def open_range(self, start: int, end: int | None) -> Iterator[BlobReader]:
+        from modelctl.oci import transport
+
+        wanted = {**self.headers, "Range": f"bytes={start}-{'' if end is None else end}"}
+        response = transport.send(self.client, self.client.build_request("GET", self.url, headers=wanted))
+        try:
+            status = response.status_code
+            if status in (401, 403):
+                raise AuthError(
+                    f"the Hub refused access to {self.repo} (HTTP {status})",
+                    hint="set HF_TOKEN to a token that can read it",
+                )
+            if status not in (200, 206):
+                what = f"{self.path} of {self.repo}"
+                raise transport.error_for(response, what=what, registry=response.url.netloc.decode("ascii"))
+            yield transport.BlobReader(response, start=start, end=end)
+        finally:
+            response.close()

@@ -232,7 +232,13 @@ def test_unreachable_hub_is_exit_7() -> None:
 
 def test_second_pull_fetches_nothing(hub: HubServer) -> None:
     first = pull_json(hub, "hf.co/acme/Split-GGUF")
-    assert len(hub.full_downloads()) == 3
+    files = hub.repos["acme/Split-GGUF"].files
+    shards = [path for path in files if path.startswith("Q4_K_M/")]  # the default quantisation, split in three
+    assert len(shards) == 3 and {r.range is not None for r in hub.downloads()} == {True}
+    for path in shards:  # each shard fetched once (ranged parts), plus the fit check's header reads
+        size = Path(files[path]).stat().st_size
+        assert size <= hub.bytes_sent_for("acme/Split-GGUF", path) < 1.5 * size + (1 << 20), path
+    assert hub.bytes_sent_for("acme/Split-GGUF", "Tiny-Q8_0.gguf") == 0
     hub.requests.clear()
     second = pull_json(hub, "hf.co/acme/Split-GGUF")
     assert hub.downloads() == [], "no file content is fetched again (not even a header)"
