@@ -204,9 +204,10 @@ class PrunedPartials:
 
 
 def prune_partials(config: Config) -> PrunedPartials:
-    """Delete partial downloads (registry parts under ``ingest/<hex>/``, Hub files under ``ingest/hf/<hex>.partial``)
-    that no pull is using. A pull holds the blob's lock in ``ingest/`` while it writes, so taking that lock without
-    waiting tells an abandoned partial from a live one; resuming it later is what is given up."""
+    """Delete partial downloads (``ingest/<hex>/``, from registries and the Hub; ``ingest/hf/<hex>.partial``, left by
+    Hub pulls of earlier versions) that no pull is using. A pull holds the blob's lock in ``ingest/`` while it
+    writes, so taking that lock without waiting tells an abandoned partial from a live one; resuming it later is
+    what is given up."""
     import filelock
 
     ingest = config.ingest_dir
