@@ -175,6 +175,7 @@ class _Job:
         self.parts: list[Part] = []
         self.fd = -1
         self.resumed_from_another_boot = False
+        self.hash_error: BaseException | None = None
         self._last_progress = 0.0
 
     def reset(self) -> None:
@@ -205,7 +206,7 @@ class _Job:
     def run(self) -> None:
         self._open()
         size = self.desc.size
-        hasher = threading.Thread(target=self._hash_loop, name="modelctl-hash", daemon=True)
+        hasher = threading.Thread(target=self._hash_guarded, name="modelctl-hash", daemon=True)
         hasher.start()
         try:
             pending = [p for p in self.parts if not p.complete]
@@ -222,7 +223,7 @@ class _Job:
                                 self.cancel.set()
                                 wait(not_done)
                                 self._save()
-                                raise _first_error([f.exception() for f in failed])
+                                raise self.hash_error or _first_error([f.exception() for f in failed])
                             if not not_done:
                                 break
                     except BaseException:
@@ -231,6 +232,8 @@ class _Job:
             with self.cond:
                 self.cond.notify_all()
             hasher.join()
+            if self.hash_error is not None:
+                raise self.hash_error
             self._emit(force=True)
             if self.hashed != size:
                 raise ModelctlError(f"internal error: hashed {self.hashed} of {size} bytes of {self.desc.digest}")
@@ -351,6 +354,17 @@ class _Job:
             if not p.complete:
                 return p.position
         return self.desc.size
+
+    def _hash_guarded(self) -> None:
+        """The hash thread: a failure there (a read error of the partial) stops the parts, which may be waiting
+        for buffers only this thread gives back, and is raised by :meth:`run`."""
+        try:
+            self._hash_loop()
+        except BaseException as exc:
+            self.hash_error = exc
+            self.cancel.set()
+            with self.cond:
+                self.cond.notify_all()
 
     def _hash_loop(self) -> None:
         """Hash the written prefix in order: queued buffers as they are, any other range read back."""

@@ -561,6 +561,29 @@ def test_one_stream_hashes_its_buffers_without_reading_the_file_back(
     assert reads == []
 
 
+@pytest.mark.timeout(60)
+def test_a_failing_hash_thread_stops_the_download_instead_of_hanging_it(
+    fetch: Fetch,
+    source: HttpRangeSource,
+    server: BlobServer,
+    store: Layout,
+    blob: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parts wait for buffers only the hash thread gives back: if it dies (a read error of the partial), the parts
+    must stop and the error must reach the caller."""
+    server.first_part_delay = 0.01  # the first part finishes last: the others are read back with pread
+
+    def broken_pread(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "pread", broken_pread)
+    desc = describe(blob)
+    with pytest.raises(OSError, match="Input/output error"):
+        fetch(desc, source)
+    assert blobs_in(store) == []
+
+
 # -- faults -------------------------------------------------------------------------------------------------
 
 
