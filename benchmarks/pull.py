@@ -1,8 +1,9 @@
 """Pull speed, in one run on one machine: modelctl pull vs skopeo copy vs curl vs the sha256 floor.
 
 1. A 2 GiB model in a local docker-registry. Interleaved rounds of: hashlib sha256 of the file from the page cache
-   (verification floor), `curl -o` of the blob (unverified download floor), `modelctl pull` (verified, into the
-   store), `skopeo copy docker://... oci:...`. Medians and ratios.
+   (verification floor), `curl -o` of the blob (unverified download floor), benchmarks/minimal_pull.py (the least
+   a verifying Python client does), `modelctl pull` (verified, into the store), `skopeo copy docker://... oci:...`.
+   Medians and ratios.
 2. Per-connection throttling (a local TCP proxy capping each connection, as CDNs do): 1 part vs N parts.
 
 Usage: .venv/bin/python benchmarks/pull.py [--size-mib 2048] [--rounds 3] [--throttle-mib 16] [--parts 8]
@@ -52,11 +53,14 @@ def main() -> None:
             push_model(reg.host, "ai/big:2g", blob, digest)
             ref = f"{reg.host}/ai/big:2g"
             url = f"http://{reg.host}/v2/ai/big/blobs/{digest}"
-            times: dict[str, list[float]] = {"sha256": [], "curl": [], "modelctl": [], "skopeo": []}
+            times: dict[str, list[float]] = {"sha256": [], "curl": [], "minimal": [], "modelctl": [], "skopeo": []}
+            minimal = [sys.executable, str(Path(__file__).with_name("minimal_pull.py")), reg.host]
             for r in range(0 if args.throttled_only else args.rounds):
                 times["sha256"].append(sha256_file(blob))
                 out = work / "curl.out"
                 times["curl"].append(timed(["curl", "-sf", "-o", str(out), url]))
+                out.unlink()
+                times["minimal"].append(timed([*minimal, f"/v2/ai/big/blobs/{digest}", str(out)]))
                 out.unlink()
                 home = work / f"home{r}"
                 env = dict(os.environ, MODELCTL_HOME=str(home), MODELCTL_PARTS=str(args.parts))
@@ -77,6 +81,7 @@ def main() -> None:
             for k, label in [
                 ("sha256", "sha256 of the file (page cache): verification floor"),
                 ("curl", "curl -o (unverified)"),
+                ("minimal", "minimal Python client: recv_into + pwrite + sha256 thread (benchmarks/minimal_pull.py)"),
                 ("modelctl", f"modelctl pull ({args.parts} parts, verified)"),
                 ("skopeo", "skopeo copy docker:// -> oci:"),
             ]:
@@ -84,7 +89,8 @@ def main() -> None:
             print(
                 f"\nmodelctl / sha256 floor: {med['modelctl'] / med['sha256']:.2f}x (target <= 1.6x); "
                 f"skopeo / modelctl: {med['skopeo'] / med['modelctl']:.2f}x (target >= 3x); "
-                f"modelctl / curl: {med['modelctl'] / med['curl']:.2f}x"
+                f"modelctl / curl: {med['modelctl'] / med['curl']:.2f}x; "
+                f"modelctl / minimal client: {med['modelctl'] / med['minimal']:.2f}x"
             )
 
             if not args.skip_throttled:
