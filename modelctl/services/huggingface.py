@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from modelctl import artifact, hf_files, transfer
+from modelctl import artifact, hf_files
 from modelctl.config import Config
 from modelctl.errors import (
     AuthError,
@@ -266,7 +266,7 @@ def _digest(f: HubFile) -> str:
 
 
 def _fetch(config: Config, store: Layout, ref: Reference, todo: Plan, reporter: Reporter) -> PullResult:
-    from modelctl.services.pull import PullResult
+    from modelctl.services.pull import PullResult, fetch_blob
 
     store.ensure()
     selection = todo.selection
@@ -289,20 +289,8 @@ def _fetch(config: Config, store: Layout, ref: Reference, todo: Plan, reporter: 
             name = f.path.rsplit("/", 1)[-1]
             assert f.size is not None
             desc = Descriptor(media_type=media_type, digest=_digest(f), size=f.size, annotations={mt.FILEPATH: name})
-            if f in missing:
-                # The registry pull's engine: parallel Range parts, resume, one download per blob across processes,
-                # the sha256 checked as the bytes arrive against the Hub's LFS sha256 (the digest).
-                transfer.download(
-                    desc,
-                    source_for(f.path),
-                    store,
-                    ingest_dir=config.ingest_dir,
-                    parts=config.parts,
-                    min_part_size=config.min_part_size,
-                    stall_timeout=config.stall_timeout,
-                    retries=config.retries,
-                    progress=reporter.progress,
-                )
+            if f in missing:  # checked as the bytes arrive against the Hub's LFS sha256 (the digest)
+                fetch_blob(config, desc, source_for(f.path), store, reporter)
             layers.append(desc)
     created = _rfc3339(todo.listing.last_modified)
     desc, _ = package.write_model(

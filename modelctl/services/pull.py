@@ -152,6 +152,24 @@ def _warn_if_too_big(client: RegistryClient, ref: Reference, model: artifact.Mod
         reporter.warning(f"{ref.short} will not fit in this machine's memory: {report.suggestion}")
 
 
+def fetch_blob(
+    config: Config, desc: Descriptor, source: transfer.RangeSource, store: Layout, reporter: Reporter
+) -> Path:
+    """One blob through the download engine with the configured parts, timeouts and retries (registry layers and
+    Hugging Face files alike): parallel Range parts, resume, one download per blob across processes, verified."""
+    return transfer.download(
+        desc,
+        source,
+        store,
+        ingest_dir=config.ingest_dir,
+        parts=config.parts,
+        min_part_size=config.min_part_size,
+        stall_timeout=config.stall_timeout,
+        retries=config.retries,
+        progress=reporter.progress,
+    )
+
+
 def _download_all(
     config: Config,
     client: RegistryClient,
@@ -161,17 +179,7 @@ def _download_all(
     reporter: Reporter,
 ) -> None:
     def one(desc: Descriptor) -> Path:
-        return transfer.download(
-            desc,
-            _BlobRanges(client, ref, desc.digest),
-            store,
-            ingest_dir=config.ingest_dir,
-            parts=config.parts,
-            min_part_size=config.min_part_size,
-            stall_timeout=config.stall_timeout,
-            retries=config.retries,
-            progress=reporter.progress,
-        )
+        return fetch_blob(config, desc, _BlobRanges(client, ref, desc.digest), store, reporter)
 
     if not missing:
         return
