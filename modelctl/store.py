@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import stat
 import time
 import unicodedata
@@ -37,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelctl import atomic, writeback
 from modelctl import digest as _digest
-from modelctl import writeback
 from modelctl.errors import DigestMismatch, IntegrityError, InvalidReference, ModelctlError, NotFound
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
@@ -483,16 +482,8 @@ class Layout:
     def _write_atomic(self, target: Path, data: bytes) -> None:
         tmp_dir = self.root / TMP_DIR
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_dir / f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
-        try:
-            with tmp.open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic.replacing(target, tmp_dir=tmp_dir) as f:
+            f.write(data)
         _fsync_dir(target.parent)
 
 

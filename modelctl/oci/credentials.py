@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
-import os
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelctl import atomic
 from modelctl.config import Config
 from modelctl.errors import UsageError
 
@@ -215,16 +213,5 @@ def _read(path: Path, *, strict: bool) -> dict[str, Any]:
 def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
     target = path.resolve() if path.is_symlink() else path
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".config.json.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(doc, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic.replacing(target, mode=0o600) as f:
+        f.write(json.dumps(doc, indent="\t").encode() + b"\n")

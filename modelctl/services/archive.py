@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from modelctl import atomic, reference
 from modelctl import digest as _digest
-from modelctl import reference
 from modelctl.config import Config
 from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, NotFound, UsageError
 from modelctl.oci import descriptor
@@ -156,17 +156,8 @@ def save_to_path(
         raise UsageError(
             f"directory {path.parent} does not exist", hint="create it, or give -o a path in an existing one"
         )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
-    try:
-        with tmp.open("wb") as f:
-            result = save(config, texts, f, progress=progress)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return result
+    with atomic.replacing(path) as f:
+        return save(config, texts, f, progress=progress)
 
 
 def _closure(store: Layout, desc: Descriptor, depth: int = 0) -> Iterator[Descriptor]:
