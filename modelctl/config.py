@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelctl.cpu import CPU_BUFFERS
 from modelctl.errors import UsageError
 
 ENV_VARS = (
@@ -21,6 +22,7 @@ ENV_VARS = (
     "MODELCTL_PART_SIZE",
     "MODELCTL_STALL_TIMEOUT",
     "MODELCTL_RETRIES",
+    "MODELCTL_CPU_BUFFERS",
 )
 
 
@@ -40,6 +42,8 @@ class Config:
     connect_timeout: float = 10.0
     hf_token: str | None = None
     hf_endpoint: str | None = None
+    cpu_buffers: str = "auto"
+    """Extra CPU weight buffers llama.cpp may use (``modelctl.cpu``): auto (no AMX), all, none."""
 
     @property
     def store_dir(self) -> Path:
@@ -90,6 +94,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         retries=_int(env, "MODELCTL_RETRIES", 5, low=0, high=100),
         hf_token=env.get("HF_TOKEN") or None,
         hf_endpoint=env.get("HF_ENDPOINT") or None,
+        cpu_buffers=_choice(env, "MODELCTL_CPU_BUFFERS", CPU_BUFFERS),
     )
 
 
@@ -105,6 +110,13 @@ def parse_mirrors(text: str) -> dict[str, tuple[str, ...]]:
             )
         out.setdefault(registry.strip(), []).append(url.rstrip("/"))
     return {k: tuple(v) for k, v in out.items()}
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise UsageError(f"{name}={raw!r} is not a known value", hint=f"use one of: {', '.join(choices)}")
+    return raw
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
