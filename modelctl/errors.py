@@ -14,6 +14,7 @@ The library raises; only the CLI prints and exits. The tree::
     +-- DoesNotFit                     exit 6   refused: the model does not fit in memory
     +-- RegistryError                  exit 7   unreachable / 5xx after retries, protocol violations
     +-- NoSpace                        exit 8   not enough free disk for the download
+    +-- RuntimeCrashed                 exit 9   llama.cpp died in its worker process (signal, abort, OOM kill)
 
 ``RegistryError`` carries the HTTP status and the OCI error code; ``temporary`` says whether a retry may help.
 ``hint`` is the second half of the one-line message: what the user can do about it.
@@ -102,6 +103,20 @@ class RegistryError(ModelctlError):
 
 class NoSpace(ModelctlError):
     exit_code = 8
+
+
+class RuntimeCrashed(ModelctlError):
+    """The runtime's worker process died: a signal (SIGSEGV, SIGABRT, the OOM killer's SIGKILL) or a Python error.
+
+    ``signal`` names the signal (None for an error exit); ``phase`` is what it was doing: load, prompt, generation.
+    """
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, hint: str | None = None, signal: str | None = None, phase: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.signal = signal
+        self.phase = phase
 
 
 class CardError(UsageError):

@@ -17,11 +17,12 @@ import typer
 from modelctl.cli import render
 from modelctl.cli.context import settings
 from modelctl.cli.progress import reporter
-from modelctl.errors import UsageError
+from modelctl.errors import RuntimeCrashed, UsageError
 
 if TYPE_CHECKING:
     from modelctl.runtime.conversation import Conversation, Sampling
-    from modelctl.runtime.engine import Engine, Reply
+    from modelctl.runtime.process import WorkerEngine as Engine
+    from modelctl.runtime.process import WorkerReply as Reply
     from modelctl.services.run import Prepared, RunOptions
 
 MULTILINE = '"""'
@@ -229,6 +230,19 @@ class _Chat:
             lines.append(more)
 
     def _answer(self, text: str) -> None:
+        """Answer one message; if the runtime crashes, say so, reload the model and keep the conversation."""
+        from modelctl.services.run import start
+
+        try:
+            self._answer_once(text)
+        except RuntimeCrashed as exc:
+            self.conversation.drop_last_user()
+            print(f"\nmodelctl: error: {exc}", file=sys.stderr)
+            print("Reloading the model; the conversation so far is kept. Ask again, or /bye.", file=sys.stderr)
+            self.engine.close()
+            self.engine = start(self.prepared)
+
+    def _answer_once(self, text: str) -> None:
         conversation = self.conversation
         conversation.add("user", text)
         try:

@@ -6,11 +6,12 @@ llama.cpp's load logs are hidden unless ``verbose`` (the CLI's ``--debug``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelctl.errors import ModelctlError, UsageError
 from modelctl.runtime.conversation import Message, Sampling, Stats
@@ -38,6 +39,18 @@ class LoadSpec:
     chat_template: str | None = None
     """A Jinja chat template that replaces the GGUF's own (the artifact's chat-template layer)."""
     verbose: bool = False
+    cpu_buffers: str = "auto"
+    """Extra CPU weight buffers (``modelctl.cpu``): auto (CPU_REPACK, never AMX), all (llama.cpp's default), none."""
+    files: tuple[Path, ...] = ()
+    """Every shard of the model (``model_path`` is the first), for the buffer choice's tensor overrides."""
+
+    def describe(self) -> str:
+        """The settings in one phrase, for crash reports."""
+        cache = {1: "f16", 8: "q8_0", 2: "q4_0"}.get(self.type_k, str(self.type_k))
+        return (
+            f"ctx {self.n_ctx}, gpu layers {self.n_gpu_layers}, cache {cache}, "
+            f"flash attention {'on' if self.flash_attn else 'off'}, cpu buffers {self.cpu_buffers}"
+        )
 
 
 def gpu_offload_supported() -> bool:
@@ -122,32 +135,49 @@ class Engine:
 
     def complete(self, messages: list[Message], sampling: Sampling, *, model: str) -> dict[str, Any]:
         """A whole answer as an OpenAI ``chat.completion`` object (``modelctl run --json``)."""
-        reply = self.chat(messages, sampling)
-        text = "".join(reply)
-        stats = reply.stats
-        return {
-            "id": reply.id or f"chatcmpl-{int(time.time() * 1000)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": reply.finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": stats.completion_tokens,
-                "total_tokens": reply.prompt_tokens + stats.completion_tokens,
-            },
-            "timings": stats.to_json(),
-        }
+        return completion(self.chat(messages, sampling), model=model)
 
     def close(self) -> None:
         self._llm.close()
+
+
+class Answer(Protocol):
+    """What :func:`completion` needs of a reply: the in-process :class:`Reply` and the worker's both have it."""
+
+    id: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+
+def completion(reply: Answer, *, model: str) -> dict[str, Any]:
+    """Stream ``reply`` to its end and return it as an OpenAI ``chat.completion`` object."""
+    text = "".join(reply)
+    stats = reply.stats
+    return {
+        "id": reply.id or f"chatcmpl-{int(time.time() * 1000)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": reply.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+            "total_tokens": reply.prompt_tokens + stats.completion_tokens,
+        },
+        "timings": stats.to_json(),
+    }
 
 
 class Reply:
@@ -252,25 +282,35 @@ def load(spec: LoadSpec) -> Engine:
         kwargs["n_threads"] = spec.n_threads
         kwargs["n_threads_batch"] = spec.n_threads
     try:
-        llm = llama_cpp.Llama(
-            model_path=str(spec.model_path),
-            n_ctx=spec.n_ctx,
-            n_batch=spec.n_batch,
-            n_ubatch=spec.n_ubatch,
-            n_gpu_layers=spec.n_gpu_layers,
-            type_k=spec.type_k,
-            type_v=spec.type_v,
-            flash_attn=spec.flash_attn,
-            swa_full=spec.swa_full,
-            verbose=spec.verbose,
-            **kwargs,
-        )
+        with weight_buffers(spec):
+            llm = llama_cpp.Llama(
+                model_path=str(spec.model_path),
+                n_ctx=spec.n_ctx,
+                n_batch=spec.n_batch,
+                n_ubatch=spec.n_ubatch,
+                n_gpu_layers=spec.n_gpu_layers,
+                type_k=spec.type_k,
+                type_v=spec.type_v,
+                flash_attn=spec.flash_attn,
+                swa_full=spec.swa_full,
+                verbose=spec.verbose,
+                **kwargs,
+            )
     except (ValueError, RuntimeError) as exc:
         raise ModelctlError(
             f"llama.cpp could not load {spec.model_path.name}: {exc}",
             hint="re-run with --debug to see llama.cpp's log",
         ) from None
     return wrap(llm, spec)
+
+
+def weight_buffers(spec: LoadSpec) -> contextlib.AbstractContextManager[None]:
+    """The block in which ``Llama(...)`` loads with the spec's extra CPU weight buffers (see modelctl.cpu)."""
+    from modelctl import cpu
+    from modelctl.runtime.buffers import applied
+
+    choice = cpu.weight_buffers(spec.cpu_buffers, cpu.features())
+    return applied(choice, spec.files or (spec.model_path,))
 
 
 def wrap(llm: Any, spec: LoadSpec) -> Engine:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from modelctl.fit.settings import RunSettings
     from modelctl.oci.descriptor import Descriptor
     from modelctl.runtime.conversation import Sampling
-    from modelctl.runtime.engine import Engine, LoadSpec
+    from modelctl.runtime.engine import LoadSpec
+    from modelctl.runtime.process import WorkerEngine
     from modelctl.services.fit import FitReport
     from modelctl.services.pull import Reporter
     from modelctl.store import Layout
@@ -129,6 +130,8 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
         n_threads=options.n_threads,
         chat_template=_text_layer(store, entry.model.chat_template),
         verbose=options.debug,
+        cpu_buffers=config.cpu_buffers,
+        files=paths,
     )
     return Prepared(
         name=entry.name,
@@ -142,11 +145,15 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
     )
 
 
-def start(prepared: Prepared) -> Engine:
-    """Load the prepared model (seconds for large models)."""
-    from modelctl.runtime.engine import load
+def start(prepared: Prepared) -> WorkerEngine:
+    """Load the prepared model in a worker process (seconds for large models).
 
-    return load(prepared.load)
+    The worker isolates llama.cpp: if it dies, the command reports RuntimeCrashed (exit 9) instead of dying with
+    it, and the chat can start a new worker and go on.
+    """
+    from modelctl.runtime.process import start as start_worker
+
+    return start_worker(prepared.load, name=prepared.short)
 
 
 def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: Reporter) -> local.LocalModel:
