@@ -34,7 +34,7 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import archive, auth, catalog, fit, models, publish, pull, run
+    from modelctl.cli import archive, auth, catalog, fit, models, publish, pull, run, system
 
     pull.register(app)
     run.register(app)
@@ -44,6 +44,7 @@ def _register() -> None:
     auth.register(app)
     archive.register(app)
     catalog.register(app)
+    system.register(app)
 
 
 def run() -> None:
