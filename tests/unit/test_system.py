@@ -195,3 +195,10 @@ def test_cli_json_output_and_runtime_error(capsys: pytest.CaptureFixture[str], m
     assert doc["runtime"]["backends"] == [] and doc["gpu_notice"] is None
     code, out = _invoke(capsys, monkeypatch, "system")
     assert code == 0 and "runtime error" in out and "not installed" in out
+
+
+def test_readme_contract_lists_system() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    contract = readme.split("## CLI contract", 1)[1].split("```", 2)[1]
+    line = next(x for x in contract.splitlines() if x.startswith("modelctl system"))
+    assert "[--json]" in line
