@@ -18,13 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
-from typing import IO, Any
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any
 
-from modelctl.errors import ModelctlError, NotFound, RuntimeCrashed, UsageError
+from modelctl import errors
+from modelctl.errors import ModelctlError, RuntimeCrashed
 from modelctl.runtime.conversation import Message, Sampling, Stats
 from modelctl.runtime.engine import LoadSpec, completion
+
+if TYPE_CHECKING:
+    from modelctl.runtime.server import ServeSpec
 
 SIGNALS = {
     "SIGSEGV": "segmentation fault",
@@ -35,27 +40,32 @@ SIGNALS = {
     "SIGKILL": "killed, as the kernel's out-of-memory killer does",
     "SIGTERM": "terminated",
 }
-PHASES = {"load": "loading", "prompt": "reading the prompt", "generation": "generating"}
-_ERRORS: dict[str, type[ModelctlError]] = {"UsageError": UsageError, "NotFound": NotFound}
+PHASES = {"load": "loading", "prompt": "reading the prompt for", "generation": "generating with", "serving": "serving"}
+_ERRORS: dict[str, type[ModelctlError]] = {
+    cls.__name__: cls
+    for cls in (errors.UsageError, errors.NotFound, errors.IntegrityError, errors.GGUFError, errors.DoesNotFit)
+}
+"""Refusals the worker sends back by name, raised here with their own exit code (others: ModelctlError)."""
 CLOSE_TIMEOUT = 5.0
 
 
-class WorkerEngine:
-    """One model loaded in a worker process. Not thread-safe: one answer at a time, like the Engine."""
+class Worker:
+    """A worker process and the socket to it; describes the worker's death when the socket breaks."""
 
-    def __init__(self, spec: LoadSpec, *, name: str) -> None:
-        self.spec = spec
+    def __init__(self, *, name: str, settings: str, verbose: bool, cpu_buffers: str = "auto") -> None:
         self.name = name
-        self._phase = "load"
+        self.cpu_buffers = cpu_buffers
+        """What it runs, for messages (the model's short reference)."""
+        self.settings = settings
+        """The load settings in one phrase, for crash reports."""
+        self.phase = "load"
         self._crash: RuntimeCrashed | None = None
-        self._pending = False
-        """An answer was abandoned mid-stream (a second Ctrl-C): its rest must be read before the next request."""
         # llama.cpp's last words (an assertion) for the crash report; closed in close()
-        self._log: IO[bytes] | None = None if spec.verbose else tempfile.TemporaryFile()  # noqa: SIM115
+        self._log: IO[bytes] | None = None if verbose else tempfile.TemporaryFile()  # noqa: SIM115
         ours, theirs = socket.socketpair()
         with theirs:
             out = self._log.fileno() if self._log is not None else sys.stderr.fileno()
-            self._proc = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", "modelctl.runtime.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -63,107 +73,62 @@ class WorkerEngine:
                 stderr=out,
                 process_group=0,  # the terminal's Ctrl-C is the parent's to handle
             )
-        self._conn = Connection(ours.detach())
-        try:
-            self._send(("load", spec))
-            ready = self._expect("ready")
-        except BaseException:
-            self.close()
-            raise
-        facts: dict[str, Any] = ready[1]
-        self.pid: int = facts["pid"]
-        self.n_ctx: int = facts["n_ctx"]
-        self.n_ctx_train: int = facts["n_ctx_train"]
-        self.weights_bytes: int = facts["weights_bytes"]
-        self.template: str | None = facts["template"]
-        self.template_source: str = facts["template_source"]
-        self._phase = "idle"
+        self.conn = Connection(ours.detach())
 
-    # -- requests ------------------------------------------------------------------------------------------
-
-    def count(self, messages: list[Message]) -> int:
-        """Tokens of the prompt these messages render to, as the worker's generation sees it."""
-        self._settle()
-        self._send(("count", messages))
-        return int(self._expect("ok")[1])
-
-    def chat(self, messages: list[Message], sampling: Sampling) -> WorkerReply:
-        """Start an answer; iterate the returned reply for its text as it is generated."""
-        self._settle()
-        sent = time.perf_counter()
-        self._phase = "prompt"
-        self._send(("chat", messages, sampling))
-        started = self._expect("started")
-        return WorkerReply(self, prompt_tokens=int(started[1]), sent=sent)
-
-    def complete(self, messages: list[Message], sampling: Sampling, *, model: str) -> dict[str, Any]:
-        """A whole answer as an OpenAI ``chat.completion`` object (``modelctl run --json``)."""
-        return completion(self.chat(messages, sampling), model=model)
-
-    def close(self) -> None:
-        """Unload the model and end the worker (killed if it does not end within a few seconds)."""
-        if self._proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self._conn.send(("close",))
-            try:
-                self._proc.wait(CLOSE_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._conn.close()
-        if self._log is not None:
-            self._log.close()
-
-    # -- the wire ------------------------------------------------------------------------------------------
-
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: tuple[Any, ...]) -> None:
         if self._crash is not None:
             raise self._crash
         try:
-            self._conn.send(message)
+            self.conn.send(message)
         except OSError:
-            raise self._died() from None
+            raise self.died() from None
 
-    def _recv(self) -> tuple[Any, ...]:
+    def recv(self) -> tuple[Any, ...]:
         if self._crash is not None:
             raise self._crash
         try:
-            message: tuple[Any, ...] = self._conn.recv()
+            message: tuple[Any, ...] = self.conn.recv()
         except (EOFError, OSError):
-            raise self._died() from None
+            raise self.died() from None
         if message[0] == "fatal":
-            raise self._died(detail=f"a Python error in the worker: {message[1]}")
+            raise self.died(detail=f"a Python error in the worker: {message[1]}")
         if message[0] == "error":
-            self._phase = "idle"
+            self.phase = "idle"
             kind, text, hint = message[1:4]
             raise _ERRORS.get(kind, ModelctlError)(text, hint=hint)
         return message
 
-    def _expect(self, kind: str) -> tuple[Any, ...]:
-        message = self._recv()
+    def expect(self, kind: str) -> tuple[Any, ...]:
+        message = self.recv()
         if message[0] != kind:
             raise ModelctlError(f"the runtime worker answered {message[0]!r} where {kind!r} was expected")
         return message
 
-    def _settle(self) -> None:
-        """Read the rest of an abandoned answer (cancelled), so the next request gets its own replies."""
-        if not self._pending:
-            return
-        with contextlib.suppress(OSError):
-            self._conn.send(("cancel",))
-        while self._recv()[0] != "end":
-            pass
-        self._pending = False
-        self._phase = "idle"
+    def close(self, request: tuple[Any, ...] | None = ("close",)) -> None:
+        """End the worker: ask (``request``, or SIGTERM when None), then kill it if it has not ended in time."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if request is None:
+                    self.proc.terminate()
+                else:
+                    self.conn.send(request)
+            try:
+                self.proc.wait(CLOSE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.conn.close()
+        if self._log is not None:
+            self._log.close()
 
-    def _died(self, *, detail: str | None = None) -> RuntimeCrashed:
+    def died(self, *, detail: str | None = None) -> RuntimeCrashed:
         """The worker is gone (or going): reap it and describe how it ended."""
-        phase = self._phase
+        phase = self.phase
         try:
-            code = self._proc.wait(CLOSE_TIMEOUT)
+            code = self.proc.wait(CLOSE_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            code = self._proc.wait()
+            self.proc.kill()
+            code = self.proc.wait()
         name: str | None = None
         if code < 0:
             try:
@@ -174,19 +139,84 @@ class WorkerEngine:
         else:
             what = detail or f"exit status {code}"
         said = _last_words(self._log)
-        message = f"the runtime crashed ({what}) while {PHASES.get(phase, phase)} {self.name} ({self.spec.describe()})"
+        message = f"the runtime crashed ({what}) while {PHASES.get(phase, phase)} {self.name} ({self.settings})"
         if said:
             message += f"; llama.cpp said: {said}"
         hint = "re-run with --debug to see llama.cpp's log; try a smaller --ctx-size, --gpu-layers 0"
-        hint += " or MODELCTL_CPU_BUFFERS=none"
+        if self.cpu_buffers == "all":
+            hint += " or unset MODELCTL_CPU_BUFFERS (all uses llama.cpp's AMX path, which crashes on some Xeons)"
+        else:
+            hint += " or MODELCTL_CPU_BUFFERS=none"
         self._crash = RuntimeCrashed(message, hint=hint, signal=name, phase=phase)
         return self._crash
+
+
+class WorkerEngine:
+    """One model loaded in a worker process. Not thread-safe: one answer at a time, like the Engine."""
+
+    def __init__(self, spec: LoadSpec, *, name: str) -> None:
+        self.spec = spec
+        self.name = name
+        self._pending = False
+        """An answer was abandoned mid-stream (a second Ctrl-C): its rest must be read before the next request."""
+        self._worker = Worker(
+            name=name, settings=spec.describe(), verbose=spec.verbose, cpu_buffers=spec.cpu_buffers
+        )
+        try:
+            self._worker.send(("load", spec))
+            ready = self._worker.expect("ready")
+        except BaseException:
+            self._worker.close()
+            raise
+        facts: dict[str, Any] = ready[1]
+        self.pid: int = facts["pid"]
+        self.n_ctx: int = facts["n_ctx"]
+        self.n_ctx_train: int = facts["n_ctx_train"]
+        self.weights_bytes: int = facts["weights_bytes"]
+        self.template: str | None = facts["template"]
+        self.template_source: str = facts["template_source"]
+        self._worker.phase = "idle"
+
+    def count(self, messages: list[Message]) -> int:
+        """Tokens of the prompt these messages render to, as the worker's generation sees it."""
+        self._settle()
+        self._worker.send(("count", messages))
+        return int(self._worker.expect("ok")[1])
+
+    def chat(self, messages: list[Message], sampling: Sampling) -> WorkerReply:
+        """Start an answer; iterate the returned reply for its text as it is generated."""
+        self._settle()
+        sent = time.perf_counter()
+        self._worker.phase = "prompt"
+        self._worker.send(("chat", messages, sampling))
+        started = self._worker.expect("started")
+        return WorkerReply(self._worker, self, prompt_tokens=int(started[1]), sent=sent)
+
+    def complete(self, messages: list[Message], sampling: Sampling, *, model: str) -> dict[str, Any]:
+        """A whole answer as an OpenAI ``chat.completion`` object (``modelctl run --json``)."""
+        return completion(self.chat(messages, sampling), model=model)
+
+    def close(self) -> None:
+        """Unload the model and end the worker (killed if it does not end within a few seconds)."""
+        self._worker.close()
+
+    def _settle(self) -> None:
+        """Read the rest of an abandoned answer (cancelled), so the next request gets its own replies."""
+        if not self._pending:
+            return
+        with contextlib.suppress(OSError):
+            self._worker.conn.send(("cancel",))
+        while self._worker.recv()[0] != "end":
+            pass
+        self._pending = False
+        self._worker.phase = "idle"
 
 
 class WorkerReply:
     """One streamed answer from the worker. Iterate it for text pieces; afterwards ``text``, ``stats``."""
 
-    def __init__(self, engine: WorkerEngine, *, prompt_tokens: int, sent: float) -> None:
+    def __init__(self, worker: Worker, engine: WorkerEngine, *, prompt_tokens: int, sent: float) -> None:
+        self._worker = worker
         self._engine = engine
         self._sent = sent
         self.prompt_tokens = prompt_tokens
@@ -202,7 +232,7 @@ class WorkerReply:
             return
         self.cancelled = True
         with contextlib.suppress(OSError):
-            self._engine._conn.send(("cancel",))
+            self._worker.conn.send(("cancel",))
 
     @property
     def stats(self) -> Stats:
@@ -211,17 +241,17 @@ class WorkerReply:
         return self._stats
 
     def __iter__(self) -> Iterator[str]:
-        engine = self._engine
+        worker, engine = self._worker, self._engine
         first: float | None = None
         ended = False
         engine._pending = True
         try:
             while True:
-                message = engine._recv()
+                message = worker.recv()
                 if message[0] == "piece":
                     if first is None:
                         first = time.perf_counter()
-                        engine._phase = "generation"
+                        worker.phase = "generation"
                     yield message[1]
                 elif message[0] == "end":
                     ended = True
@@ -229,7 +259,7 @@ class WorkerReply:
         finally:
             if ended:
                 engine._pending = False
-                engine._phase = "idle"
+                worker.phase = "idle"
         done = time.perf_counter()
         result: dict[str, Any] = message[1]
         self.id = result["id"]
@@ -262,3 +292,31 @@ def _last_words(log: IO[bytes] | None, limit: int = 64 << 10) -> str | None:
 def start(spec: LoadSpec, *, name: str) -> WorkerEngine:
     """Start a worker and load ``spec`` in it (seconds for large models); RuntimeCrashed if the load dies."""
     return WorkerEngine(spec, name=name)
+
+
+def serve(spec: ServeSpec, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``spec`` from a worker process until interrupted (Ctrl-C / SIGTERM), or until it crashes
+    (RuntimeCrashed: the API is down, so the command says so and exits 9 rather than hang on a dead port)."""
+    load = spec.load
+    worker = Worker(name=spec.model_name, settings=load.describe(), verbose=load.verbose, cpu_buffers=load.cpu_buffers)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        worker.send(("serve", spec))
+        url = worker.expect("ready")[1]
+        worker.phase = "serving"
+        if on_ready is not None:
+            on_ready(str(url))
+        try:
+            worker.recv()  # nothing more is sent: this returns only when the worker ends
+        except RuntimeCrashed:
+            if worker.proc.returncode != 0:
+                raise
+    except KeyboardInterrupt:
+        worker.close(None)  # SIGTERM: uvicorn finishes the requests in flight
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        worker.close(None)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

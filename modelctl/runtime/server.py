@@ -1,5 +1,6 @@
 """An OpenAI-compatible HTTP API for one model, built on llama-cpp-python's own server extra and uvicorn.
 
+It runs in the runtime's worker process (:func:`modelctl.runtime.process.serve`), never in the command itself.
 ``/v1/models``, ``/v1/chat/completions`` (streamed or not), ``/v1/completions`` and ``/v1/embeddings`` come from
 ``llama_cpp.server``; modelctl supplies the settings (the GGUF path, the fit plan's context and GPU layers) and
 the chat template, exactly as ``modelctl run`` would load the model.
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelctl.errors import ModelctlError, UsageError
-from modelctl.runtime.engine import LoadSpec, wrap
+from modelctl.runtime.engine import LoadSpec, weight_buffers, wrap
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,7 +76,8 @@ def create_app(spec: ServeSpec) -> Any:
     )
     server = ServerSettings(host=spec.host, port=spec.port)
     try:
-        app = server_app.create_app(server_settings=server, model_settings=[model])
+        with weight_buffers(load):
+            app = server_app.create_app(server_settings=server, model_settings=[model])
     except (ValueError, RuntimeError) as exc:
         raise ModelctlError(
             f"llama.cpp could not load {load.model_path.name}: {exc}",

@@ -5,7 +5,8 @@ killer's SIGKILL). Running it here, in a child of the command, lets the parent r
 :mod:`modelctl.runtime.process`). The protocol is a sequence of pickled tuples on a
 ``multiprocessing.connection.Connection``; both ends are modelctl, started together, so pickle is safe here.
 
-Parent -> worker: ``("load", LoadSpec)`` first, then ``("count", messages)``, ``("chat", messages, Sampling)``,
+Parent -> worker: ``("serve", ServeSpec)`` alone (an HTTP server until SIGTERM, ``("ready", url)`` once it
+listens), or ``("load", LoadSpec)`` first, then ``("count", messages)``, ``("chat", messages, Sampling)``,
 ``("cancel",)`` (while an answer streams), ``("close",)``.
 Worker -> parent: ``("ready", facts)``; ``("ok", value)``; for a chat ``("started", prompt_tokens)``, then
 ``("piece", text)``..., then ``("end", result)``; ``("error", kind, message, hint)`` for a refusal (a
@@ -49,6 +50,8 @@ def serve(conn: Connection) -> int:
         first = conn.recv()
     except EOFError:
         return 0
+    if first[0] == "serve":
+        return _serve_http(conn, first[1])
     if first[0] != "load":
         raise RuntimeError(f"expected a load request, got {first[0]!r}")
     from modelctl.runtime.engine import load
@@ -79,6 +82,18 @@ def serve(conn: Connection) -> int:
                 raise RuntimeError(f"unknown request {op!r}")
         except ModelctlError as exc:
             conn.send(("error", type(exc).__name__, exc.message, exc.hint))
+
+
+def _serve_http(conn: Connection, spec: Any) -> int:
+    """Run llama-cpp-python's OpenAI server for ``spec`` (a ServeSpec) until SIGTERM; ``ready`` once listening."""
+    from modelctl.errors import ModelctlError
+    from modelctl.runtime.server import serve
+
+    try:
+        serve(spec, on_ready=lambda url: conn.send(("ready", url)))
+    except ModelctlError as exc:
+        conn.send(("error", type(exc).__name__, exc.message, exc.hint))
+    return 0
 
 
 def _facts(engine: Any) -> dict[str, Any]:

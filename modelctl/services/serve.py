@@ -16,8 +16,8 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``prepared`` until interrupted; ``on_ready`` gets the API's base URL once the model is loaded."""
-    from modelctl.runtime.server import ServeSpec
-    from modelctl.runtime.server import serve as run_server
+    from modelctl.runtime.process import serve as run_server
+    from modelctl.runtime.server import ServeSpec, check_address
 
     model = prepared.entry.model
     pooling = f"{model.architecture}.pooling_type" if model.architecture else None
@@ -31,4 +31,5 @@ def serve(
         embeddings=embeddings,
         mean_pooling_key=pooling,
     )
+    check_address(host, port)  # before a worker starts loading
     run_server(spec, on_ready=on_ready)
