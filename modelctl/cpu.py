@@ -118,6 +118,46 @@ def takes_repack(name: str, ggml_type: int, shape: tuple[int, ...], repack: dict
     return uses_mul_mat(name, shape) and repackable(ggml_type, shape, repack)
 
 
+# AMX: ggml type -> (elements per block, bytes per block, extra bytes per block in the packed layout, K multiple)
+_AMX_LAYOUT: dict[int, tuple[int, int, int, int]] = {
+    2: (32, 18, 0, 32),  # Q4_0
+    3: (32, 20, 0, 32),  # Q4_1
+    8: (32, 34, 4, 32),  # Q8_0: an int32 compensation per block (s8s8 igemm)
+    12: (256, 144, 4, 256),  # Q4_K: unpacked scales
+    13: (256, 176, 4, 256),  # Q5_K
+    14: (256, 210, 0, 256),  # Q6_K
+    23: (256, 136, 2, 256),  # IQ4_XS
+    1: (1, 2, 0, 16),  # F16: taken as is (no packing)
+}
+AMX_TILE_N = 16
+
+
+def amx_eligible(ggml_type: int, shape: tuple[int, ...]) -> bool:
+    """Whether llama.cpp's AMX buffer takes a matrix used in a product (``supports_op`` of its extra buffer type:
+    rows a multiple of ``2 * TILE_N``, a row length the type's kernel handles; F16 as well, kept unpacked)."""
+    layout = _AMX_LAYOUT.get(ggml_type)
+    if layout is None or len(shape) < 2:
+        return False
+    return shape[1] % (2 * AMX_TILE_N) == 0 and shape[0] % layout[3] == 0
+
+
+def amx_bytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+    """Bytes the AMX buffer allocates for an eligible matrix (``ggml_backend_amx_get_alloc_size``, before the
+    buffer's 32-byte alignment): ``ne1`` rows of the packed row size for AMX_TYPES, the plain size for F16."""
+    block, size, extra, _ = _AMX_LAYOUT[ggml_type]
+    if ggml_type not in AMX_TYPES:
+        n = 1
+        for d in shape:
+            n *= d
+        return n // block * size
+    return shape[1] * (shape[0] // block) * (size + extra)
+
+
+def takes_amx(name: str, ggml_type: int, shape: tuple[int, ...]) -> bool:
+    """Whether a named weight of the file gets an AMX copy (when the load uses AMX)."""
+    return uses_mul_mat(name, shape) and amx_eligible(ggml_type, shape)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WeightBuffers:
     """Which extra weight buffers a load uses, and how the runtime asks llama.cpp for exactly those."""

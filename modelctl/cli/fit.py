@@ -32,8 +32,11 @@ def fit(
         if not gpu_layers.lstrip("-").isdigit():
             raise UsageError(f"bad --gpu-layers {gpu_layers!r}", hint="a number of layers, or auto")
         layers = int(gpu_layers)
-    run_settings = dataclasses.replace(RunSettings(), n_ctx=ctx_size, cache_type=cache_type, gpu_layers=layers)
-    report = fit_reference(settings(), ref, run_settings, remote=remote)
+    config = settings()
+    run_settings = dataclasses.replace(
+        RunSettings(), n_ctx=ctx_size, cache_type=cache_type, gpu_layers=layers, cpu_buffers=config.cpu_buffers
+    )
+    report = fit_reference(config, ref, run_settings, remote=remote)
     doc = report.to_json()
     if json_out:
         render.print_json(doc)

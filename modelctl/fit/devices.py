@@ -19,11 +19,6 @@ from pathlib import Path
 
 GIB = 1 << 30
 
-# ggml type id -> rows multiple that the CPU backend repacks (x86-64 with AVX2)
-REPACK_AVX2: dict[int, int] = {2: 8, 12: 8, 20: 8, 39: 8}  # Q4_0, Q4_K, IQ4_NL, MXFP4
-REPACK_AVX512: dict[int, int] = {**REPACK_AVX2, 10: 8}  # + Q2_K
-REPACK_ARM_DOTPROD: dict[int, int] = {2: 4, 12: 8, 13: 8, 14: 8, 20: 4, 39: 4, 8: 4}  # + Q5_K, Q6_K, Q8_0
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Device:
@@ -335,38 +330,3 @@ def darwin_ram(sysctl: str = "sysctl", vm_stat: str = "vm_stat", *, timeout: flo
         if pages:
             free = min(total, pages * page) if total else pages * page
     return Device(name="RAM", kind="cpu", total=total, free=free)
-
-
-# --- what the CPU backend repacks
-
-
-def repack_types(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> dict[int, int]:
-    """ggml types the CPU backend copies into its repacked layout -> the row multiple it needs.
-
-    llama.cpp repacks matrices for its fast kernels when the CPU has the instructions (AVX2 or ARM dot product)
-    and keeps them in a second buffer next to the mmapped file, so they count twice in its buffer report.
-    """
-    arch = (machine or platform.machine()).lower()
-    if arch in ("arm64", "aarch64"):
-        if sys.platform == "darwin":
-            return dict(REPACK_ARM_DOTPROD)
-        flags = _cpu_flags(cpuinfo)
-        return dict(REPACK_ARM_DOTPROD) if "asimddp" in flags else {}
-    if arch in ("x86_64", "amd64"):
-        flags = _cpu_flags(cpuinfo)
-        if "avx512f" in flags:
-            return dict(REPACK_AVX512)
-        return dict(REPACK_AVX2) if "avx2" in flags else {}
-    return {}
-
-
-def _cpu_flags(cpuinfo: Path) -> set[str]:
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()

@@ -6,8 +6,9 @@ llama-cpp-python 0.3.36):
 - **weights**: the input layer (``token_embd``) stays on the CPU; layer ``n_layer`` is the output layer; with
   ``--gpu-layers N`` the last N layers counting the output layer are offloaded (``i_gpu_start = max(n_layer + 1 -
   N, 0)``), split over GPUs by their free memory; a tied output copies ``token_embd`` to the output layer's device.
-  On the CPU the weights are mmapped: the buffer spans the file range its tensors occupy. Matrices the CPU backend
-  repacks for its kernels (Q4_0 / Q4_K / IQ4_NL on AVX2, more on ARM) get a second, allocated copy.
+  On the CPU the weights are mmapped: the buffer spans the file range its tensors occupy. Matrices that the load's
+  extra buffers take (:class:`modelctl.cpu.WeightBuffers`: ``AMX`` first where used, then ``CPU_REPACK`` for Q4_0 /
+  Q4_K / IQ4_NL on AVX2, more on ARM) get a second, allocated copy instead, of llama.cpp's size for that buffer.
 - **kv_cache**: per layer ``row(K, n_head_kv * k_len) + row(V, n_head_kv * v_len)`` bytes per cell on the layer's
   device, cells = n_ctx padded to 256; without flash attention the V rows are padded to the widest layer's; MLA
   keeps K only; sliding-window layers keep ``pad256(min(n_ctx, n_swa * n_seq + n_ubatch))`` cells unless
@@ -24,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from modelctl import cpu as _cpu
+from modelctl.cpu import WeightBuffers
 from modelctl.fit.settings import CACHE_TYPES, RunSettings
 from modelctl.fit.shapes import ModelShape, shape_of, tensor_layer
 from modelctl.gguf import GGUFHeader, TensorInfo, merge, row_bytes, type_sizes
@@ -36,8 +39,6 @@ F16, F32 = 1, 0
 
 FRAGMENT_ROWS = 1 << 20
 """Without flash attention, batch activations (``n_embd x n_ubatch`` float32) this large fragment the allocator."""
-
-MUL_MAT_EXCLUDED = ("token_embd.", "token_types.", "position_embd.", "per_layer_token_embd.")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -108,20 +109,23 @@ def estimate(
     n_ctx: int | None = None,
     gpu_layers: int = 0,
     gpu_split: Sequence[float] = (),
+    buffers: WeightBuffers | None = None,
     repack: dict[int, int] | None = None,
 ) -> Estimate:
     """Predict llama.cpp's buffers.
 
     ``gpu_layers`` layers (the output layer counts as one) go to the GPUs, split in proportion to ``gpu_split``
-    (their free memory; one GPU when empty). ``repack`` maps ggml types the host CPU repacks to the row multiple
-    they need (``None``: this machine's, from :func:`modelctl.fit.devices.repack_types`).
+    (their free memory; one GPU when empty). ``buffers`` are the extra CPU weight buffers the load uses (``None``:
+    ``settings.cpu_buffers`` on this machine's CPU). ``repack`` (older callers) stands for
+    ``WeightBuffers(repack=repack)``: CPU_REPACK for those types, no AMX.
     """
     header = merge([model] if isinstance(model, GGUFHeader) else model)
     shape = shape_of(header)
-    if repack is None:
-        from modelctl.fit.devices import repack_types
-
-        repack = repack_types()
+    if buffers is None:
+        if repack is not None:
+            buffers = WeightBuffers(setting="auto", repack=dict(repack))
+        else:
+            buffers = _cpu.weight_buffers(settings.cpu_buffers, _cpu.features())
     ctx = n_ctx or settings.resolved_ctx(shape.n_ctx_train)
     if gpu_layers < 0:  # llama.cpp's -1: all of them
         gpu_layers = shape.n_layer + 1
@@ -129,7 +133,7 @@ def estimate(
     gpu_layers = min(gpu_layers, shape.n_layer + 1)
     device_of = _layer_devices(shape.n_layer, gpu_layers, gpu_split)
 
-    weights = _weights(header, shape, device_of, n_gpus, repack)
+    weights = _weights(header, shape, device_of, n_gpus, buffers)
     kv, cells = _kv_cache(shape, settings, ctx, device_of, n_gpus)
     compute = compute_buffer(shape, settings, ctx, device_of, n_gpus)
     output = shape.n_vocab * settings.n_seq * 4
@@ -163,15 +167,6 @@ def _layer_devices(n_layer: int, gpu_layers: int, split: Sequence[float]) -> lis
     return devices
 
 
-def _uses_mul_mat(t: TensorInfo) -> bool:
-    return len(t.shape) >= 2 and t.shape[1] > 1 and not t.name.startswith(MUL_MAT_EXCLUDED)
-
-
-def _repacked(t: TensorInfo, repack: dict[int, int]) -> bool:
-    rows = repack.get(t.ggml_type)
-    return rows is not None and len(t.shape) in (2, 3) and t.shape[1] % rows == 0
-
-
 def _gpu_bytes(t: TensorInfo) -> int:
     size = t.n_bytes
     block, _ = type_sizes(t.ggml_type)
@@ -181,7 +176,7 @@ def _gpu_bytes(t: TensorInfo) -> int:
 
 
 def _weights(
-    header: GGUFHeader, shape: ModelShape, device_of: list[int], n_gpus: int, repack: dict[int, int]
+    header: GGUFHeader, shape: ModelShape, device_of: list[int], n_gpus: int, buffers: WeightBuffers
 ) -> list[int]:
     out = [0] * (n_gpus + 1)
     spans: dict[int, tuple[int, int]] = {}  # file -> (first, last) of the mmapped CPU tensors
@@ -199,14 +194,33 @@ def _weights(
         if dev:
             out[dev] += _gpu_bytes(t)
             continue
-        mul_mat = i == tied_output or _uses_mul_mat(t)
-        if mul_mat and _repacked(t, repack):
-            out[0] += _align(t.n_bytes, CPU_ALIGN)
+        copy = _cpu_copy(t, buffers, tied=i == tied_output)
+        if copy:
+            out[0] += copy
             continue
         first, last = spans.get(t.file, (1 << 62, 0))
         spans[t.file] = (min(first, t.offset), max(last, t.offset + t.n_bytes))
     out[0] += sum(last - first for first, last in spans.values() if last > first)
     return out
+
+
+def _cpu_copy(t: TensorInfo, buffers: WeightBuffers, *, tied: bool) -> int:
+    """Bytes of the extra-buffer copy a CPU weight gets (0: it stays in the mmapped file).
+
+    llama.cpp tries the extra buffer types in order (AMX, then CPU_REPACK) for matrices used in products; the tied
+    output's copy of ``token_embd`` is one, but tensor overrides match names, so ``auto`` on an AMX CPU (which
+    places CPU_REPACK by override) leaves it in the file.
+    """
+    mul_mat = tied or _cpu.uses_mul_mat(t.name, t.shape)
+    if not mul_mat:
+        return 0
+    if buffers.amx and _cpu.amx_eligible(t.ggml_type, t.shape):
+        return _align(_cpu.amx_bytes(t.ggml_type, t.shape), CPU_ALIGN)
+    if tied and buffers.repack_by_override:
+        return 0
+    if _cpu.repackable(t.ggml_type, t.shape, buffers.repack):
+        return _align(t.n_bytes, CPU_ALIGN)
+    return 0
 
 
 def kv_cells(shape: ModelShape, settings: RunSettings, n_ctx: int) -> tuple[int, int]:

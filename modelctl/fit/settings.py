@@ -1,15 +1,18 @@
 """The load settings ``run`` uses, in one frozen value, so the fit check describes exactly the load that follows.
 
 The defaults are modelctl's decision, not llama-cpp-python's: a context of min(trained, 4096) tokens, batch and
-micro-batch 512, an f16 KV cache, flash attention off, one sequence, llama-cpp-python's default thread count, and
-llama-cpp-python's full-size sliding-window cache. A quantised V cache needs flash attention in llama.cpp (it
-refuses to load otherwise), so ``q8_0`` and ``q4_0`` caches switch it on unless told otherwise.
+micro-batch 512, an f16 KV cache, flash attention off, one sequence, llama-cpp-python's default thread count,
+llama-cpp-python's full-size sliding-window cache, and ``auto`` extra CPU weight buffers (``MODELCTL_CPU_BUFFERS``).
+A quantised V cache needs flash attention in llama.cpp (it refuses to load otherwise), so ``q8_0`` and ``q4_0``
+caches switch it on unless told otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from modelctl.cpu import CPU_BUFFERS
 
 DEFAULT_MAX_CTX = 4096
 """Without --ctx-size, run uses min(trained context, 4096): a 128K default context is what makes models not fit."""
@@ -35,10 +38,14 @@ class RunSettings:
     """llama-cpp-python leaves llama.cpp's default: sliding-window layers get a full-size cache."""
     n_threads: int | None = None
     """None: llama-cpp-python's default (half the CPUs for generation, all of them for prompts)."""
+    cpu_buffers: str = "auto"
+    """Extra CPU weight buffers (``MODELCTL_CPU_BUFFERS``: auto, all or none; see :mod:`modelctl.cpu`)."""
 
     def __post_init__(self) -> None:
         if self.cache_type not in CACHE_TYPES:
             raise ValueError(f"unknown cache type {self.cache_type!r} (use {', '.join(CACHE_TYPES)})")
+        if self.cpu_buffers not in CPU_BUFFERS:
+            raise ValueError(f"unknown CPU buffer setting {self.cpu_buffers!r} (use {', '.join(CPU_BUFFERS)})")
         if self.n_ctx is not None and self.n_ctx < 1:
             raise ValueError("n_ctx must be positive")
         if self.n_batch < 1 or self.n_ubatch < 1 or self.n_seq < 1:

@@ -199,11 +199,12 @@ def variant_header(card: cards.Card, variant: cards.Variant) -> GGUFHeader:
 def computed(card: cards.Card, variant: cards.Variant) -> dict[str, int]:
     """``size`` (approximate GGUF file bytes) and ``vram`` (GPU bytes with every layer offloaded, at ``modelctl
     run``'s default settings: a context of min(trained, 4096) tokens, f16 cache, batch 512) of a variant."""
+    from modelctl.cpu import WeightBuffers
     from modelctl.fit.estimate import estimate
     from modelctl.fit.settings import RunSettings
 
     header = variant_header(card, variant)
-    est = estimate(header, RunSettings(), gpu_layers=-1, gpu_split=(), repack={})
+    est = estimate(header, RunSettings(), gpu_layers=-1, gpu_split=(), buffers=WeightBuffers(setting="none"))
     return {"size": int(header.file_size or 0), "vram": est.gpus[0].total if est.gpus else est.total}
 
 
@@ -384,10 +385,13 @@ def _matches(card: cards.Card, term: str) -> bool:
     return any(term in f.lower() for f in fields)
 
 
-def search(term: str | None = None, *, devices: Sequence[Device] | None = None) -> list[Row]:
+def search(
+    term: str | None = None, *, devices: Sequence[Device] | None = None, cpu_buffers: str = "auto"
+) -> list[Row]:
     """The bundled cards' variants (those whose card matches ``term``), each judged against ``devices`` (None:
-    this machine's)."""
-    from modelctl.fit.devices import detect, repack_types
+    this machine's) with the extra CPU weight buffers ``cpu_buffers`` (the CLI passes ``Config.cpu_buffers``)."""
+    from modelctl import cpu
+    from modelctl.fit.devices import detect
     from modelctl.fit.settings import RunSettings
     from modelctl.services.fit import fit_headers
 
@@ -395,12 +399,13 @@ def search(term: str | None = None, *, devices: Sequence[Device] | None = None) 
     if not found:
         return []
     machine = tuple(devices) if devices is not None else tuple(detect())
-    repack = repack_types()
+    settings = RunSettings(cpu_buffers=cpu_buffers)
+    buffers = cpu.weight_buffers(cpu_buffers, cpu.features())
     rows = []
     for card in found:
         for v in card.variants:
             values = computed(card, v)
-            verdict = fit_headers([variant_header(card, v)], RunSettings(), devices=machine, repack=repack).verdict
+            verdict = fit_headers([variant_header(card, v)], settings, devices=machine, buffers=buffers).verdict
             rows.append(
                 Row(
                     repository=card.repository,

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from modelctl import gguf
+from modelctl import cpu, gguf
+from modelctl.cpu import WeightBuffers
 from modelctl.fit import devices as _devices
 from modelctl.fit.devices import Device
 from modelctl.fit.estimate import Estimate, estimate
@@ -117,22 +118,28 @@ def fit_headers(
     variants: Variants = (),
     reference: str | None = None,
     fetched: int = 0,
+    buffers: WeightBuffers | None = None,
     repack: dict[int, int] | None = None,
 ) -> FitReport:
-    """Estimate and plan for headers already read (``devices`` None: this machine's)."""
+    """Estimate and plan for headers already read (``devices`` None: this machine's; ``buffers`` None: the extra
+    CPU weight buffers ``settings.cpu_buffers`` gives on this machine's CPU; ``repack``, for older callers:
+    CPU_REPACK for those types and no AMX)."""
     header = gguf.merge(headers)
     found = tuple(devices if devices is not None else _devices.detect())
-    if repack is None:
-        repack = _devices.repack_types()
+    if buffers is None:
+        if repack is not None:
+            buffers = WeightBuffers(setting="auto", repack=dict(repack))
+        else:
+            buffers = cpu.weight_buffers(settings.cpu_buffers, cpu.features())
     n_ctx = settings.resolved_ctx(header.context_length)
     trained = header.context_length
 
     def estimate_at(ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
-        return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, repack=repack)
+        return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers)
 
     def estimate_with_cache(cache: str, ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
         other = replace(settings, cache_type=cache)
-        return estimate(header, other, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, repack=repack)
+        return estimate(header, other, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers)
 
     verdict = plan(
         estimate_at,

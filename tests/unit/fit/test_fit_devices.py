@@ -173,23 +173,3 @@ def test_detect_lists_gpus_then_ram(tmp_path: Path) -> None:
 def test_detect_on_this_machine_is_fast() -> None:
     found = devices.detect(Probes(use_nvml=False, timeout=0.5))
     assert found[-1].kind == "cpu" and found[-1].total > 0
-
-
-@pytest.mark.parametrize(
-    ("machine", "flags", "has_q4_0"),
-    [
-        ("x86_64", "fpu sse2 avx avx2 fma", True),
-        ("x86_64", "fpu sse2 avx avx2 avx512f", True),
-        ("x86_64", "fpu sse2 avx", False),
-        ("aarch64", "fp asimd asimddp", True),
-        ("aarch64", "fp asimd", False),
-        ("riscv64", "", False),
-    ],
-)
-def test_repack_types_follow_the_cpu(tmp_path: Path, machine: str, flags: str, has_q4_0: bool) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    key = "Features" if machine == "aarch64" else "flags"
-    cpuinfo.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n")
-    types_ = devices.repack_types(cpuinfo, machine)
-    assert (2 in types_) is has_q4_0
-    assert (10 in types_) is ("avx512f" in flags)  # Q2_K needs AVX-512

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from modelctl.cpu import WeightBuffers
 from modelctl.errors import GGUFError
 from modelctl.fit.estimate import compute_buffer, estimate, kv_cells
 from modelctl.fit.settings import RunSettings
@@ -13,7 +14,7 @@ from modelctl.fit.shapes import shape_of
 from modelctl.gguf import GGUFHeader, TensorInfo, Value, row_bytes
 
 F32, F16, Q4_0, Q8_0 = 0, 1, 2, 8
-NO_REPACK: dict[int, int] = {}
+NONE = WeightBuffers(setting="none")
 
 
 def header(
@@ -88,15 +89,15 @@ def by_name(h: GGUFHeader, names: Sequence[str]) -> int:
 
 def test_cpu_weights_are_the_mmapped_span() -> None:
     h = header()
-    e = estimate(h, RunSettings(n_ctx=512), repack=NO_REPACK)
+    e = estimate(h, RunSettings(n_ctx=512), buffers=NONE)
     assert e.weights == e.cpu.weights == data_bytes(h)
     assert e.gpus == () and e.gpu_layers == 0
 
 
 def test_repacked_matrices_get_a_second_copy() -> None:
     h = header(wtype=Q4_0, tied=True)
-    plain = estimate(h, RunSettings(n_ctx=512), repack=NO_REPACK).weights
-    repacked = estimate(h, RunSettings(n_ctx=512), repack={Q4_0: 8}).weights
+    plain = estimate(h, RunSettings(n_ctx=512), buffers=NONE).weights
+    repacked = estimate(h, RunSettings(n_ctx=512), buffers=WeightBuffers(repack={Q4_0: 8})).weights
     matrices = [t for t in h.tensors if t.ggml_type == Q4_0 and t.name != "token_embd.weight"]
     embd = h.tensor("token_embd.weight")
     assert embd is not None
@@ -104,8 +105,8 @@ def test_repacked_matrices_get_a_second_copy() -> None:
     assert repacked - plain == sum(t.n_bytes for t in matrices) + embd.n_bytes
     # rows not a multiple of 8: not repacked
     odd = header(wtype=Q4_0, n_vocab=1001, tied=True)
-    odd_plain = estimate(odd, RunSettings(n_ctx=512), repack=NO_REPACK).weights
-    odd_repacked = estimate(odd, RunSettings(n_ctx=512), repack={Q4_0: 8}).weights
+    odd_plain = estimate(odd, RunSettings(n_ctx=512), buffers=NONE).weights
+    odd_repacked = estimate(odd, RunSettings(n_ctx=512), buffers=WeightBuffers(repack={Q4_0: 8})).weights
     odd_matrices = [t for t in odd.tensors if t.ggml_type == Q4_0 and t.name != "token_embd.weight"]
     assert odd_repacked - odd_plain == sum(t.n_bytes for t in odd_matrices)
 
@@ -113,16 +114,16 @@ def test_repacked_matrices_get_a_second_copy() -> None:
 def test_offload_order_output_layer_first() -> None:
     h = header(n_layer=4)
     s = RunSettings(n_ctx=512)
-    one = estimate(h, s, gpu_layers=1, gpu_split=[1.0], repack=NO_REPACK)
+    one = estimate(h, s, gpu_layers=1, gpu_split=[1.0], buffers=NONE)
     assert one.gpu_layers == 1
     gpu_names = ("output.weight", "output_norm.weight")
     assert one.gpus[0].weights == sum(-(-t.n_bytes // 128) * 128 for t in h.tensors if t.name in gpu_names)
-    two = estimate(h, s, gpu_layers=2, gpu_split=[1.0], repack=NO_REPACK)
+    two = estimate(h, s, gpu_layers=2, gpu_split=[1.0], buffers=NONE)
     layer3 = [t for t in h.tensors if t.name.startswith("blk.3.")]
     assert two.gpus[0].weights - one.gpus[0].weights == sum(-(-t.n_bytes // 128) * 128 for t in layer3)
     # KV of offloaded layers moves with them
     assert two.gpus[0].kv_cache * 3 == two.cpu.kv_cache
-    everything = estimate(h, s, gpu_layers=99, gpu_split=[1.0], repack=NO_REPACK)
+    everything = estimate(h, s, gpu_layers=99, gpu_split=[1.0], buffers=NONE)
     assert everything.gpu_layers == 5 and everything.cpu.kv_cache == 0
     embd = h.tensor("token_embd.weight")
     assert embd is not None and everything.cpu.weights == embd.n_bytes  # the input layer stays on the CPU
@@ -130,7 +131,7 @@ def test_offload_order_output_layer_first() -> None:
 
 def test_tied_embeddings_are_copied_to_the_output_device() -> None:
     h = header(tied=True)
-    e = estimate(h, RunSettings(n_ctx=512), gpu_layers=1, gpu_split=[1.0], repack=NO_REPACK)
+    e = estimate(h, RunSettings(n_ctx=512), gpu_layers=1, gpu_split=[1.0], buffers=NONE)
     embd = h.tensor("token_embd.weight")
     assert embd is not None
     assert e.gpus[0].weights == -(-embd.n_bytes // 128) * 128 + 256 * 4  # the copy + output_norm
@@ -138,7 +139,7 @@ def test_tied_embeddings_are_copied_to_the_output_device() -> None:
 
 def test_cuda_pads_quantised_rows() -> None:
     h = header(wtype=Q8_0, n_embd=256)
-    e = estimate(h, RunSettings(n_ctx=512), gpu_layers=1, gpu_split=[1.0], repack=NO_REPACK)
+    e = estimate(h, RunSettings(n_ctx=512), gpu_layers=1, gpu_split=[1.0], buffers=NONE)
     out = h.tensor("output.weight")
     assert out is not None
     padded = out.n_bytes + row_bytes(Q8_0, 512 - 256)
@@ -147,19 +148,19 @@ def test_cuda_pads_quantised_rows() -> None:
 
 def test_layers_split_over_gpus_by_free_memory() -> None:
     h = header(n_layer=4)
-    e = estimate(h, RunSettings(n_ctx=512), gpu_layers=5, gpu_split=[3.0, 1.0], repack=NO_REPACK)
+    e = estimate(h, RunSettings(n_ctx=512), gpu_layers=5, gpu_split=[3.0, 1.0], buffers=NONE)
     # llama.cpp: layer i goes to the first GPU whose cumulative share exceeds i / 5 (shares 0.75, 1.0)
     assert e.gpus[0].kv_cache == e.kv_cache and e.gpus[1].kv_cache == 0
     out = h.tensor("output.weight")
     assert out is not None and e.gpus[1].weights == -(-out.n_bytes // 128) * 128 + 256 * 4
-    even = estimate(h, RunSettings(n_ctx=512), gpu_layers=5, gpu_split=[1.0, 1.0], repack=NO_REPACK)
+    even = estimate(h, RunSettings(n_ctx=512), gpu_layers=5, gpu_split=[1.0, 1.0], buffers=NONE)
     assert even.gpus[0].kv_cache == even.kv_cache * 3 // 4  # layers 0-2 (0, 0.2, 0.4 < 0.5), then 3 and output
 
 
 @pytest.mark.parametrize(("cache", "size"), [("f16", 2.0), ("q8_0", 34 / 32), ("q4_0", 18 / 32)])
 def test_kv_cache_gqa(cache: str, size: float) -> None:
     h = header(n_layer=4, n_embd=256, n_head=8, n_head_kv=2)
-    e = estimate(h, RunSettings(n_ctx=1000, cache_type=cache), repack=NO_REPACK)
+    e = estimate(h, RunSettings(n_ctx=1000, cache_type=cache), buffers=NONE)
     assert e.n_ctx == 1000 and e.n_ctx_padded == 1024
     assert e.kv_cache == int(4 * 2 * (2 * 32) * size * 1024)
 
@@ -168,9 +169,9 @@ def test_per_layer_kv_heads_pad_v_without_flash_attention() -> None:
     h = header(n_layer=3, n_embd=256, n_head=[4, 4, 8], n_head_kv=[1, 2, 4])
     hd = 64
     k = sum(kv * hd * 2 for kv in (1, 2, 4)) * 512
-    f16 = estimate(h, RunSettings(n_ctx=512), repack=NO_REPACK)
+    f16 = estimate(h, RunSettings(n_ctx=512), buffers=NONE)
     assert f16.kv_cache == k + 3 * (4 * hd * 2) * 512  # V rows padded to the widest layer
-    fa = estimate(h, RunSettings(n_ctx=512, flash_attn=True), repack=NO_REPACK)
+    fa = estimate(h, RunSettings(n_ctx=512, flash_attn=True), buffers=NONE)
     assert fa.kv_cache == 2 * k
 
 
@@ -179,8 +180,8 @@ def test_sliding_window_layers() -> None:
     h = header(arch="gemma2", n_layer=4, n_head=4, n_head_kv=2, extra=extra, tied=True)
     shape = shape_of(h)
     assert [layer.swa for layer in shape.layers] == [True, False, True, False]
-    full = estimate(h, RunSettings(n_ctx=8192), repack=NO_REPACK)
-    window = estimate(h, RunSettings(n_ctx=8192, swa_full=False), repack=NO_REPACK)
+    full = estimate(h, RunSettings(n_ctx=8192), buffers=NONE)
+    window = estimate(h, RunSettings(n_ctx=8192, swa_full=False), buffers=NONE)
     per_cell = 2 * 64 * 2 * 2  # kv heads x head dim x (K + V) x f16
     assert full.kv_cache == 4 * per_cell * 8192
     assert kv_cells(shape, RunSettings(n_ctx=8192, swa_full=False), 8192) == (8192, 1536)  # pad256(1024 + 512)
@@ -195,7 +196,7 @@ def test_mla_keeps_k_only() -> None:
         "deepseek2.attention.value_length_mla": 128,
     }
     h = header(arch="deepseek2", n_layer=2, n_head=16, n_head_kv=1, extra=extra)
-    e = estimate(h, RunSettings(n_ctx=4096), repack=NO_REPACK)
+    e = estimate(h, RunSettings(n_ctx=4096), buffers=NONE)
     assert e.kv_cache == 2 * 576 * 2 * 4096
 
 
@@ -207,23 +208,23 @@ def test_recurrent_state() -> None:
         "mamba.ssm.group_count": 0,
     }
     h = header(arch="mamba", n_layer=2, n_head=0, n_head_kv=0, extra=extra)
-    e = estimate(h, RunSettings(n_ctx=4096), repack=NO_REPACK)
+    e = estimate(h, RunSettings(n_ctx=4096), buffers=NONE)
     assert e.kv_cache == 2 * (3 * 512 + 16 * 512) * 4  # f32 conv + ssm state, one sequence, no context term
 
 
 def test_output_and_host_memory() -> None:
     h = header(n_vocab=32000)
     s = RunSettings(n_ctx=4096)
-    e = estimate(h, s, repack=NO_REPACK)
+    e = estimate(h, s, buffers=NONE)
     assert e.output == 32000 * 4
     assert e.host_extra >= 512 * 32000 * 4  # llama-cpp-python's scores array
     assert e.total == e.weights + e.kv_cache + e.compute + e.output + e.host_extra
 
 
 def test_default_context_is_capped() -> None:
-    assert estimate(header(ctx=131072), RunSettings(), repack=NO_REPACK).n_ctx == 4096
-    assert estimate(header(ctx=2048), RunSettings(), repack=NO_REPACK).n_ctx == 2048
-    assert estimate(header(ctx=2048), RunSettings(n_ctx=100), repack=NO_REPACK).n_ctx_padded == 256
+    assert estimate(header(ctx=131072), RunSettings(), buffers=NONE).n_ctx == 4096
+    assert estimate(header(ctx=2048), RunSettings(), buffers=NONE).n_ctx == 2048
+    assert estimate(header(ctx=2048), RunSettings(n_ctx=100), buffers=NONE).n_ctx_padded == 256
 
 
 def test_compute_grows_with_context_and_covers_the_logits() -> None:
@@ -247,7 +248,7 @@ def test_missing_hyper_parameters_are_a_gguf_error() -> None:
         header_bytes=0,
     )
     with pytest.raises(GGUFError, match="block_count"):
-        estimate(broken, RunSettings(), repack=NO_REPACK)
+        estimate(broken, RunSettings(), buffers=NONE)
 
 
 def test_settings_validate_and_describe_the_load() -> None:
