@@ -52,14 +52,18 @@ CLOSE_TIMEOUT = 5.0
 class Worker:
     """A worker process and the socket to it; describes the worker's death when the socket breaks."""
 
-    def __init__(self, *, name: str, settings: str, verbose: bool, cpu_buffers: str = "auto") -> None:
+    def __init__(
+        self, *, verbose: bool, name: str = "the model", settings: str = "", cpu_buffers: str = "auto"
+    ) -> None:
         self.name = name
-        self.cpu_buffers = cpu_buffers
         """What it runs, for messages (the model's short reference)."""
         self.settings = settings
         """The load settings in one phrase, for crash reports."""
+        self.cpu_buffers = cpu_buffers
+        self.verbose = verbose
         self.phase = "load"
         self._crash: RuntimeCrashed | None = None
+        self._hello: dict[str, Any] | None = None
         # llama.cpp's last words (an assertion) for the crash report; closed in close()
         self._log: IO[bytes] | None = None if verbose else tempfile.TemporaryFile()  # noqa: SIM115
         ours, theirs = socket.socketpair()
@@ -74,6 +78,16 @@ class Worker:
                 process_group=0,  # the terminal's Ctrl-C is the parent's to handle
             )
         self.conn = Connection(ours.detach())
+
+    def hello(self) -> dict[str, Any]:
+        """What the runtime can do (``gpu_offload``), as the worker reported once llama.cpp was imported."""
+        if self._hello is None:
+            self._hello = dict(self.expect("hello")[1])
+        return self._hello
+
+    def describe(self, *, name: str, settings: str, cpu_buffers: str) -> None:
+        """Name the model and settings it is about to run, for crash reports."""
+        self.name, self.settings, self.cpu_buffers = name, settings, cpu_buffers
 
     def send(self, message: tuple[Any, ...]) -> None:
         if self._crash is not None:
@@ -139,7 +153,8 @@ class Worker:
         else:
             what = detail or f"exit status {code}"
         said = _last_words(self._log)
-        message = f"the runtime crashed ({what}) while {PHASES.get(phase, phase)} {self.name} ({self.settings})"
+        settings = f" ({self.settings})" if self.settings else ""
+        message = f"the runtime crashed ({what}) while {PHASES.get(phase, phase)} {self.name}{settings}"
         if said:
             message += f"; llama.cpp said: {said}"
         hint = "re-run with --debug to see llama.cpp's log; try a smaller --ctx-size, --gpu-layers 0"
@@ -154,15 +169,15 @@ class Worker:
 class WorkerEngine:
     """One model loaded in a worker process. Not thread-safe: one answer at a time, like the Engine."""
 
-    def __init__(self, spec: LoadSpec, *, name: str) -> None:
+    def __init__(self, spec: LoadSpec, *, name: str, worker: Worker | None = None) -> None:
         self.spec = spec
         self.name = name
         self._pending = False
         """An answer was abandoned mid-stream (a second Ctrl-C): its rest must be read before the next request."""
-        self._worker = Worker(
-            name=name, settings=spec.describe(), verbose=spec.verbose, cpu_buffers=spec.cpu_buffers
-        )
+        self._worker = worker or Worker(verbose=spec.verbose)
+        self._worker.describe(name=name, settings=spec.describe(), cpu_buffers=spec.cpu_buffers)
         try:
+            self._worker.hello()
             self._worker.send(("load", spec))
             ready = self._worker.expect("ready")
         except BaseException:
@@ -289,18 +304,27 @@ def _last_words(log: IO[bytes] | None, limit: int = 64 << 10) -> str | None:
     return lines[-1][:300] if lines else None
 
 
-def start(spec: LoadSpec, *, name: str) -> WorkerEngine:
-    """Start a worker and load ``spec`` in it (seconds for large models); RuntimeCrashed if the load dies."""
-    return WorkerEngine(spec, name=name)
+def spawn(*, verbose: bool) -> Worker:
+    """A worker process, started now so that its Python and llama.cpp start-up overlap the caller's work."""
+    return Worker(verbose=verbose)
 
 
-def serve(spec: ServeSpec, *, on_ready: Callable[[str], None] | None = None) -> None:
+def start(spec: LoadSpec, *, name: str, worker: Worker | None = None) -> WorkerEngine:
+    """Load ``spec`` in ``worker`` (a new one when None; seconds for large models); RuntimeCrashed if it dies."""
+    return WorkerEngine(spec, name=name, worker=worker)
+
+
+def serve(
+    spec: ServeSpec, *, on_ready: Callable[[str], None] | None = None, worker: Worker | None = None
+) -> None:
     """Serve ``spec`` from a worker process until interrupted (Ctrl-C / SIGTERM), or until it crashes
     (RuntimeCrashed: the API is down, so the command says so and exits 9 rather than hang on a dead port)."""
     load = spec.load
-    worker = Worker(name=spec.model_name, settings=load.describe(), verbose=load.verbose, cpu_buffers=load.cpu_buffers)
+    worker = worker or Worker(verbose=load.verbose)
+    worker.describe(name=spec.model_name, settings=load.describe(), cpu_buffers=load.cpu_buffers)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        worker.hello()
         worker.send(("serve", spec))
         url = worker.expect("ready")[1]
         worker.phase = "serving"

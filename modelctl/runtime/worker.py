@@ -8,9 +8,10 @@ killer's SIGKILL). Running it here, in a child of the command, lets the parent r
 Parent -> worker: ``("serve", ServeSpec)`` alone (an HTTP server until SIGTERM, ``("ready", url)`` once it
 listens), or ``("load", LoadSpec)`` first, then ``("count", messages)``, ``("chat", messages, Sampling)``,
 ``("cancel",)`` (while an answer streams), ``("close",)``.
-Worker -> parent: ``("ready", facts)``; ``("ok", value)``; for a chat ``("started", prompt_tokens)``, then
-``("piece", text)``..., then ``("end", result)``; ``("error", kind, message, hint)`` for a refusal (a
-ModelctlError); ``("fatal", text)`` for a Python error, after which the worker exits with status 70.
+Worker -> parent: ``("hello", capabilities)`` as soon as llama.cpp is imported; ``("ready", facts)``;
+``("ok", value)``; for a chat ``("started", prompt_tokens)``, then ``("piece", text)``..., ``("end", result)``;
+``("error", kind, message, hint)`` for a refusal (a ModelctlError); ``("fatal", text)`` for a Python error,
+after which the worker exits with status 70.
 
     python -m modelctl.runtime.worker FD
 """
@@ -44,8 +45,11 @@ def _die_with_parent() -> None:
 
 def serve(conn: Connection) -> int:
     """Load the model the first message names, then answer requests until ``close`` or the socket closes."""
+    import llama_cpp  # before the first request: the import overlaps the parent's own preparations
+
     from modelctl.errors import ModelctlError
 
+    conn.send(("hello", {"gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}))
     try:
         first = conn.recv()
     except EOFError:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from modelctl.oci.descriptor import Descriptor
     from modelctl.runtime.conversation import Sampling
     from modelctl.runtime.engine import LoadSpec
-    from modelctl.runtime.process import WorkerEngine
+    from modelctl.runtime.process import Worker, WorkerEngine
     from modelctl.services.fit import FitReport
     from modelctl.services.pull import Reporter
     from modelctl.store import Layout
@@ -62,6 +62,12 @@ class Prepared:
     """The artifact's sampling defaults (Ollama's ``params`` layer), else llama.cpp's; flags override them."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Things the user should know (a context shrunk to fit, a refusal overridden by --force)."""
+    worker: list[Worker] = field(default_factory=list, compare=False, repr=False)
+    """The runtime worker started for this model (at most one), until :meth:`take_worker` hands it over."""
+
+    def take_worker(self) -> Worker | None:
+        """The worker started by :func:`prepare`, once; None afterwards (a reload after a crash starts another)."""
+        return self.worker.pop() if self.worker else None
 
     @property
     def short(self) -> str:
@@ -87,17 +93,35 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
     """Resolve ``text`` (pulling unless ``no_pull``), run the fit check and choose the load settings.
 
     Raises NotFound (exit 3) for an absent model with ``no_pull``, DoesNotFit (exit 6) with the fit check's
-    suggestion unless ``force``.
+    suggestion unless ``force``. The runtime's worker process is started first, so that its start-up (Python,
+    llama.cpp) overlaps this work; :func:`start` or :func:`serve` loads the model in it.
     """
+    from modelctl.runtime.process import spawn
+
+    worker = spawn(verbose=options.debug)
+    try:
+        return _prepare(config, text, options, reporter, worker)
+    except BaseException:
+        worker.close()
+        raise
+
+
+def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter, worker: Worker) -> Prepared:
     store = local.layout(config)
     entry = _resolve_or_pull(config, text, options, reporter)
     paths = tuple(local.materialise(config, store, entry))
     if not paths:
         raise UsageError(f"{entry.name} has no GGUF file", hint="modelctl runs GGUF models only")
     notes: list[str] = []
-    gpu_ok = _gpu_offload_supported()
-    settings = _settings(entry, options, gpu_ok)
+    gpu_ok = bool(worker.hello()["gpu_offload"])
+    settings = _settings(config, entry, options, gpu_ok)
     report = _fit(paths, settings, entry.name)
+    if not gpu_ok:
+        from modelctl.services.system import gpu_notice
+
+        unused = gpu_notice(report.devices, gpu_ok)
+        if unused:
+            notes.append(unused)
     if report.verdict == "does_not_fit" and options.ctx_size is None:
         wanted = _effective_ctx(settings, report)
         smaller = _shrunk(report, settings, wanted)
@@ -142,6 +166,7 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
         system=_text_layer(store, entry.model.system),
         sampling=sampling_from_params(store, entry.model.params, notes),
         notes=tuple(notes),
+        worker=[worker],
     )
 
 
@@ -153,7 +178,7 @@ def start(prepared: Prepared) -> WorkerEngine:
     """
     from modelctl.runtime.process import start as start_worker
 
-    return start_worker(prepared.load, name=prepared.short)
+    return start_worker(prepared.load, name=prepared.short, worker=prepared.take_worker())
 
 
 def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: Reporter) -> local.LocalModel:
@@ -173,10 +198,10 @@ def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: R
     return local.resolve(store, result.reference)
 
 
-def _settings(entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> RunSettings:
+def _settings(config: Config, entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> RunSettings:
     from modelctl.fit.settings import RunSettings
 
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {"cpu_buffers": config.cpu_buffers}
     n_ctx = options.ctx_size or entry.model.context_size
     if n_ctx:
         changes["n_ctx"] = n_ctx
@@ -217,12 +242,6 @@ def _shrunk(report: FitReport, settings: RunSettings, wanted: int) -> RunSetting
 def _hint(report: FitReport) -> str:
     suggestion = report.suggestion or "use a smaller --ctx-size or a smaller variant of the model"
     return f"{suggestion} (or add --force to load it anyway)"
-
-
-def _gpu_offload_supported() -> bool:
-    from modelctl.runtime.engine import gpu_offload_supported
-
-    return gpu_offload_supported()
 
 
 def _default_sampling() -> Sampling:

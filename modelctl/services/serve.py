@@ -31,5 +31,11 @@ def serve(
         embeddings=embeddings,
         mean_pooling_key=pooling,
     )
-    check_address(host, port)  # before a worker starts loading
-    run_server(spec, on_ready=on_ready)
+    worker = prepared.take_worker()
+    try:
+        check_address(host, port)  # before the worker starts loading
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
+    run_server(spec, on_ready=on_ready, worker=worker)

@@ -50,6 +50,7 @@ def test_a_signal_during_the_load_is_named_with_its_phase(signum: int, words: st
 def test_a_python_error_in_the_worker_is_reported_with_its_text() -> None:
     worker = _worker(cpu_buffers="all")
     try:
+        assert isinstance(worker.hello()["gpu_offload"], bool)
         worker.send(("bogus",))
         with pytest.raises(RuntimeCrashed) as caught:
             worker.recv()
