@@ -4,7 +4,10 @@ For SmolLM2-135M and a set of small generated GGUFs (GQA and MHA llama, tied emb
 gemma2's sliding-window layers, OpenELM's per-layer head counts, F16 / Q8_0 / Q4_K / Q4_0 weights), each at several
 contexts and cache types, the model is loaded by llama-cpp-python in a subprocess with ``verbose=True`` and the
 settings ``modelctl run`` uses (:class:`modelctl.fit.settings.RunSettings`), and its ``model``, ``KV``, ``output``
-and ``compute buffer size`` lines are compared with :func:`modelctl.fit.estimate.estimate`.
+and ``compute buffer size`` lines are compared with :func:`modelctl.fit.estimate.estimate`. The load happens inside
+:func:`modelctl.runtime.buffers.applied`, with the extra CPU weight buffers of the case (``MODELCTL_CPU_BUFFERS``:
+``auto`` unless the case says ``all`` or ``none``), exactly as ``modelctl run`` loads. ``all`` (llama.cpp's AMX
+buffer) rows run only on CPUs with AMX: loading works there and prints every buffer (only evaluation crashes).
 
 Targets (issue 5): weights, KV cache and output within 0.1 MiB; compute within +15% / -0%; total never under.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from modelctl import cpu  # noqa: E402
 from modelctl.fit.estimate import Estimate, estimate  # noqa: E402
 from modelctl.fit.settings import RunSettings  # noqa: E402
 from modelctl.gguf import FileSource, read_header  # noqa: E402
@@ -116,6 +121,25 @@ SHAPES: tuple[Shape, ...] = (
         tied=True,
     ),
     Shape(
+        # issue 11: a feed-forward length 32x the embedding width (the compute buffer was predicted 28% over)
+        name="llama-ffn32-q8_0",
+        n_layer=2,
+        n_embd=512,
+        n_head=8,
+        n_head_kv=8,
+        n_ff=16384,
+        weights="Q8_0",
+    ),
+    Shape(
+        name="llama-ffn16-gqa-q8_0",
+        n_layer=2,
+        n_embd=512,
+        n_head=8,
+        n_head_kv=4,
+        n_ff=8192,
+        weights="Q8_0",
+    ),
+    Shape(
         name="llama-1024-q8_0",
         n_layer=3,
         n_embd=1024,
@@ -136,6 +160,16 @@ SHAPES: tuple[Shape, ...] = (
         n_vocab=2048,
         held_out=True,
     ),
+    Shape(
+        name="llama-ffn20-q4_k",
+        n_layer=2,
+        n_embd=768,
+        n_head=12,
+        n_head_kv=4,
+        n_ff=15360,
+        weights="Q4_K",
+        held_out=True,
+    ),
 )
 
 # (n_ctx, cache type) pairs each shape is measured at
@@ -147,6 +181,15 @@ CASES: tuple[tuple[int, str], ...] = (
     (2048, "q8_0"),
     (8192, "q4_0"),
 )
+# (n_ctx, cache type, MODELCTL_CPU_BUFFERS) the extra-buffer settings are measured at, per model
+BUFFER_CASES: dict[str, tuple[tuple[int, str, str], ...]] = {
+    "SmolLM2-135M Q4_1": ((512, "f16", "all"), (4096, "q8_0", "all"), (2048, "f16", "none")),
+    "llama-q4_0": ((1024, "f16", "all"), (4096, "q8_0", "all"), (1024, "f16", "none")),
+    "llama-q4_k": ((1024, "f16", "all"), (4096, "q8_0", "all"), (1024, "f16", "none")),
+    "llama-gqa-f16": ((1024, "f16", "all"),),
+    "llama-mha-q8_0": ((4096, "f16", "all"),),
+}
+Case = tuple[int, str] | tuple[int, str, str]
 QUICK_SHAPES = ("llama-gqa-f16", "openelm-per-layer-heads")
 QUICK_CASES: tuple[tuple[int, str], ...] = ((512, "f16"), (4096, "f16"))
 SMOLLM2_CASES: tuple[tuple[int, str], ...] = (
@@ -256,9 +299,14 @@ def write_gguf(shape: Shape, path: Path, *, seed: int = 0) -> Path:
 
 LOADER = r"""
 import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[4])
 from llama_cpp import Llama
+from modelctl import cpu
+from modelctl.runtime.buffers import applied
 kwargs = json.loads(sys.argv[2])
-Llama(sys.argv[1], verbose=True, **kwargs)
+with applied(cpu.weight_buffers(sys.argv[3], cpu.features()), [Path(sys.argv[1])]):
+    Llama(sys.argv[1], verbose=True, **kwargs)
 """
 
 _LINES = {
@@ -274,7 +322,7 @@ def measure(model: Path, settings: RunSettings, n_ctx: int) -> dict[str, float]:
     """Load ``model`` in a subprocess with ``settings`` and return llama.cpp's buffer sizes (MiB, summed)."""
     kwargs = settings.llama_kwargs(n_ctx=n_ctx, gpu_layers=0)
     out = subprocess.run(
-        [sys.executable, "-c", LOADER, str(model), json.dumps(kwargs)],
+        [sys.executable, "-c", LOADER, str(model), json.dumps(kwargs), settings.cpu_buffers, str(ROOT)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -294,6 +342,7 @@ class Row:
     model: str
     n_ctx: int
     cache: str
+    buffers: str = "auto"
     truth: dict[str, float]
     predicted: dict[str, float]
     problems: list[str] = field(default_factory=list)
@@ -326,27 +375,39 @@ def predicted_mib(est: Estimate) -> dict[str, float]:
     }
 
 
-def compare(model: Path, label: str, cases: Iterable[tuple[int, str]]) -> list[Row]:
+def cpu_applies(setting: str) -> bool:
+    """Whether a case with this MODELCTL_CPU_BUFFERS setting measures something on this CPU (``all``: AMX only)."""
+    return setting != "all" or cpu.features().has_amx
+
+
+def compare(model: Path, label: str, cases: Iterable[Case]) -> list[Row]:
+    """Measure and predict ``model`` at each ``(n_ctx, cache[, cpu_buffers])`` case (cases that do not apply to
+    this CPU are left out: see :func:`cpu_applies`)."""
     header = read_header(FileSource(model))
     rows = []
-    for n_ctx, cache in cases:
-        settings = RunSettings(n_ctx=n_ctx, cache_type=cache, gpu_layers=0)
+    for case in cases:
+        n_ctx, cache = case[0], case[1]
+        buffers = case[2] if len(case) > 2 else "auto"  # type: ignore[misc]
+        if not cpu_applies(buffers):
+            continue
+        settings = RunSettings(n_ctx=n_ctx, cache_type=cache, gpu_layers=0, cpu_buffers=buffers)
         truth = measure(model, settings, n_ctx)
         est = estimate([header], settings)
-        rows.append(Row(model=label, n_ctx=n_ctx, cache=cache, truth=truth, predicted=predicted_mib(est)).check())
+        row = Row(model=label, n_ctx=n_ctx, cache=cache, buffers=buffers, truth=truth, predicted=predicted_mib(est))
+        rows.append(row.check())
     return rows
 
 
 def table(rows: Sequence[Row]) -> str:
     lines = [
-        "| model | ctx | cache | weights MiB (llama.cpp / fit) | KV MiB | output MiB | compute MiB | compute error "
-        "| total MiB | + host MiB | ok |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | ctx | cache | CPU buffers | weights MiB (llama.cpp / fit) | KV MiB | output MiB | compute MiB "
+        "| compute error | total MiB | + host MiB | ok |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         t, p = r.truth, r.predicted
         lines.append(
-            f"| {r.model} | {r.n_ctx} | {r.cache} "
+            f"| {r.model} | {r.n_ctx} | {r.cache} | {r.buffers} "
             f"| {t['weights']:.2f} / {p['weights']:.2f} | {t['kv_cache']:.2f} / {p['kv_cache']:.2f} "
             f"| {t['output']:.2f} / {p['output']:.2f} | {t['compute']:.2f} / {p['compute']:.2f} "
             f"| {100 * r.compute_error:+.1f}% | {sum(t.values()):.2f} / {p['total']:.2f} | {p['host']:.2f} "
@@ -369,17 +430,53 @@ def summary(rows: Sequence[Row]) -> str:
     )
 
 
+def machine() -> tuple[str, str]:
+    """This CPU's model name (``/proc/cpuinfo``) and llama.cpp's CPU feature line (``llama_print_system_info``)."""
+    name = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor is enough
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" in fields:
+        ids = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields)
+        name = fields["model name"] + (f" ({ids})" if ids else "")
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    features = text[max(text.find("CPU :"), 0) :].strip().rstrip("|").strip()
+    return name, features
+
+
+def skipped_note() -> str:
+    """Which cases this CPU leaves out, and why (empty when none)."""
+    if cpu_applies("all"):
+        return ""
+    n = sum(1 for cases in BUFFER_CASES.values() for c in cases if not cpu_applies(c[2]))
+    return (
+        f"{n} `all` (AMX) cases skipped: this CPU has no AMX, so `MODELCTL_CPU_BUFFERS=all` loads as `auto` "
+        "(unit tests cover the AMX accounting from a feature line)."
+    )
+
+
 def run(*, quick: bool = False, workdir: Path | None = None) -> list[Row]:
     shapes = [s for s in SHAPES if not quick or s.name in QUICK_SHAPES]
-    cases = QUICK_CASES if quick else CASES
+    cases: Sequence[Case] = QUICK_CASES if quick else CASES
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if SMOLLM2.is_file():
-            rows += compare(SMOLLM2, "SmolLM2-135M Q4_1", cases if quick else SMOLLM2_CASES)
+            label = "SmolLM2-135M Q4_1"
+            smol: Sequence[Case] = cases if quick else (*SMOLLM2_CASES, *BUFFER_CASES.get(label, ()))
+            rows += compare(SMOLLM2, label, smol)
         for shape in shapes:
             path = write_gguf(shape, Path(tmp) / f"{shape.name}.gguf")
             label = f"{shape.name} (held out)" if shape.held_out else shape.name
-            rows += compare(path, label, cases)
+            rows += compare(path, label, cases if quick else (*cases, *BUFFER_CASES.get(shape.name, ())))
     return rows
 
 
@@ -391,18 +488,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run(quick=args.quick)
     text = table(rows)
     note = summary(rows)
-    print(text + "\n\n" + note)
+    name, features = machine()
+    skipped = skipped_note()
+    where = f"CPU: {name}. llama.cpp: `{features}`."
+    print(f"{where}\n\n{text}\n\n{note}" + (f"\n\n{skipped}" if skipped else ""))
     if not args.no_write and not args.quick:
         doc = ROOT / "docs" / "fit_accuracy.md"
         doc.write_text(
             "# Fit check accuracy (CPU, llama-cpp-python 0.3.36)\n\n"
+            f"Measured on {name}; llama.cpp's CPU features: `{features}`.\n\n"
             "Generated by `.venv/bin/python benchmarks/fit_accuracy.py`: for each model, context and cache type, "
             "the buffer sizes llama.cpp prints when it loads the model with the settings `modelctl run` uses "
             "(left) against modelctl's prediction from the GGUF header alone (right), in MiB. *total* is the sum "
             "of those four buffers; *+ host* is what the fit check adds for llama-cpp-python's own arrays "
             "(the `n_batch x n_vocab` float32 scores and friends), which llama.cpp never reports. f16 caches load "
             "without flash attention, q8_0 / q4_0 caches with it (llama.cpp needs it for a quantised V cache). "
-            "Shapes marked *held out* were not used to calibrate the compute formula.\n\n" + text + "\n\n" + note + "\n"
+            "*CPU buffers* is `MODELCTL_CPU_BUFFERS` for the load: `auto` (the default: CPU_REPACK copies, never "
+            "AMX), `all` (llama.cpp's own choice: AMX copies first, then CPU_REPACK; measured at load time only, "
+            "on CPUs with AMX) or `none` (the mmapped file alone). "
+            "Shapes marked *held out* were not used to calibrate the compute formula.\n\n"
+            + text
+            + "\n\n"
+            + note
+            + (f"\n\n{skipped}" if skipped else "")
+            + "\n"
         )
     return 1 if any(r.problems for r in rows) else 0
 

@@ -272,11 +272,19 @@ def compute_buffer(
     ``K x T`` mask per attention kind, float32, or f16 with flash attention)::
 
         without flash attention: max(V*T*4 + 3*E*T*4,                      the logits (5*E*T*4 if soft-capped)
-                                     max_l(K*T*H_l*4) + masks + 2*F*T*4 + 3*E*T*4)   the attention scores
+                                     max_l(K*T*H_l*4) + masks + min(2*F, 8*E)*T*4 + 3*E*T*4,  the scores
+                                     masks + 3*F*T*4 + 3*E*T*4 + KV*T*4)    the feed-forward step
         with flash attention:    max(V*T*4 + 5*E*T*4 (+ masks when small), masks + 3*F*T*4 + 3*E*T*4)
 
-    plus 256 KiB of small inputs. Models whose layers differ in size fragment the allocator more: their logits
-    step also counts the masks. The activation coefficients were fitted to llama.cpp's own reports (CPU
+    plus 256 KiB of small inputs (``KV``: the widest layer's K plus V row). Models whose layers differ in size
+    fragment the allocator more: their logits step also counts the masks. ggml's allocator frees a tensor after
+    its last use and reuses the block (best fit among the free blocks, else the end of the buffer), and element-wise
+    ops (norm scales, residual adds, the in-place softmax) take over their parent's block; matrix products and the
+    SwiGLU do not. So the feed-forward step holds gate, up and their product (three ``F x T`` blocks) at once;
+    they land in the hole the previous layer's attention scores left, and once ``F`` outgrows it (feed-forward
+    length over about 4x the embedding width) they stand on the masks and the batch rows instead: the scores step
+    no longer carries the feed-forward blocks below it (hence ``min(2*F, 8*E)``) and the feed-forward step
+    decides. The activation coefficients were fitted to llama.cpp's own reports (CPU
     backend, benchmarks/fit_accuracy.py) so that the prediction is not below them; a GPU backend runs the same
     graph, so its buffer uses the same formula for the layers it holds, and the device with the output layer
     takes the logits step.
@@ -294,6 +302,7 @@ def compute_buffer(
     masks = (1 + (1 if shape.swa_any else 0)) * cells * t * (2 if fa else 4)
     logits = shape.n_vocab * t * 4
     variable = len({(layer.n_head, layer.n_head_kv, layer.n_ff) for layer in shape.layers}) > 1
+    ffn_step = 0
     if fa:
         tail = 5 if shape.softcap_logits or variable else 3
         out_step = logits + tail * e_t + (masks if variable or masks * 16 < logits else 0)
@@ -305,13 +314,16 @@ def compute_buffer(
             out_step += 3 * e_t
         attn_layers = [(layer, swa_cells if layer.swa else cells) for layer in shape.layers if layer.has_kv]
         scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
-        attention = scores + masks + 2 * f_t + 3 * e_t
+        kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer, _ in attn_layers), default=0)
+        # the previous layer's feed-forward blocks below the scores, as far as the holes reach (see above)
+        attention = scores + masks + min(2 * f_t, 8 * e_t) + 3 * e_t
+        ffn_step = masks + 3 * f_t + 3 * e_t + kv_t
     out_step += small
     attention += small
     recurrent = 0
     if any(layer.recurrent for layer in shape.layers):
         recurrent = (shape.recurrent_r + shape.recurrent_s) * 4 * max(settings.n_seq, 1) * 3 + 4 * f_t
-    peak_layers = max(attention, recurrent, 3 * f_t + 6 * e_t)
+    peak_layers = max(attention, recurrent, 3 * f_t + 6 * e_t, ffn_step + small)
     if not n_gpus or not device_of:
         return [max(out_step, peak_layers)]
     out = [0] * (n_gpus + 1)
