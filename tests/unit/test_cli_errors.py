@@ -42,3 +42,28 @@ def test_registry_gc_can_be_called_twice(tmp_path: Path) -> None:
     # a submodule named like the function used to replace it on first import
     (tmp_path / "blobs").mkdir()
     assert registry.gc(tmp_path) == [] and registry.gc(tmp_path) == []
+
+
+def test_every_exit_code_is_documented_in_the_readme() -> None:
+    """Scripts branch on exit codes: each error class's code is listed in the README's contract."""
+    import re
+
+    from modelctl import errors
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    listed = re.search(r"Exit codes: (.*?)\n\n", text, re.S)
+    assert listed is not None
+    documented = {int(n) for n in re.findall(r"(?:^|;\s)(\d+) ", listed.group(1))}
+    codes = {cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, Exception)}
+    assert codes - documented == set()
+    assert 9 in documented
+
+
+def test_a_runtime_crash_is_one_line_with_exit_9(capsys: pytest.CaptureFixture[str]) -> None:
+    from modelctl.cli import errors as cli_errors
+    from modelctl.errors import RuntimeCrashed
+
+    crash = RuntimeCrashed("the runtime crashed (SIGSEGV, segmentation fault) while generating", hint="re-run")
+    assert cli_errors.report(crash, debug=False) == 9
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("modelctl: error: the runtime crashed (SIGSEGV")
