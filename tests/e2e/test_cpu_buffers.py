@@ -38,7 +38,7 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 def q4_0_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not SMOLLM2.is_file():
         pytest.skip(f"{SMOLLM2} is missing: run make setup")
-    from conftest import write_model  # tests/e2e/conftest.py (pytest puts tests/e2e on sys.path)
+    from e2e.conftest import write_model  # tests/ is on sys.path
 
     home = tmp_path_factory.mktemp("modelctl-q4_0")
     gguf = home / "SmolLM2-135M-Instruct-Q4_0.gguf"
@@ -77,7 +77,7 @@ def _fit_weights(env: dict[str, str], setting: str) -> float:
 
 
 def _clean(home: Path) -> dict[str, str]:
-    from conftest import clean_env
+    from e2e.conftest import clean_env
 
     env: dict[str, str] = clean_env(home)
     return env
