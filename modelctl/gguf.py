@@ -532,24 +532,25 @@ def read_header(source: ByteSource, *, want_arrays: frozenset[str] = frozenset()
     budget = KEEP_BUDGET
     for index in range(n_kv):
         key = r.string(f"metadata key #{index}", MAX_KEY)
+        what = key if key.isprintable() else repr(key)  # a hostile key never breaks the one-line error
         if key in metadata or key in lengths:
             raise GGUFError(f"duplicate GGUF metadata key {key!r}")
-        vtype = r.u32(key)
+        vtype = r.u32(what)
         if vtype == _ARRAY:
-            etype = r.u32(key)
-            count = r.u64(key)
+            etype = r.u32(what)
+            count = r.u64(what)
             if count > MAX_ARRAY:
                 raise GGUFError(f"GGUF array {key!r} has {count} items (limit {MAX_ARRAY})")
             lengths[key] = count
             keep = key in want_arrays or (count <= KEEP_ARRAY and count <= budget)
-            values = _array(r, key, etype, count, keep=keep)
+            values = _array(r, what, etype, count, keep=keep)
             if values is not None:
                 budget -= min(count, budget)
                 metadata[key] = values
         elif vtype == _STRING:
-            metadata[key] = r.string(key)
+            metadata[key] = r.string(what)
         elif vtype in _SCALARS:
-            metadata[key] = r.scalar(vtype, key)
+            metadata[key] = r.scalar(vtype, what)
         else:
             raise GGUFError(f"GGUF metadata {key!r} has unknown value type {vtype}")
 
@@ -618,10 +619,11 @@ def _tensor_infos(r: _Reader, n_tensors: int, alignment: int) -> tuple[TensorInf
         if name in names:
             raise GGUFError(f"duplicate GGUF tensor {name!r}")
         names.add(name)
-        n_dims = r.u32(name)
+        what = name if name.isprintable() else repr(name)
+        n_dims = r.u32(what)
         if not 1 <= n_dims <= MAX_DIMS:
             raise GGUFError(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
-        shape = tuple(r.u64(name) for _ in range(n_dims))
+        shape = tuple(r.u64(what) for _ in range(n_dims))
         n = 1
         for d in shape:
             if d > INT64_MAX:
@@ -629,14 +631,14 @@ def _tensor_infos(r: _Reader, n_tensors: int, alignment: int) -> tuple[TensorInf
             n *= d
             if n > INT64_MAX:
                 raise GGUFError(f"tensor {name!r} has more elements than fit in 64 bits")
-        ggml_type = r.u32(name)
+        ggml_type = r.u32(what)
         block, per_block = type_sizes(ggml_type)
         if shape[0] % block:
             raise GGUFError(
                 f"tensor {name!r}: row of {shape[0]} elements is not a multiple of the {ggml_type_name(ggml_type)} "
                 f"block size {block}"
             )
-        offset = r.u64(name)
+        offset = r.u64(what)
         if offset % alignment:
             raise GGUFError(f"tensor {name!r} data offset {offset} is not aligned to {alignment} bytes")
         n_bytes = n // block * per_block

@@ -103,7 +103,7 @@ def search(
     """List the models modelctl has cards for, with sizes, VRAM and whether each variant fits this machine."""
     from modelctl.services.catalog import search as search_cards
 
-    rows = search_cards(term)
+    rows = search_cards(term, cpu_buffers=settings().cpu_buffers)
     if json_out:
         render.print_json([r.to_json() for r in rows])
         return

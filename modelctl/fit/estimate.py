@@ -110,22 +110,17 @@ def estimate(
     gpu_layers: int = 0,
     gpu_split: Sequence[float] = (),
     buffers: WeightBuffers | None = None,
-    repack: dict[int, int] | None = None,
 ) -> Estimate:
     """Predict llama.cpp's buffers.
 
     ``gpu_layers`` layers (the output layer counts as one) go to the GPUs, split in proportion to ``gpu_split``
     (their free memory; one GPU when empty). ``buffers`` are the extra CPU weight buffers the load uses (``None``:
-    ``settings.cpu_buffers`` on this machine's CPU). ``repack`` (older callers) stands for
-    ``WeightBuffers(repack=repack)``: CPU_REPACK for those types, no AMX.
+    ``settings.cpu_buffers`` on this machine's CPU).
     """
     header = merge([model] if isinstance(model, GGUFHeader) else model)
     shape = shape_of(header)
     if buffers is None:
-        if repack is not None:
-            buffers = WeightBuffers(setting="auto", repack=dict(repack))
-        else:
-            buffers = _cpu.weight_buffers(settings.cpu_buffers, _cpu.features())
+        buffers = _cpu.weight_buffers(settings.cpu_buffers, _cpu.features())
     ctx = n_ctx or settings.resolved_ctx(shape.n_ctx_train)
     if gpu_layers < 0:  # llama.cpp's -1: all of them
         gpu_layers = shape.n_layer + 1

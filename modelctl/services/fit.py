@@ -119,18 +119,13 @@ def fit_headers(
     reference: str | None = None,
     fetched: int = 0,
     buffers: WeightBuffers | None = None,
-    repack: dict[int, int] | None = None,
 ) -> FitReport:
     """Estimate and plan for headers already read (``devices`` None: this machine's; ``buffers`` None: the extra
-    CPU weight buffers ``settings.cpu_buffers`` gives on this machine's CPU; ``repack``, for older callers:
-    CPU_REPACK for those types and no AMX)."""
+    CPU weight buffers ``settings.cpu_buffers`` gives on this machine's CPU)."""
     header = gguf.merge(headers)
     found = tuple(devices if devices is not None else _devices.detect())
     if buffers is None:
-        if repack is not None:
-            buffers = WeightBuffers(setting="auto", repack=dict(repack))
-        else:
-            buffers = cpu.weight_buffers(settings.cpu_buffers, cpu.features())
+        buffers = cpu.weight_buffers(settings.cpu_buffers, cpu.features())
     n_ctx = settings.resolved_ctx(header.context_length)
     trained = header.context_length
 

@@ -324,7 +324,7 @@ def _warn_if_too_big(config: Config, ref: Reference, todo: Plan, reporter: Repor
     from modelctl.fit.settings import RunSettings
 
     try:
-        report = _fit(config, ref, todo, RunSettings())
+        report = _fit(config, ref, todo, RunSettings(cpu_buffers=config.cpu_buffers))
     except ModelctlError:
         return
     if report.verdict == "does_not_fit":

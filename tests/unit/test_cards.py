@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 
 from modelctl import cards, gguf
+from modelctl.cpu import WeightBuffers
 from modelctl.errors import CardError
 from modelctl.fit.devices import Device
 from modelctl.fit.estimate import estimate
 from modelctl.fit.settings import RunSettings
 from modelctl.services import catalog
 from modelctl.services.fit import fit_headers
+
+NO_EXTRA = WeightBuffers(setting="none")
+"""Cards describe the GPU: no CPU weight copies, whatever this machine's CPU."""
 
 GIB = 1 << 30
 REPO = Path(__file__).resolve().parents[2]
@@ -115,8 +119,8 @@ def test_synthetic_header_is_the_real_smollm2_file(smollm2_gguf: Path) -> None:
     assert made.weights_bytes == real.weights_bytes
     assert abs((made.file_size or 0) - smollm2_gguf.stat().st_size) < 0.01 * smollm2_gguf.stat().st_size
     for ngl in (0, -1):
-        a = estimate(real, RunSettings(), gpu_layers=ngl, gpu_split=(), repack={})
-        b = estimate(made, RunSettings(), gpu_layers=ngl, gpu_split=(), repack={})
+        a = estimate(real, RunSettings(), gpu_layers=ngl, gpu_split=(), buffers=NO_EXTRA)
+        b = estimate(made, RunSettings(), gpu_layers=ngl, gpu_split=(), buffers=NO_EXTRA)
         assert a == b
 
 
@@ -250,7 +254,7 @@ def test_fit_suggests_a_smaller_variant_from_the_card() -> None:
         RunSettings(),
         devices=_machine(8 * GIB, 16 * GIB),
         variants=catalog.variants_for("ai/llama3.1:70B-Q4_K_M"),
-        repack={},
+        buffers=NO_EXTRA,
     )
     assert report.verdict == "does_not_fit"
     assert report.suggestion is not None and "try ai/llama3.1:8B-F16" in report.suggestion
@@ -259,7 +263,7 @@ def test_fit_suggests_a_smaller_variant_from_the_card() -> None:
         RunSettings(),
         devices=_machine(4 * GIB, 4 * GIB),
         variants=catalog.variants_for("ai/llama3.1:70B-Q4_K_M"),
-        repack={},
+        buffers=NO_EXTRA,
     )
     assert smaller.suggestion is not None and "try ai/llama3.1:8B-Q4_K_M" in smaller.suggestion
 

@@ -225,3 +225,15 @@ def test_quantization_without_file_type_is_the_commonest_weight_type() -> None:
     data = arch().tensor("a", (32, 4), ggml_type=8).tensor("b", (32, 64), ggml_type=1, offset=160).build(pad=8192)
     h = read_header(RangedSource(lambda s, e: data[s : e + 1], len(data)))
     assert h.quantization == "F16"
+
+
+@pytest.mark.parametrize("name", ["general.archi\ntecture", "a\rb\x1b[2J"])
+def test_a_hostile_key_never_breaks_the_one_line_error(tmp_path: Path, name: str) -> None:
+    """Found by the fuzzer: a truncated value after a key holding a newline gave a two-line error."""
+    key = name.encode()
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + b"\x01"  # vtype cut short
+    path = tmp_path / "hostile.gguf"
+    path.write_bytes(data)
+    with pytest.raises(GGUFError) as caught:
+        read_header(FileSource(path))
+    assert str(caught.value).isprintable(), str(caught.value)

@@ -17,10 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelctl.cpu import WeightBuffers
 from modelctl.errors import GGUFError
 from modelctl.fit.estimate import estimate
 from modelctl.fit.settings import RunSettings
 from modelctl.gguf import GGUFHeader, read_header
+
+NO_EXTRA = WeightBuffers(setting="none")
 
 EXAMPLES = int(os.environ.get("MODELCTL_FUZZ_EXAMPLES", "10000"))
 
@@ -115,7 +118,7 @@ def test_the_seed_is_valid() -> None:
     assert header.head_counts_kv() == [2, 1]
     assert header.tensors[0].n_bytes == 3 * 34
     assert header.metadata["tokenizer.ggml.add_bos_token"] is True
-    assert estimate(header, RunSettings(n_ctx=512), repack={}).kv_cache == (3 * 8 + 2 * 16) * 2 * 512  # V padded
+    assert estimate(header, RunSettings(n_ctx=512), buffers=NO_EXTRA).kv_cache == (3 * 8 + 2 * 16) * 2 * 512  # V padded
 
 
 _mutation = st.one_of(
@@ -158,7 +161,7 @@ def accessors(header: GGUFHeader) -> None:
         assert all(isinstance(v, int) for v in (header.n_head, header.n_head_kv, header.key_length))
     header.parameter_count()
     with contextlib.suppress(GGUFError):  # the estimator takes the same hostile values
-        estimate(header, RunSettings(n_ctx=512), repack={})
+        estimate(header, RunSettings(n_ctx=512), buffers=NO_EXTRA)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
