@@ -135,6 +135,7 @@ def main() -> None:
         + (f" --only {args.only}" if args.only else "")
         + ".",
         "",
+        "",
     ]
     table = "\n".join(head) + "\n".join(parts)
     print(table)
