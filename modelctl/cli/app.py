@@ -47,12 +47,26 @@ def _register() -> None:
     system.register(app)
 
 
+def hoist_debug(args: list[str]) -> tuple[list[str], bool]:
+    """Move ``--debug`` in front of the command, so that ``modelctl pull --debug x`` means ``modelctl --debug pull x``.
+
+    ``--debug`` is the root command's option, and click accepts a group's options only before the subcommand; users
+    put it anywhere. Arguments after ``--`` are left alone (``modelctl run ai/x -- --debug`` asks about "--debug").
+    """
+    end = args.index("--") if "--" in args else len(args)
+    found = "--debug" in args[:end]
+    if not found:
+        return args, False
+    rest = [arg for arg in args[:end] if arg != "--debug"] + args[end:]
+    return ["--debug", *rest], True
+
+
 def run() -> None:
     _register()
-    debug = "--debug" in sys.argv[1:]
+    args, debug = hoist_debug(sys.argv[1:])
     try:
         # not standalone: click's usage errors reach errors.report (one line, exit 2) instead of a boxed panel
-        code = app(prog_name="modelctl", standalone_mode=False)
+        code = app(args=args, prog_name="modelctl", standalone_mode=False)
     except SystemExit:
         raise
     except BaseException as exc:

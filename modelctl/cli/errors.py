@@ -15,8 +15,12 @@ EXIT_INTERRUPTED = 130
 
 
 def report(exc: BaseException, *, debug: bool) -> int:
-    """Print ``modelctl: error: ...`` on stderr (a traceback only with --debug) and return the exit code."""
-    if debug:
+    """Print ``modelctl: error: ...`` on stderr and return the exit code.
+
+    With ``debug`` the traceback comes first, except for usage errors: a mistyped option or reference is the user's,
+    and its one line says all there is to say.
+    """
+    if debug and not _is_usage_error(exc):
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, KeyboardInterrupt):
         print("modelctl: interrupted", file=sys.stderr)
@@ -42,3 +46,9 @@ def report(exc: BaseException, *, debug: bool) -> int:
         file=sys.stderr,
     )
     return EXIT_UNEXPECTED
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    return isinstance(exc, click.ClickException | click.exceptions.Abort) or (
+        isinstance(exc, ModelctlError) and exc.exit_code == EXIT_USAGE
+    )

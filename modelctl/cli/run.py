@@ -64,7 +64,7 @@ def _options(
         n_threads=threads,
         no_pull=no_pull,
         force=force,
-        debug="--debug" in sys.argv[1:],
+        debug=sys.modules["modelctl.cli.context"].debug(),  # the global --debug, in any position
     )
 
 

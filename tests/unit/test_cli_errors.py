@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,79 @@ def test_a_runtime_crash_is_one_line_with_exit_9(capsys: pytest.CaptureFixture[s
     assert cli_errors.report(crash, debug=False) == 9
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("modelctl: error: the runtime crashed (SIGSEGV")
+
+
+BAD_REF = "NOT@@valid"
+
+
+def test_debug_before_or_after_the_command_gives_the_same_one_line_usage_error() -> None:
+    after = modelctl("pull", "--debug", BAD_REF)
+    before = modelctl("--debug", "pull", BAD_REF)
+    plain = modelctl("pull", BAD_REF)
+    assert after.returncode == before.returncode == plain.returncode == 2
+    assert after.stderr == before.stderr == plain.stderr, (after.stderr, before.stderr)
+    assert after.stderr.startswith("modelctl: error: invalid reference") and after.stderr.count("\n") == 1
+    assert "Traceback" not in after.stderr + before.stderr and after.stdout == before.stdout == ""
+
+
+def test_debug_after_a_command_is_accepted() -> None:
+    result = modelctl("list", "--json", "--debug")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) is not None and "No such option" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "args", "debug"),
+    [
+        ([], [], False),
+        (["list"], ["list"], False),
+        (["--debug", "list"], ["--debug", "list"], True),
+        (["pull", "--debug", "ai/x"], ["--debug", "pull", "ai/x"], True),
+        (["run", "ai/x", "hi", "--debug"], ["--debug", "run", "ai/x", "hi"], True),
+        (["run", "ai/x", "--", "--debug"], ["run", "ai/x", "--", "--debug"], False),
+        (["run", "--debug", "ai/x", "--", "--debug"], ["--debug", "run", "ai/x", "--", "--debug"], True),
+    ],
+)
+def test_hoist_debug_moves_it_before_the_command(argv: list[str], args: list[str], debug: bool) -> None:
+    from modelctl.cli.app import hoist_debug
+
+    assert hoist_debug(argv) == (args, debug)
+
+
+def test_commands_read_debug_from_the_root_option() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from modelctl.cli import context
+
+    probe = typer.Typer()
+
+    @probe.callback()
+    def _root(debug: bool = typer.Option(False, "--debug")) -> None:
+        """Root."""
+
+    @probe.command()
+    def show() -> None:
+        print(f"debug={context.debug()}")
+
+    assert CliRunner().invoke(probe, ["--debug", "show"]).stdout == "debug=True\n"
+    assert CliRunner().invoke(probe, ["show"]).stdout == "debug=False\n"
+    assert context.debug() is False  # outside a command
+
+
+def test_debug_shows_a_traceback_for_unexpected_errors_only(capsys: pytest.CaptureFixture[str]) -> None:
+    import click
+
+    from modelctl.cli import errors as cli_errors
+    from modelctl.errors import InvalidReference
+
+    for usage in (click.UsageError("No such option '--x'"), InvalidReference("invalid reference 'x@'")):
+        assert cli_errors.report(usage, debug=True) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        assert cli_errors.report(exc, debug=True) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.endswith("re-run with --debug and report it\n")
