@@ -38,7 +38,7 @@ def _plain(report: SystemReport) -> None:
         ("cpu buffers", f"{report.buffers.choice} (MODELCTL_CPU_BUFFERS={report.buffers.setting})"),
         (
             "store",
-            f"{store.home}: {store.models} models, {render.size(store.store_bytes)}, "
+            f"{store.home}: {store.models} model{'' if store.models == 1 else 's'}, {render.size(store.store_bytes)}, "
             f"{render.size(store.free_bytes)} free on disk",
         ),
     ]
