@@ -20,8 +20,7 @@ from typing import Any
 
 from modelctl.cpu import WeightBuffers, takes_repack
 
-REPACK_BUFFER = b"CPU_REPACK"
-_CPU_DEVICE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
+REPACK_BUFFER = "CPU_REPACK"
 
 
 class _Override(ctypes.Structure):
@@ -64,39 +63,13 @@ def repacked_tensors(model_paths: Sequence[Path], buffers: WeightBuffers) -> lis
 
 def _repack_buft() -> int | None:
     """The address of llama.cpp's CPU_REPACK buffer type, or None when this build has none."""
-    import llama_cpp
+    from modelctl.runtime.ggml import for_llama_cpp
 
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    libs = []
-    for stem in ("libggml-base", "libggml"):
-        found = sorted(lib_dir.glob(f"{stem}.*"))
-        if not found:
-            return None
-        libs.append(ctypes.CDLL(str(found[0])))
-    base, ggml = libs
-    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    base.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-    base.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    base.ggml_backend_buft_name.restype = ctypes.c_char_p
-    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
-    device = ggml.ggml_backend_dev_by_type(_CPU_DEVICE)
-    if not device:
+    try:
+        found = dict(for_llama_cpp().extra_buffer_types())
+    except (OSError, AttributeError):  # a build without these libraries or symbols: no overrides
         return None
-    reg = base.ggml_backend_dev_backend_reg(device)
-    address = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
-    if not address:
-        return None
-    get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)
-    bufts = get_extra(device)
-    i = 0
-    while bufts and bufts[i]:
-        if base.ggml_backend_buft_name(bufts[i]) == REPACK_BUFFER:
-            return int(bufts[i])
-        i += 1
-    return None
+    return found.get(REPACK_BUFFER)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from modelctl.errors import ModelctlError, UsageError
 from modelctl.runtime.conversation import Message, Sampling, Stats
@@ -141,17 +141,31 @@ class Engine:
         self._llm.close()
 
 
-class Answer(Protocol):
-    """What :func:`completion` needs of a reply: the in-process :class:`Reply` and the worker's both have it."""
+class Answer:
+    """One streamed answer, wherever it is generated (:class:`Reply` here, the worker's reply in the parent).
 
-    id: str | None
-    finish_reason: str | None
-    prompt_tokens: int
+    Iterate it for text pieces; afterwards ``text``, ``finish_reason`` and ``stats``.
+    """
 
-    def __iter__(self) -> Iterator[str]: ...
+    def __init__(self, *, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.text = ""
+        self.id: str | None = None
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self._stats: Stats | None = None
 
     @property
-    def stats(self) -> Stats: ...
+    def stats(self) -> Stats:
+        if self._stats is None:
+            raise RuntimeError("the reply has not been streamed yet")
+        return self._stats
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __iter__(self) -> Iterator[str]:
+        raise NotImplementedError
 
 
 def completion(reply: Answer, *, model: str) -> dict[str, Any]:
@@ -180,8 +194,8 @@ def completion(reply: Answer, *, model: str) -> dict[str, Any]:
     }
 
 
-class Reply:
-    """One streamed answer. Iterate it for text pieces; afterwards ``text``, ``finish_reason`` and ``stats``.
+class Reply(Answer):
+    """One answer streamed by llama-cpp-python in this process.
 
     :meth:`cancel` (from a signal handler, e.g. Ctrl-C) ends the stream after the piece in progress; the
     model's state stays consistent, so the next answer reuses the cached prompt prefix.
@@ -190,25 +204,11 @@ class Reply:
     def __init__(
         self, llm: Any, messages: list[Message], sampling: Sampling, *, max_tokens: int, prompt_tokens: int
     ) -> None:
+        super().__init__(prompt_tokens=prompt_tokens)
         self._llm = llm
         self._messages = messages
         self._sampling = sampling
         self._max_tokens = max_tokens
-        self.prompt_tokens = prompt_tokens
-        self.text = ""
-        self.id: str | None = None
-        self.finish_reason: str | None = None
-        self.cancelled = False
-        self._stats: Stats | None = None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    @property
-    def stats(self) -> Stats:
-        if self._stats is None:
-            raise RuntimeError("the reply has not been streamed yet")
-        return self._stats
 
     def __iter__(self) -> Iterator[str]:
         import llama_cpp

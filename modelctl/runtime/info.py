@@ -8,7 +8,6 @@ they were compiled in. ``llama_cpp`` is imported inside the functions, never at 
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -79,46 +78,20 @@ def probe() -> RuntimeInfo:
 
 def registered_backends(lib_dir: Path) -> tuple[Backend, ...]:
     """The backends in ggml's registry, read from ``libggml`` and ``libggml-base`` in ``lib_dir``."""
-    ggml = ctypes.CDLL(str(_library(lib_dir, "ggml")))
-    base = ctypes.CDLL(str(_library(lib_dir, "ggml-base")))
-    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_reg_count.argtypes = []
-    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
-    base.ggml_backend_reg_name.restype = ctypes.c_char_p
-    base.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
-    base.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
-    base.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    base.ggml_backend_dev_name.restype = ctypes.c_char_p
-    base.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_dev_description.restype = ctypes.c_char_p
-    base.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    from modelctl.runtime.ggml import Ggml, text
+
+    ggml = Ggml(lib_dir)
     backends = []
     for i in range(int(ggml.ggml_backend_reg_count())):
         reg = ggml.ggml_backend_reg_get(i)
         if not reg:
             continue
         devices = []
-        for j in range(int(base.ggml_backend_reg_dev_count(reg))):
-            dev = base.ggml_backend_reg_dev_get(reg, j)
+        for j in range(int(ggml.ggml_backend_reg_dev_count(reg))):
+            dev = ggml.ggml_backend_reg_dev_get(reg, j)
             if dev:
-                name = _text(base.ggml_backend_dev_name(dev))
-                description = _text(base.ggml_backend_dev_description(dev))
+                name = text(ggml.ggml_backend_dev_name(dev))
+                description = text(ggml.ggml_backend_dev_description(dev))
                 devices.append(f"{name}: {description}" if description and description != name else name)
-        backends.append(Backend(name=_text(base.ggml_backend_reg_name(reg)), devices=tuple(devices)))
+        backends.append(Backend(name=text(ggml.ggml_backend_reg_name(reg)), devices=tuple(devices)))
     return tuple(backends)
-
-
-def _library(lib_dir: Path, stem: str) -> Path:
-    """``lib<stem>.so`` / ``.dylib`` (or ``<stem>.dll``) in ``lib_dir``."""
-    for pattern in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll", f"lib{stem}.so.*"):
-        found = sorted(lib_dir.glob(pattern))
-        if found:
-            return found[0]
-    raise OSError(f"no {stem} library in {lib_dir}")
-
-
-def _text(value: bytes | None) -> str:
-    return value.decode(errors="replace") if value else ""

@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from modelctl import errors
 from modelctl.errors import ModelctlError, RuntimeCrashed
 from modelctl.runtime.conversation import Message, Sampling, Stats
-from modelctl.runtime.engine import LoadSpec, completion
+from modelctl.runtime.engine import Answer, LoadSpec, completion
 
 if TYPE_CHECKING:
     from modelctl.runtime.server import ServeSpec
@@ -227,19 +227,14 @@ class WorkerEngine:
         self._worker.phase = "idle"
 
 
-class WorkerReply:
-    """One streamed answer from the worker. Iterate it for text pieces; afterwards ``text``, ``stats``."""
+class WorkerReply(Answer):
+    """One answer streamed from the worker."""
 
     def __init__(self, worker: Worker, engine: WorkerEngine, *, prompt_tokens: int, sent: float) -> None:
+        super().__init__(prompt_tokens=prompt_tokens)
         self._worker = worker
         self._engine = engine
         self._sent = sent
-        self.prompt_tokens = prompt_tokens
-        self.text = ""
-        self.id: str | None = None
-        self.finish_reason: str | None = None
-        self.cancelled = False
-        self._stats: Stats | None = None
 
     def cancel(self) -> None:
         """End the answer after the piece in progress (safe to call from a signal handler)."""
@@ -248,12 +243,6 @@ class WorkerReply:
         self.cancelled = True
         with contextlib.suppress(OSError):
             self._worker.conn.send(("cancel",))
-
-    @property
-    def stats(self) -> Stats:
-        if self._stats is None:
-            raise RuntimeError("the reply has not been streamed yet")
-        return self._stats
 
     def __iter__(self) -> Iterator[str]:
         worker, engine = self._worker, self._engine

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from modelctl.runtime.conversation import Sampling
     from modelctl.runtime.engine import LoadSpec
     from modelctl.runtime.process import Worker, WorkerEngine
-    from modelctl.services.fit import FitReport
+    from modelctl.fit.report import FitReport
     from modelctl.services.pull import Reporter
     from modelctl.store import Layout
 
@@ -215,7 +215,7 @@ def _settings(config: Config, entry: local.LocalModel, options: RunOptions, gpu_
 
 
 def _fit(paths: tuple[Path, ...], settings: RunSettings, name: str) -> FitReport:
-    from modelctl.services.fit import fit_local
+    from modelctl.fit.report import fit_local
     from modelctl.services.fit_ref import card_variants
 
     return fit_local(list(paths), settings, variants=card_variants(name))

@@ -40,15 +40,9 @@ def _json(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+    from modelctl import cpu
+
+    return set(cpu.features().flags)
 
 
 def test_reports_the_real_runtime() -> None:
