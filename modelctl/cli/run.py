@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from modelctl.cli import render
-from modelctl.cli.context import settings
+from modelctl.cli.context import debug, settings
 from modelctl.cli.progress import reporter
 from modelctl.errors import RuntimeCrashed, UsageError
 
@@ -64,7 +64,7 @@ def _options(
         n_threads=threads,
         no_pull=no_pull,
         force=force,
-        debug=sys.modules["modelctl.cli.context"].debug(),  # the global --debug, in any position
+        debug=debug(),  # the global --debug, in any position
     )
 
 
