@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelctl import writeback
+from modelctl.store import journal
 
 STATE_FILE = "state.json"
 DATA_FILE = "data"
@@ -45,8 +45,8 @@ sha256 follows) then keeps up with the download instead of waiting for a first p
 
 
 def current_boot() -> str | None:
-    """The id of this boot (see :mod:`modelctl.writeback`): saved with the state, compared on resume."""
-    return writeback.boot_id()
+    """The id of this boot (see :mod:`modelctl.store.journal`): saved with the state, compared on resume."""
+    return journal.boot_id()
 
 
 def split(size: int, parts: int, min_part_size: int) -> list[Part]:

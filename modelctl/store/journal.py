@@ -1,24 +1,27 @@
-"""Committing blobs without waiting for the disk, and knowing which ones a crash could have damaged.
+"""The journal of unflushed blobs: committed without waiting for the disk, and known to be at risk until they are.
 
 Why: fsyncing a pulled blob costs more than downloading and verifying it (a durable 2 GiB write takes ~6.9 s on the
 CI disk, the verified download ~3 s). Skipping it is safe as long as we remember what was skipped. A ``kill -9``
 never loses page-cache data; only a kernel crash or power loss can, and both give Linux a new boot id. So a blob
 committed without a flush is listed, with the boot id, in the store's ``.unflushed.json`` (a dotfile: OCI tools
-ignore it, like ``.lock`` and ``.tmp/``). The store re-hashes the entries of another boot, and fsyncs and drops
-those of this boot once the kernel has had time to write them back (``Layout.recover_unflushed`` in ``store``).
-
-This module holds only the pure parts: the boot id, the journal's format, and the checks. The store does the
-locking and the atomic rewrite of the journal.
+ignore it, like ``.lock`` and ``.tmp/``) before its rename. :func:`recover` re-hashes the entries of another boot,
+and fsyncs and drops those of this boot once the kernel has had time to write them back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelctl import digest as _digest
+from modelctl.store.directory import fsync_dir, fsync_file
+
+if TYPE_CHECKING:
+    from modelctl.store.blobs import Blobs
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 """Read at each call (tests point it at a file of their own)."""
@@ -91,3 +94,55 @@ def intact(path: Path, entry: Entry) -> bool:
         if os.fstat(f.fileno()).st_size != entry.size:
             return False
         return _digest.of_file(f, HASH_CHUNK) == entry.digest
+
+
+def record(store: Blobs, digest: str, boot: str, size: int) -> None:
+    """List a blob about to be renamed in unflushed, durably; the caller holds the store's lock."""
+    entries = [e for e in load(store.root) or [] if e.digest != digest]
+    entries.append(Entry(digest, boot, time.time(), size))
+    store.write_atomic(store.root / JOURNAL, dump(entries))
+
+
+def recover(store: Blobs) -> list[str]:
+    """Settle the journal of unflushed blobs; return the digests of blobs deleted as damaged by a crash.
+
+    Without a journal it costs one failed open and no lock; with only young entries of this boot, a read, a stat per
+    entry and no lock. Otherwise, under the lock: entries of another boot are re-hashed and their blob deleted if its
+    size or digest is wrong; entries of this boot older than ``SETTLE_SECONDS`` are fsynced; both are dropped, and so
+    are entries whose blob is gone (which is how ``remove`` and ``prune`` clean up after themselves: they leave the
+    journal alone).
+    """
+    entries = load(store.root)
+    if entries is None:
+        return []
+    boot, now = boot_id(), time.time()
+
+    def due(e: Entry) -> bool:
+        return suspect(e, boot) or settled(e, boot, now) or not store.has_blob(e.digest)
+
+    if entries and not any(due(e) for e in entries):
+        return []
+    removed: list[str] = []
+    with store.locked():
+        kept: list[Entry] = []
+        for entry in load(store.root) or []:
+            path = store.blob_path(entry.digest)
+            try:
+                if suspect(entry, boot):
+                    if not intact(path, entry):
+                        path.unlink()
+                        removed.append(entry.digest)
+                elif settled(entry, boot, now):
+                    fsync_file(path)
+                else:
+                    path.stat()
+                    kept.append(entry)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        if removed:
+            fsync_dir(store.blobs_dir)
+        if kept:
+            store.write_atomic(store.root / JOURNAL, dump(kept))
+        else:
+            (store.root / JOURNAL).unlink(missing_ok=True)
+    return removed

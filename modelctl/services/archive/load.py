@@ -1,18 +1,10 @@
-"""save / load: move models to and from an offline machine as an OCI image layout archive (a tar).
+"""load: import models from an OCI image layout tar (ours, skopeo's, any tool's), verifying every blob first.
 
-The archive is the OCI image layout spec's own shape, as ``skopeo copy ... oci-archive:x.tar:<ref>`` writes it::
-
-    oci-layout              {"imageLayoutVersion":"1.0.0"}
-    index.json              one entry per saved reference (org.opencontainers.image.ref.name = full reference),
-                            plus untagged entries for referrers (model cards) so that OCI tools see them
-    blobs/sha256/<hex>      manifests, configs, layers and referrers
-
-``save`` streams every blob into the tar (never a whole blob in memory) and hashes it on the way, so a corrupt
-local blob is reported instead of exported. ``load`` reads the tar in one pass (a file or a pipe): it never
-extracts by member name; each ``blobs/sha256/<hex>`` member is streamed into a temp file in the store's
-``.tmp/`` while its sha256 runs, and compared with the name. Only when every blob arrived intact, every
-manifest's children are present with the sizes their descriptors say, does anything enter ``blobs/`` (atomic
-renames) and only then are the references tagged. A hostile or damaged archive leaves the store as it was.
+``load`` reads the tar in one pass (a file or a pipe): it never extracts by member name; each ``blobs/sha256/<hex>``
+member is streamed into a temp file in the store's ``.tmp/`` while its sha256 runs, and compared with the name.
+Only when every blob arrived intact, and every document the store's graph walk reaches from the tagged entries has
+its children present with the sizes their descriptors say, does anything enter ``blobs/`` (atomic renames), and only
+then are the references tagged. A hostile or damaged archive leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -22,232 +14,25 @@ import json
 import os
 import secrets
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import BinaryIO
 
-from modelctl import atomic, reference
 from modelctl import digest as _digest
+from modelctl import reference
 from modelctl.config import Config
-from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, NotFound, UsageError
+from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, NotFound
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
-from modelctl.oci.descriptor import Descriptor, Index, Manifest
+from modelctl.oci.descriptor import Descriptor
 from modelctl.services import local
-from modelctl.store import LAYOUT_VERSION, MAX_MANIFEST, TMP_DIR, Layout
+from modelctl.services.archive.result import ArchivedModel, ArchiveResult, Progress
+from modelctl.store import MAX_MANIFEST, TMP_DIR, Layout, graph
 
 CHUNK = 1 << 20
 MAX_SMALL = 4 << 20
 """index.json and oci-layout larger than this are refused (they are a few KiB)."""
-MAX_DEPTH = 8
-"""Indexes nested deeper than this are refused (a hostile archive could loop)."""
-
-Progress = Callable[[str, int], None]
-"""Called with (digest, bytes) after each blob is written or read."""
-
-
-# -- results -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ArchivedModel:
-    reference: str
-    digest: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"reference": self.reference, "digest": self.digest, "id": self.digest.removeprefix("sha256:")[:12]}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ArchiveResult:
-    """What ``save`` wrote or ``load`` imported."""
-
-    models: tuple[ArchivedModel, ...]
-    referrers: int
-    """Manifests attached to the models (model cards) that travelled along."""
-    blobs: int
-    bytes: int
-    new_blobs: int = 0
-    """load only: blobs the store did not have before."""
-    skipped: tuple[str, ...] = field(default_factory=tuple)
-    """load only: archive members ignored (files outside the layout, blobs nothing references)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "models": [m.to_json() for m in self.models],
-            "referrers": self.referrers,
-            "blobs": self.blobs,
-            "bytes": self.bytes,
-            "new_blobs": self.new_blobs,
-            "skipped": list(self.skipped),
-        }
-
-
-# -- save ----------------------------------------------------------------------------------------------------
-
-
-def save(config: Config, texts: Iterable[str], out: BinaryIO, *, progress: Progress | None = None) -> ArchiveResult:
-    """Write the models ``texts`` name (with their referrers) to ``out`` as an OCI layout tar, streaming."""
-    store = local.layout(config)
-    names = list(texts)
-    if not names:
-        raise UsageError("name at least one model to save")
-    models: list[ArchivedModel] = []
-    index: list[dict[str, Any]] = []
-    order: list[Descriptor] = []  # every blob, manifests first, once
-    seen: set[str] = set()
-    referrer_count = 0
-
-    def add(desc: Descriptor) -> None:
-        if desc.digest not in seen:
-            seen.add(desc.digest)
-            order.append(desc)
-
-    tagged: set[str] = set()
-    for text in names:
-        entry = local.resolve(store, text)
-        if entry.name in tagged:
-            continue
-        tagged.add(entry.name)
-        models.append(ArchivedModel(reference=entry.name, digest=entry.desc.digest))
-        index.append(
-            Descriptor(
-                media_type=entry.desc.media_type,
-                digest=entry.desc.digest,
-                size=entry.desc.size,
-                annotations={mt.REF_NAME: entry.name},
-            ).to_json()
-        )
-        for desc in _closure(store, entry.desc):
-            add(desc)
-    roots = {m.digest for m in models}
-    for desc in list(order):
-        if desc.digest in roots:
-            for ref in _referrers(store, desc.digest):
-                if ref.digest not in seen:
-                    referrer_count += 1
-                    index.append(ref.to_json())
-                    for child in _closure(store, ref):
-                        add(child)
-    index_bytes = json.dumps(
-        {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": index}, separators=(",", ":")
-    ).encode()
-    total = 0
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, "oci-layout", LAYOUT_VERSION)
-        _add_bytes(tar, "index.json", index_bytes)
-        _add_dir(tar, "blobs/")
-        _add_dir(tar, "blobs/sha256/")
-        for desc in order:
-            total += _add_blob(tar, store, desc)
-            if progress is not None:
-                progress(desc.digest, desc.size)
-    return ArchiveResult(models=tuple(models), referrers=referrer_count, blobs=len(order), bytes=total)
-
-
-def save_to_path(
-    config: Config, texts: Iterable[str], path: Path, *, progress: Progress | None = None
-) -> ArchiveResult:
-    """``save`` into a file: written beside it under a temporary name, renamed into place when complete."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UsageError(
-            f"directory {path.parent} does not exist", hint="create it, or give -o a path in an existing one"
-        )
-    with atomic.replacing(path) as f:
-        return save(config, texts, f, progress=progress)
-
-
-def _closure(store: Layout, desc: Descriptor, depth: int = 0) -> Iterator[Descriptor]:
-    """``desc`` and everything it references (manifest first, then its config and layers)."""
-    if depth > MAX_DEPTH:
-        raise IntegrityError(f"indexes nested more than {MAX_DEPTH} deep under {desc.digest}")
-    yield desc
-    if desc.media_type not in (*mt.MANIFESTS, *mt.INDEXES):
-        return
-    doc = descriptor.parse(store.read_blob(desc.digest, max_size=MAX_MANIFEST), desc.media_type)
-    if isinstance(doc, Manifest):
-        yield doc.config
-        yield from doc.layers
-    else:
-        for child in doc.manifests:
-            yield from _closure(store, child, depth + 1)
-
-
-def _referrers(store: Layout, digest: str, depth: int = 0) -> Iterator[Descriptor]:
-    """Manifests whose subject is ``digest``, and their own referrers (a card's signature, say)."""
-    if depth > MAX_DEPTH:
-        return
-    for ref in store.referrers(digest):
-        yield ref
-        yield from _referrers(store, ref.digest, depth + 1)
-
-
-def _tarinfo(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = 0 if directory else size
-    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    info.mode = 0o755 if directory else 0o644
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
-    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-
-
-def _add_dir(tar: tarfile.TarFile, name: str) -> None:
-    tar.addfile(_tarinfo(name.rstrip("/"), 0, directory=True))
-
-
-class _HashingReader:
-    """A read-only file wrapper hashing what passes through (tarfile copies blobs with ``read``)."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.count += len(data)
-        return data
-
-
-def _add_blob(tar: tarfile.TarFile, store: Layout, desc: Descriptor) -> int:
-    path = store.blob_path(desc.digest)
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        raise IntegrityError(
-            f"blob {desc.digest} is missing from the local store",
-            hint="pull the model again, then save it",
-        ) from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size != desc.size:
-            raise IntegrityError(
-                f"stored blob {desc.digest} is {size} bytes, its descriptor says {desc.size}",
-                hint="the local copy is corrupt; remove the model and pull it again",
-            )
-        reader = _HashingReader(f)
-        tar.addfile(_tarinfo(f"blobs/sha256/{_digest.hex_of(desc.digest)}", size), reader)
-    actual = "sha256:" + reader.sha.hexdigest()
-    if reader.count != size or actual != desc.digest:
-        error = DigestMismatch(desc.digest, actual, what=f"stored blob {desc.digest}")
-        error.hint = "the local copy is corrupt; remove the model and pull it again (the archive is incomplete)"
-        raise error
-    return size
-
-
-# -- load ----------------------------------------------------------------------------------------------------
 
 
 def load(config: Config, source: BinaryIO, *, name: str = "archive", progress: Progress | None = None) -> ArchiveResult:
@@ -502,7 +287,7 @@ def _parse_index(raw: bytes, archive: str) -> list[tuple[str | None, Descriptor]
 def _plan(
     store: Layout, staging: _Staging, entries: list[tuple[str | None, Descriptor]], archive: str
 ) -> tuple[set[str], int]:
-    """Every blob to keep (what the index entries reach, plus referrers of it); checks presence and sizes.
+    """Every blob to keep (what the tagged entries reach, plus referrers of it); checks presence and sizes.
 
     Returns (digests to keep, number of referrer manifests)."""
 
@@ -537,48 +322,33 @@ def _plan(
                 hint="the archive is corrupt; nothing was loaded",
             )
 
-    keep: set[str] = set()
+    def children(desc: Descriptor) -> Sequence[Descriptor]:
+        if desc.media_type not in graph.DOCUMENTS:
+            return ()
+        below = graph.children(descriptor.parse(read(desc.digest), desc.media_type))
+        for child in below:
+            check(child, f"manifest {desc.digest}")
+        return below
 
-    def walk(desc: Descriptor, parent: str, depth: int = 0) -> None:
-        check(desc, parent)
-        if desc.digest in keep:
-            return
-        keep.add(desc.digest)
-        if desc.media_type not in (*mt.MANIFESTS, *mt.INDEXES):
-            return
-        if depth > MAX_DEPTH:
-            raise IntegrityError(f"{archive}: indexes nested more than {MAX_DEPTH} deep")
-        doc = descriptor.parse(read(desc.digest), desc.media_type)
-        what = f"manifest {desc.digest}"
-        if isinstance(doc, Manifest):
-            for child in (doc.config, *doc.layers):
-                walk(child, what, depth + 1)
-        elif isinstance(doc, Index):
-            for child in doc.manifests:
-                walk(child, what, depth + 1)
-
-    for ref_name, desc in entries:
-        if ref_name is not None:  # untagged entries load only as referrers of a tagged model (below)
-            walk(desc, f"index.json entry {ref_name}")
-    # Referrers (model cards) of what we keep: archive manifests whose subject is a kept manifest.
-    candidates: dict[str, Manifest] = {}
+    # Referrers (model cards): archive manifests attached to something the tagged entries reach.
+    nodes: list[graph.Node] = []
     for digest, size in staging.sizes.items():
-        if size > MAX_MANIFEST or digest in keep:
+        if size > MAX_MANIFEST:
             continue
         with suppress(IntegrityError, OSError):
             data = read(digest)
             if data.lstrip()[:1] == b"{":
-                doc = descriptor.parse(data)
-                if isinstance(doc, Manifest) and doc.subject is not None:
-                    candidates[digest] = doc
+                nodes.append(graph.node(digest, data))
+    by_subject = graph.attached(nodes)
+
+    roots: list[Descriptor] = []
+    for ref_name, desc in entries:
+        if ref_name is not None:  # untagged entries load only as referrers of a tagged model
+            check(desc, f"index.json entry {ref_name}")
+            roots.append(desc)
+    keep: set[str] = set()
     referrers = 0
-    changed = True
-    while changed:
-        changed = False
-        for digest, doc in list(candidates.items()):
-            if doc.subject is not None and doc.subject.digest in keep:
-                del candidates[digest]
-                walk(Descriptor(media_type=doc.media_type, digest=digest, size=staging.sizes[digest]), "a referrer")
-                referrers += 1
-                changed = True
+    for step in graph.walk(roots, children, lambda d: by_subject.get(d, ()), where=f"{archive}: "):
+        keep.add(step.desc.digest)
+        referrers += step.referrer
     return keep, referrers

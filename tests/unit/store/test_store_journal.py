@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from modelctl import digest, writeback
+from modelctl import digest
+from modelctl.store import journal as unflushed
 from modelctl.store import Layout
 
 BOOT_A = "11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
@@ -24,7 +25,7 @@ BOOT_B = "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
 def boot_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "boot_id"
     path.write_text(BOOT_A + "\n")
-    monkeypatch.setattr(writeback, "BOOT_ID_PATH", path)
+    monkeypatch.setattr(unflushed, "BOOT_ID_PATH", path)
     return path
 
 
@@ -59,12 +60,12 @@ def commit(store: Layout, data: bytes, *, flush: bool = False) -> tuple[str, Pat
 
 
 def journal(store: Layout) -> dict[str, dict[str, object]]:
-    doc = json.loads((store.root / writeback.JOURNAL).read_bytes())
+    doc = json.loads((store.root / unflushed.JOURNAL).read_bytes())
     return {e["digest"]: e for e in doc["blobs"]}
 
 
 def age_entries(store: Layout, seconds: float) -> None:
-    path = store.root / writeback.JOURNAL
+    path = store.root / unflushed.JOURNAL
     doc = json.loads(path.read_bytes())
     for e in doc["blobs"]:
         e["time"] -= seconds
@@ -72,8 +73,8 @@ def age_entries(store: Layout, seconds: float) -> None:
 
 
 def test_boot_id_reads_the_file_and_is_none_when_unreadable(boot_file: Path, tmp_path: Path) -> None:
-    assert writeback.boot_id() == BOOT_A
-    assert writeback.boot_id(tmp_path / "absent") is None
+    assert unflushed.boot_id() == BOOT_A
+    assert unflushed.boot_id(tmp_path / "absent") is None
 
 
 def test_commit_without_flush_records_the_blob_and_skips_its_fsync(store: Layout, fsyncs: list[int]) -> None:
@@ -91,20 +92,20 @@ def test_commit_without_flush_records_the_blob_and_skips_its_fsync(store: Layout
 def test_commit_with_flush_fsyncs_and_writes_no_journal(store: Layout, fsyncs: list[int]) -> None:
     _, path = commit(store, b"config bytes", flush=True)
     assert path.stat().st_ino in fsyncs
-    assert not (store.root / writeback.JOURNAL).exists()
+    assert not (store.root / unflushed.JOURNAL).exists()
 
 
 def test_without_a_boot_id_an_unflushed_commit_flushes(store: Layout, boot_file: Path, fsyncs: list[int]) -> None:
     boot_file.unlink()
     _, path = commit(store, b"layer bytes")
     assert path.stat().st_ino in fsyncs
-    assert not (store.root / writeback.JOURNAL).exists()
+    assert not (store.root / unflushed.JOURNAL).exists()
 
 
 def test_committing_the_same_blob_again_keeps_one_entry(store: Layout) -> None:
     d, _ = commit(store, b"same")
     commit(store, b"same")
-    doc = json.loads((store.root / writeback.JOURNAL).read_bytes())
+    doc = json.loads((store.root / unflushed.JOURNAL).read_bytes())
     assert [e["digest"] for e in doc["blobs"]] == [d]
 
 
@@ -112,9 +113,9 @@ def test_a_blob_of_the_wrong_size_is_rejected_without_hashing(store: Layout, mon
     _, path = commit(store, b"a layer")
     path.write_bytes(b"a lay")
     monkeypatch.setattr(digest, "of_file", lambda *a: pytest.fail("hashed a blob whose size was already wrong"))
-    entry = writeback.load(store.root)
+    entry = unflushed.load(store.root)
     assert entry is not None
-    assert not writeback.intact(path, entry[0])
+    assert not unflushed.intact(path, entry[0])
 
 
 def test_after_a_reboot_a_damaged_blob_is_deleted_and_an_intact_one_kept(store: Layout, boot_file: Path) -> None:
@@ -130,7 +131,7 @@ def test_after_a_reboot_a_damaged_blob_is_deleted_and_an_intact_one_kept(store: 
     assert sorted(removed) == sorted([bad, short])
     assert not bad_path.exists() and not short_path.exists()
     assert good_path.read_bytes() == b"intact layer" and store.has_blob(good)
-    assert not (store.root / writeback.JOURNAL).exists()
+    assert not (store.root / unflushed.JOURNAL).exists()
 
 
 def test_a_young_entry_of_this_boot_stays(store: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +149,7 @@ def test_a_young_entry_of_this_boot_stays(store: Layout, monkeypatch: pytest.Mon
 
 def test_a_settled_entry_of_this_boot_is_fsynced_and_dropped(store: Layout, fsyncs: list[int]) -> None:
     old, old_path = commit(store, b"old layer")
-    age_entries(store, writeback.SETTLE_SECONDS + 1)
+    age_entries(store, unflushed.SETTLE_SECONDS + 1)
     young, _ = commit(store, b"young layer")
     fsyncs.clear()
 
@@ -163,7 +164,7 @@ def test_an_entry_whose_blob_is_gone_is_dropped(store: Layout) -> None:
     _, path = commit(store, b"removed later")
     path.unlink()  # as remove/prune do: they leave the journal alone
     assert store.recover_unflushed() == []
-    assert not (store.root / writeback.JOURNAL).exists()
+    assert not (store.root / unflushed.JOURNAL).exists()
 
 
 def test_an_entry_of_another_boot_whose_blob_is_gone_is_dropped(store: Layout, boot_file: Path) -> None:
@@ -171,7 +172,7 @@ def test_an_entry_of_another_boot_whose_blob_is_gone_is_dropped(store: Layout, b
     path.unlink()
     boot_file.write_text(BOOT_B)
     assert store.recover_unflushed() == []
-    assert not (store.root / writeback.JOURNAL).exists()
+    assert not (store.root / unflushed.JOURNAL).exists()
 
 
 @pytest.mark.parametrize(
@@ -186,9 +187,9 @@ def test_an_entry_of_another_boot_whose_blob_is_gone_is_dropped(store: Layout, b
 )
 def test_an_unparseable_journal_is_removed_without_error(store: Layout, text: str) -> None:
     _, path = commit(store, b"kept")
-    (store.root / writeback.JOURNAL).write_bytes(text.encode(errors="surrogateescape"))
+    (store.root / unflushed.JOURNAL).write_bytes(text.encode(errors="surrogateescape"))
     assert store.recover_unflushed() == []
-    assert not (store.root / writeback.JOURNAL).exists()
+    assert not (store.root / unflushed.JOURNAL).exists()
     assert path.read_bytes() == b"kept"
 
 
@@ -200,7 +201,7 @@ def test_no_journal_costs_one_failed_open_and_no_lock(store: Layout, monkeypatch
         raise AssertionError("recovery read the boot id without a journal")
 
     monkeypatch.setattr(store, "locked", no_lock)
-    monkeypatch.setattr(writeback, "boot_id", no_boot_id)
+    monkeypatch.setattr(unflushed, "boot_id", no_boot_id)
     assert store.recover_unflushed() == []
     assert Layout(store.root / "never-created").recover_unflushed() == []
 
@@ -220,4 +221,4 @@ def test_prune_leaves_an_entry_that_recovery_then_drops(store: Layout) -> None:
     assert store.prune(grace_seconds=-1) == [d]
     assert d in journal(store)
     store.recover_unflushed()
-    assert not (store.root / writeback.JOURNAL).exists()
+    assert not (store.root / unflushed.JOURNAL).exists()

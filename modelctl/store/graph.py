@@ -1,0 +1,150 @@
+"""The manifest graph, and the one walk over it that the store, garbage collection, save and load share.
+
+Edges: a manifest points at its config and layers, an index at its manifests, and a referrer (a model card, a
+signature) at the manifest it is attached to, its ``subject``. The walk follows the first two forwards and the
+third backwards: whatever reaches a blob reaches what is attached to it. Where the documents come from is the
+caller's: the store's verified blobs, a scan of ``blobs/`` (gc), or the staged blobs of an archive (load).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelctl.errors import IntegrityError
+from modelctl.oci import descriptor
+from modelctl.oci import mediatypes as mt
+from modelctl.oci.descriptor import Descriptor, Index, Manifest
+from modelctl.store.directory import HEX64, is_regular
+
+MAX_MANIFEST = 4 << 20
+"""Blobs larger than this are never parsed as manifests (when looking for what references what)."""
+MAX_DEPTH = 8
+"""Indexes nested deeper than this are refused (a hostile archive could nest them without end)."""
+DOCUMENTS = (*mt.MANIFESTS, *mt.INDEXES)
+"""Media types whose blobs point at other blobs."""
+
+Children = Callable[[Descriptor], Sequence[Descriptor]]
+"""What a descriptor points at (empty for a config or a layer)."""
+Referrers = Callable[[str], Iterable[Descriptor]]
+"""The manifests attached to a digest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One manifest or index: its own descriptor, what it points at, and what it is attached to."""
+
+    desc: Descriptor
+    children: tuple[Descriptor, ...]
+    subject: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A blob the walk reached; ``referrer`` when reached as a manifest attached to something reached before."""
+
+    desc: Descriptor
+    referrer: bool
+
+
+def children(doc: Manifest | Index) -> tuple[Descriptor, ...]:
+    """What a manifest (config, then layers) or an index (its manifests) points at."""
+    if isinstance(doc, Manifest):
+        return (doc.config, *doc.layers)
+    return doc.manifests
+
+
+def node(digest: str, data: bytes) -> Node:
+    """Parse a stored document (IntegrityError when it is neither a manifest nor an index)."""
+    doc = descriptor.parse(data)
+    if isinstance(doc, Manifest):
+        desc = Descriptor(media_type=doc.media_type, digest=digest, size=len(data), artifact_type=doc.artifact_type)
+        return Node(desc, children(doc), doc.subject.digest if doc.subject else None)
+    return Node(Descriptor(media_type=doc.media_type, digest=digest, size=len(data)), children(doc), None)
+
+
+def scan(blobs_dir: Path) -> dict[str, Node]:
+    """digest -> node of every blob in ``blobs_dir`` that parses as a manifest or an index."""
+    nodes: dict[str, Node] = {}
+    if not blobs_dir.is_dir():
+        return nodes
+    for path in blobs_dir.iterdir():
+        if not HEX64.fullmatch(path.name):
+            continue
+        try:
+            st = path.lstat()
+            if not is_regular(st.st_mode) or st.st_size > MAX_MANIFEST:
+                continue
+            data = path.read_bytes()
+        except (FileNotFoundError, PermissionError):
+            continue
+        if data.lstrip()[:1] != b"{":
+            continue
+        try:
+            nodes[f"sha256:{path.name}"] = node(f"sha256:{path.name}", data)
+        except IntegrityError:
+            continue
+    return nodes
+
+
+def attached(nodes: Iterable[Node]) -> dict[str, list[Descriptor]]:
+    """subject digest -> the manifests attached to it, in digest order."""
+    out: dict[str, list[Descriptor]] = {}
+    for n in sorted(nodes, key=lambda n: n.desc.digest):
+        if n.subject is not None:
+            out.setdefault(n.subject, []).append(n.desc)
+    return out
+
+
+def walk(
+    roots: Iterable[Descriptor],
+    children: Children,
+    referrers: Referrers | None = None,
+    *,
+    max_depth: int | None = MAX_DEPTH,
+    where: str = "",
+) -> Iterator[Step]:
+    """Every blob the roots reach, once: depth first, a document before what it points at, roots in order; then
+    the referrers of everything reached (and what they reach) until nothing more is attached.
+
+    A document more than ``max_depth`` levels below its root raises IntegrityError (``where`` prefixes the message).
+    """
+    seen: set[str] = set()
+    reached: list[str] = []
+
+    def descend(start: Descriptor, referrer: bool) -> Iterator[Step]:
+        stack = [(start, 0, referrer)]
+        while stack:
+            desc, depth, via = stack.pop()
+            if desc.digest in seen:
+                continue
+            seen.add(desc.digest)
+            reached.append(desc.digest)
+            yield Step(desc, via)
+            below = children(desc)
+            if below and max_depth is not None and depth > max_depth:
+                raise IntegrityError(f"{where}indexes nested more than {max_depth} deep under {start.digest}")
+            stack.extend((child, depth + 1, False) for child in reversed(below))
+
+    for root in roots:
+        yield from descend(root, False)
+    if referrers is None:
+        return
+    i = 0
+    while i < len(reached):
+        for ref in referrers(reached[i]):
+            yield from descend(ref, True)
+        i += 1
+
+
+def reachable(nodes: Mapping[str, Node], roots: Iterable[Descriptor]) -> set[str]:
+    """Digests of everything the roots reach in a scanned graph (what garbage collection keeps)."""
+    by_subject = attached(nodes.values())
+
+    def below(desc: Descriptor) -> Sequence[Descriptor]:
+        found = nodes.get(desc.digest)
+        return found.children if found is not None else ()
+
+    steps = walk(roots, below, lambda d: by_subject.get(d, ()), max_depth=None)
+    return {step.desc.digest for step in steps}
