@@ -54,9 +54,7 @@ class Directory:
         import filelock  # lazily: it costs ~25 ms of start-up that read-only commands never need
 
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(
-            os.path.abspath(self.root / LOCK_FILE), timeout=LOCK_TIMEOUT, is_singleton=True
-        )
+        lock = filelock.FileLock(os.path.abspath(self.root / LOCK_FILE), timeout=LOCK_TIMEOUT, is_singleton=True)
         try:
             lock.acquire()
         except filelock.Timeout:

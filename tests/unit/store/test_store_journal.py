@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from modelctl import digest
-from modelctl.store import journal as unflushed
 from modelctl.store import Layout
+from modelctl.store import journal as unflushed
 
 BOOT_A = "11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 BOOT_B = "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
