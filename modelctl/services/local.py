@@ -1,24 +1,24 @@
-"""Resolving references against the local store, and the per-model file view llama.cpp loads from.
+"""A stored model read as an artifact: its manifest and ``artifact.Model``, and the file names of its view.
 
-Blobs in an OCI layout are named by digest, but llama.cpp finds the shards of a split GGUF by file name
-(``x-00002-of-00003.gguf`` beside ``x-00001-of-00003.gguf``). So each model gets a directory of symlinks,
-``$MODELCTL_HOME/models/<manifest hex>/<file name>``, pointing at its blobs. It is derived state: rebuilt on demand.
+Finding entries, opening the store and linking the files are the store's (:mod:`modelctl.store.models`, re-exported
+here for this module's callers); reading a manifest as a model is ``artifact``'s, which the store may not import
+(they are independent siblings in the import-linter layers), so that part stays in this service.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelctl import artifact, reference
+from modelctl import artifact
 from modelctl.config import Config
-from modelctl.digest import hex_of
 from modelctl.errors import NotFound, UsageError
 from modelctl.oci import descriptor
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.store import Layout
+from modelctl.store.models import drop_files, files_dir, find, layout, link_files
+
+__all__ = ["LocalModel", "drop_files", "file_names", "files_dir", "find", "layout", "load", "materialise", "resolve"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -30,36 +30,12 @@ class LocalModel:
     model: artifact.Model
 
 
-def layout(config: Config) -> Layout:
-    """The store, its journal of unflushed blobs settled first (after a crash, damaged blobs go before any use)."""
-    store = Layout(config.store_dir)
-    store.recover_unflushed()
-    return store
-
-
 def load(store: Layout, name: str, desc: Descriptor) -> LocalModel:
     manifest = descriptor.parse(store.read_blob(desc.digest, max_size=4 << 20), desc.media_type)
     if not isinstance(manifest, Manifest):
         raise UsageError(f"{name} is an index, not a model manifest")
     config_bytes = store.read_blob(manifest.config.digest)
     return LocalModel(name=name, desc=desc, manifest=manifest, model=artifact.from_manifest(manifest, config_bytes))
-
-
-def find(store: Layout, text: str) -> list[tuple[str, Descriptor]]:
-    """Entries matching a reference (normalised first) or a model ID prefix (>= 6 hex digits)."""
-    entries = store.entries()
-    candidates: list[tuple[str, Descriptor]] = []
-    if _looks_like_id(text):
-        candidates = store.find_by_digest(text)
-        if candidates:
-            return candidates
-    ref = reference.parse(text)
-    exact = [(n, d) for n, d in entries if n == str(ref)]
-    if exact:
-        return exact
-    if ref.digest:
-        return [(n, d) for n, d in entries if d.digest == ref.digest and reference.parse(n).name == ref.name]
-    return []
 
 
 def resolve(store: Layout, text: str) -> LocalModel:
@@ -74,10 +50,6 @@ def resolve(store: Layout, text: str) -> LocalModel:
     return load(store, name, desc)
 
 
-def files_dir(config: Config, manifest_digest: str) -> Path:
-    return config.home / "models" / hex_of(manifest_digest)
-
-
 def materialise(config: Config, store: Layout, local: LocalModel) -> list[Path]:
     """Create (or repair) the symlink view of a model; return the GGUF paths in shard order.
 
@@ -86,15 +58,7 @@ def materialise(config: Config, store: Layout, local: LocalModel) -> list[Path]:
     """
     target_dir = files_dir(config, local.manifest.digest)
     names = file_names(local)
-    for layer in local.manifest.layers:
-        link = target_dir / names[layer.digest]
-        link.parent.mkdir(parents=True, exist_ok=True)
-        blob = store.blob_path(layer.digest)
-        if not (link.is_symlink() and Path(os.readlink(link)) == blob):
-            tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(blob)
-            os.replace(tmp, link)
+    link_files(store, target_dir, names)
     return [target_dir / names[d.digest] for d in local.model.gguf]
 
 
@@ -114,12 +78,3 @@ def file_names(local: LocalModel) -> dict[str, str]:
         names[layer.digest] = name
         taken.add(name)
     return names
-
-
-def drop_files(config: Config, manifest_digest: str) -> None:
-    shutil.rmtree(files_dir(config, manifest_digest), ignore_errors=True)
-
-
-def _looks_like_id(text: str) -> bool:
-    raw = text.removeprefix("sha256:")
-    return 6 <= len(raw) <= 64 and all(c in "0123456789abcdef" for c in raw)
