@@ -23,7 +23,7 @@ def fit(
 
     from modelctl.errors import UsageError
     from modelctl.fit.settings import RunSettings
-    from modelctl.services.fit_ref import fit_reference
+    from modelctl.services.fit import fit_reference
 
     if cache_type not in ("f16", "q8_0", "q4_0"):
         raise UsageError(f"unknown cache type {cache_type!r}", hint="use f16, q8_0 or q4_0")

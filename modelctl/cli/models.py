@@ -48,7 +48,7 @@ def inspect(
 ) -> None:
     """Show a model's manifest, config and summary."""
     if remote:
-        from modelctl.services.remote import inspect_remote
+        from modelctl.services.models import inspect_remote
 
         render.print_json(inspect_remote(settings(), ref))
     else:

@@ -1,4 +1,8 @@
-"""Local model management: list, inspect, tag, remove, path, disk usage. No network here."""
+"""Local model management: list, inspect, tag, remove, path, disk usage. No network here but ``inspect --remote``.
+
+``inspect_remote`` imports :mod:`modelctl.sources` inside the function: the source stack (httpx, the registry
+client) would otherwise load for every local command such as ``list``.
+"""
 
 from __future__ import annotations
 
@@ -79,6 +83,21 @@ def inspect_local(config: Config, text: str) -> dict[str, Any]:
     return describe(entry.name, entry.manifest.digest, json.loads(entry.manifest.raw), config_doc, entry.model) | {
         "files": [str(p) for p in files],
     }
+
+
+def inspect_remote(config: Config, text: str) -> dict[str, Any]:
+    """What the source says about ``text`` without downloading weights: the manifest and config of a registry, the
+    files the Hub lists."""
+    from modelctl import sources
+
+    ref = reference.parse(text)
+    with sources.Sources(config) as found:
+        resolved = found.for_reference(ref).resolve()
+    if resolved.details is not None:
+        return dict(resolved.details)
+    manifest = resolved.manifest
+    assert manifest is not None, "a source without a manifest describes itself"
+    return describe(str(ref), manifest.digest, json.loads(manifest.raw), json.loads(resolved.config), resolved.model)
 
 
 def describe(name: str, digest: str, manifest: Any, config_doc: Any, model: Any) -> dict[str, Any]:

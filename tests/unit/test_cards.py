@@ -10,11 +10,12 @@ import pytest
 from modelctl import cards, gguf
 from modelctl.cpu import WeightBuffers
 from modelctl.errors import CardError
+from modelctl.fit import synthetic
 from modelctl.fit.devices import Device
 from modelctl.fit.estimate import estimate
+from modelctl.fit.report import fit_headers
 from modelctl.fit.settings import RunSettings
 from modelctl.services import catalog
-from modelctl.services.fit import fit_headers
 
 NO_EXTRA = WeightBuffers(setting="none")
 """Cards describe the GPU: no CPU weight copies, whatever this machine's CPU."""
@@ -72,11 +73,11 @@ def test_card_figures_agree_with_the_estimator(path: Path) -> None:
     text = path.read_text()
     card = cards.parse(text, source=str(path))
     for v in card.variants:
-        want = catalog.computed(card, v)
+        want = synthetic.computed(card, v)
         assert (v.size, v.vram) == (want["size"], want["vram"]), (
             f"{path}: {v.tag} says size {v.size} vram {v.vram}, the estimator {want}: run scripts/update_cards.py"
         )
-    assert catalog.update_text(text, source=str(path)) == text
+    assert synthetic.update_text(text, source=str(path)) == text
 
 
 def test_llama31_card_facts() -> None:
@@ -112,7 +113,7 @@ def test_synthetic_header_is_the_real_smollm2_file(smollm2_gguf: Path) -> None:
     assert card is not None
     variant = card.variant("135M-Q4_1")
     assert variant is not None
-    made = catalog.variant_header(card, variant)
+    made = synthetic.variant_header(card, variant)
     assert {t.name: (t.shape, t.ggml_type) for t in made.tensors} == {
         t.name: (t.shape, t.ggml_type) for t in real.tensors
     }
@@ -127,7 +128,7 @@ def test_synthetic_header_is_the_real_smollm2_file(smollm2_gguf: Path) -> None:
 def test_q4_k_m_mix_follows_llama_cpp() -> None:
     card = cards.bundled_card("ai/llama3.1")
     assert card is not None
-    header = catalog.synthetic_header(card.shape["8B"], "Q4_K_M", architecture="llama")
+    header = synthetic.synthetic_header(card.shape["8B"], "Q4_K_M", architecture="llama")
     types = {t.name: t.type_name for t in header.tensors}
     assert types["output.weight"] == "Q6_K" and types["token_embd.weight"] == "Q4_K"
     assert types["blk.0.attn_norm.weight"] == "F32"
@@ -135,14 +136,14 @@ def test_q4_k_m_mix_follows_llama_cpp() -> None:
     assert more == [i for i in range(32) if types[f"blk.{i}.attn_v.weight"] == "Q6_K"]
     assert more == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]  # use_more_bits for 32 layers
     assert {types[f"blk.{i}.attn_q.weight"] for i in range(32)} == {"Q4_K"}
-    big = catalog.synthetic_header(card.shape["70B"], "Q4_K_M", architecture="llama")
+    big = synthetic.synthetic_header(card.shape["70B"], "Q4_K_M", architecture="llama")
     assert {t.type_name for t in big.tensors if t.name.endswith("attn_v.weight")} == {"Q5_K", "Q6_K"}
 
 
 def test_rows_that_do_not_split_into_k_blocks_fall_back() -> None:
     card = cards.bundled_card("ai/smollm2")
     assert card is not None
-    header = catalog.synthetic_header(card.shape["360M"], "Q4_K_M", architecture="llama")  # n_embd 960
+    header = synthetic.synthetic_header(card.shape["360M"], "Q4_K_M", architecture="llama")  # n_embd 960
     types = {t.name: t.type_name for t in header.tensors}
     assert types["blk.5.attn_q.weight"] == "Q5_0"  # Q4_K -> Q5_0
     assert types["token_embd.weight"] == "Q8_0"  # tied output: Q6_K -> Q8_0
@@ -152,7 +153,7 @@ def test_rows_that_do_not_split_into_k_blocks_fall_back() -> None:
 def test_unknown_quantization_is_a_card_error() -> None:
     card = cards.parse(_with("quantization: Q8_0", "quantization: IQ1_S"), source="x.md")
     with pytest.raises(CardError, match="IQ1_S"):
-        catalog.computed(card, card.variants[0])
+        synthetic.computed(card, card.variants[0])
 
 
 # --- the schema
@@ -234,26 +235,26 @@ def _machine(gpu_free: int, ram_free: int) -> list[Device]:
 
 
 def test_variants_for_names_the_other_variants_of_the_repository() -> None:
-    found = catalog.variants_for("ai/llama3.1:70B-Q4_K_M")
+    found = synthetic.variants_for("ai/llama3.1:70B-Q4_K_M")
     assert {v.reference for v in found} == {"ai/llama3.1:8B-Q4_K_M", "ai/llama3.1:8B-F16"}
-    latest = catalog.variants_for("docker.io/ai/llama3.1")  # latest is 8B-Q4_K_M: the others are offered
+    latest = synthetic.variants_for("docker.io/ai/llama3.1")  # latest is 8B-Q4_K_M: the others are offered
     assert {v.reference for v in latest} == {"ai/llama3.1:8B-F16", "ai/llama3.1:70B-Q4_K_M"}
-    mirrored = catalog.variants_for("127.0.0.1:5000/ai/smollm2:360M-F16")
+    mirrored = synthetic.variants_for("127.0.0.1:5000/ai/smollm2:360M-F16")
     assert "127.0.0.1:5000/ai/smollm2:135M-Q4_1" in {v.reference for v in mirrored}
-    assert catalog.variants_for("ai/no-such-model") == ()
-    assert catalog.variants_for("hf.co/bartowski/x") == ()
+    assert synthetic.variants_for("ai/no-such-model") == ()
+    assert synthetic.variants_for("hf.co/bartowski/x") == ()
 
 
 def test_fit_suggests_a_smaller_variant_from_the_card() -> None:
     """70B on an 8 GiB GPU + 16 GiB RAM does not fit; the suggestion names the largest card variant that does."""
     card = cards.bundled_card("ai/llama3.1")
     assert card is not None
-    header = catalog.variant_header(card, card.variant("70B-Q4_K_M"))  # type: ignore[arg-type]
+    header = synthetic.variant_header(card, card.variant("70B-Q4_K_M"))  # type: ignore[arg-type]
     report = fit_headers(
         [header],
         RunSettings(),
         devices=_machine(8 * GIB, 16 * GIB),
-        variants=catalog.variants_for("ai/llama3.1:70B-Q4_K_M"),
+        variants=synthetic.variants_for("ai/llama3.1:70B-Q4_K_M"),
         buffers=NO_EXTRA,
     )
     assert report.verdict == "does_not_fit"
@@ -262,7 +263,7 @@ def test_fit_suggests_a_smaller_variant_from_the_card() -> None:
         [header],
         RunSettings(),
         devices=_machine(4 * GIB, 4 * GIB),
-        variants=catalog.variants_for("ai/llama3.1:70B-Q4_K_M"),
+        variants=synthetic.variants_for("ai/llama3.1:70B-Q4_K_M"),
         buffers=NO_EXTRA,
     )
     assert smaller.suggestion is not None and "try ai/llama3.1:8B-Q4_K_M" in smaller.suggestion

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from modelctl import hf_files
@@ -104,19 +102,6 @@ def test_no_gguf() -> None:
         choose(files("model.safetensors", "README.md"), None)
     with pytest.raises(NotFound):
         choose(files("mmproj-only-f16.gguf"), None)
-
-
-def test_take_window_skips_what_a_server_ignoring_range_sent_and_stops_early() -> None:
-    from modelctl.services.ranged import take_window
-
-    def chunks() -> Iterator[bytes]:
-        yield b"0123"
-        yield b"4567"
-        yield b"89"
-        raise AssertionError("read past the window")
-
-    assert take_window(chunks(), 2, 5) == b"23456"
-    assert take_window(iter([b"abc"]), 0, 10) == b"abc"  # a short body gives what there is
 
 
 @pytest.mark.parametrize(

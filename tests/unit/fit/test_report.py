@@ -1,4 +1,4 @@
-"""The fit service on real GGUF files: local and remote (ranged reads) give the same report; the JSON contract."""
+"""The fit report on real GGUF files: local and remote (ranged reads) give the same report; the JSON contract."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from modelctl.errors import GGUFError
 from modelctl.fit.devices import Device
+from modelctl.fit.report import fit_local, fit_remote
 from modelctl.fit.settings import RunSettings
-from modelctl.services.fit import fit_local, fit_remote
 
 GIB = 1 << 30
 RAM = [Device(name="CPU RAM", kind="cpu", total=16 * GIB, free=8 * GIB)]

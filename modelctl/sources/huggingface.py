@@ -1,29 +1,32 @@
-"""Hugging Face GGUF repositories: ``hf.co/<org>/<repo>[:QUANT]``, through the ``huggingface_hub`` library.
+"""The Hugging Face source: ``hf.co/<org>/<repo>[:QUANT]``, through the ``huggingface_hub`` library.
 
 The Hub lists a repository's files with their LFS sha256 (the model info with files metadata, through
 huggingface_hub, honouring HF_ENDPOINT and HF_TOKEN); ``hf_files`` picks the GGUF shard(s) and mmproj for the
-quantisation tag. The files the store lacks are fetched from the resolve URLs by the registry pull's engine
-(``modelctl.transfer``): parallel Range parts, resume after a kill, one download per file across processes, the
-sha256 checked as the bytes arrive against the Hub's. huggingface_hub's ``http_get`` streamed one connection through
-10 MiB re-chunking and needed a second read to hash (8.7 s for a 1 GiB file curl fetched in 1.7 s, measured with
-benchmarks/hf_pull.py). The result is the same Docker model-spec v0.1 artifact ``modelctl package`` writes,
-tagged ``hf.co/<org>/<repo>:<QUANT>`` (and ``:latest`` when no tag was given), so every other command treats it like
-any model. Its creation time is the repository's last modification, so a
-pull of an unchanged repository reproduces the same manifest digest.
+quantisation tag. A reference resolves to those files as layers, with no manifest: the pull writes the same Docker
+model-spec v0.1 artifact ``modelctl package`` writes, tagged ``hf.co/<org>/<repo>:<QUANT>`` (and ``:latest`` when
+no tag was given), so every other command treats it like any model. Its creation time is the repository's last
+modification, so a pull of an unchanged repository reproduces the same manifest digest.
 
-``huggingface_hub`` is imported lazily: it is heavy, and only these commands need it.
+Files are read by ranges from their resolve URLs, so the files the store lacks go through the registry pull's
+engine (``modelctl.transfer``): parallel Range parts, resume after a kill, one download per file across processes,
+the sha256 checked as the bytes arrive against the Hub's. huggingface_hub's ``http_get`` streamed one connection
+through 10 MiB re-chunking and needed a second read to hash (8.7 s for a 1 GiB file curl fetched in 1.7 s,
+measured with benchmarks/hf_pull.py).
+
+``huggingface_hub`` is imported lazily (inside functions): it is heavy, and only these commands need it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import shutil
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
 
 from modelctl import artifact, hf_files
 from modelctl.config import Config
@@ -31,26 +34,18 @@ from modelctl.errors import (
     AuthError,
     IntegrityError,
     ModelctlError,
-    NoSpace,
     NotFound,
     RegistryError,
     UsageError,
 )
 from modelctl.hf_files import HubFile, Selection
+from modelctl.oci import descriptor, transport
 from modelctl.oci import mediatypes as mt
-from modelctl.oci.descriptor import Descriptor
+from modelctl.oci.descriptor import Descriptor, Manifest
+from modelctl.oci.transport import BlobReader
 from modelctl.reference import HUGGING_FACE, Reference
-from modelctl.services import local, package
-from modelctl.services.ranged import take_window
+from modelctl.sources.source import Resolved, complete
 from modelctl.store import Layout
-
-if TYPE_CHECKING:
-    import httpx
-
-    from modelctl.fit.settings import RunSettings
-    from modelctl.oci.transport import BlobReader
-    from modelctl.services.fit import FitReport
-    from modelctl.services.pull import PullResult, Reporter
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _NETWORK_ERRORS = frozenset(
@@ -102,8 +97,6 @@ def _token(config: Config) -> str | None:
 
 
 def _check_ref(ref: Reference) -> None:
-    if not ref.is_hugging_face:
-        raise UsageError(f"{ref} is not a Hugging Face reference", hint="use hf.co/<org>/<repo>[:QUANT]")
     if ref.digest:
         raise UsageError(
             f"{ref}: Hugging Face references take a quantisation tag, not a digest",
@@ -114,7 +107,7 @@ def _check_ref(ref: Reference) -> None:
 def listing(config: Config, ref: Reference) -> Listing:
     """The repository's files with sizes and LFS sha256 (one API call; no file is read)."""
     _check_ref(ref)
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # lazily: see the module's docstring
 
     api = HfApi(endpoint=endpoint(config), token=_token(config))
     with hub_errors(config, ref):
@@ -185,7 +178,7 @@ def _status(exc: BaseException) -> int | None:
 
 
 def _translate(exc: BaseException, config: Config, ref: Reference) -> ModelctlError | None:
-    from huggingface_hub import errors as hf
+    from huggingface_hub import errors as hf  # lazily: see the module's docstring
 
     repo = f"{HUGGING_FACE}/{ref.repository}"
     token_hint = "check that HF_TOKEN can read it" if config.hf_token else "set HF_TOKEN to a token that can read it"
@@ -230,113 +223,123 @@ def _translate(exc: BaseException, config: Config, ref: Reference) -> ModelctlEr
     return None
 
 
-# --- pull ------------------------------------------------------------------------------------------------------
+# --- the source ------------------------------------------------------------------------------------------------
 
 
-def pull_one(config: Config, store: Layout, ref: Reference, reporter: Reporter) -> PullResult:
-    """Pull one hf.co reference into the store. With the Hub unreachable, a model already tagged locally is used."""
-    _check_ref(ref)
-    try:
-        todo = plan(config, ref)
-    except RegistryError as exc:
-        present = _present(config, store, ref)
-        if present is None:
-            raise
-        reporter.warning(f"{exc.message}; using the local copy of {ref}")
-        return present
-    return _fetch(config, store, ref, todo, reporter)
+class HubSource:
+    """``ref`` on the Hub. ``http()`` gives the HTTP client the file reads share (built on first use)."""
 
+    def __init__(self, config: Config, ref: Reference, http: Callable[[], httpx.Client]) -> None:
+        self._config = config
+        self._ref = ref
+        self._http = http
+        self._lock = threading.Lock()
+        self._plan: Plan | None = None
+        self._headers: Mapping[str, str] | None = None
 
-def _present(config: Config, store: Layout, ref: Reference) -> PullResult | None:
-    from modelctl.services.pull import PullResult
+    @property
+    def reference(self) -> Reference:
+        return self._ref
 
-    if not (store.root / "index.json").exists() or not local.find(store, str(ref)):
-        return None
-    entry = local.resolve(store, str(ref))
-    if not all(store.has_blob(layer.digest, layer.size) for layer in entry.manifest.layers):
-        return None
-    files = local.materialise(config, store, entry)
-    size = sum(x.size for x in entry.manifest.layers) + entry.manifest.config.size + len(entry.manifest.raw)
-    return PullResult(reference=entry.name, digest=entry.desc.digest, size=size, files=tuple(files), fetched=0)
-
-
-def _digest(f: HubFile) -> str:
-    assert f.sha256 is not None
-    return f"sha256:{f.sha256.lower()}"
-
-
-def _fetch(config: Config, store: Layout, ref: Reference, todo: Plan, reporter: Reporter) -> PullResult:
-    from modelctl.services.pull import PullResult, fetch_blob
-
-    store.ensure()
-    selection = todo.selection
-    missing = [f for f in selection.files if not store.has_blob(_digest(f), f.size)]
-    to_fetch = sum(f.size or 0 for f in missing)
-    stored = Reference(HUGGING_FACE, ref.repository, todo.tag, None)
-    reporter.resolved(stored, artifact.Model(format="docker", manifest_digest="", size=selection.size), to_fetch)
-    if missing:
-        _warn_if_too_big(config, ref, todo, reporter)
-        free = shutil.disk_usage(config.home).free
-        if free < to_fetch:
-            raise NoSpace(
-                f"{stored} needs {to_fetch} bytes, {free} are free under {config.home}",
-                hint="free some space (modelctl prune, modelctl rm) or set MODELCTL_HOME elsewhere",
+    def resolve(self, store: Layout | None = None) -> Resolved:
+        """The files the quantisation tag picks, as the Hub lists them (one API call; no file is read). With the Hub
+        unreachable, a model already tagged in ``store`` is used."""
+        try:
+            todo = self._planned()
+        except RegistryError as exc:
+            present = self._present(store) if store is not None else None
+            if present is None:
+                raise
+            manifest, config_bytes = present
+            return Resolved(
+                reference=self._ref,
+                tags=(str(self._ref),),
+                layers=manifest.layers,
+                model=artifact.from_manifest(manifest, config_bytes),
+                manifest=manifest,
+                config=config_bytes,
+                local=True,
+                warning=f"{exc.message}; using the local copy of {self._ref}",
             )
+        return _resolved(self._ref, todo)
+
+    def open_range(self, digest: str, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
+        todo = self._planned()
+        by_digest = {_digest(f): f.path for f in todo.selection.files}
+        if digest not in by_digest:
+            raise NotFound(f"{digest} is not a file of {self._ref}", hint="resolve the reference first")
+        return self._file(todo.listing, by_digest[digest]).open_range(start, end)
+
+    def tags(self) -> list[str]:
+        return hf_files.available(listing(self._config, self._ref).files)
+
+    def card(self) -> tuple[bytes, str] | None:
+        return None  # a repository's README is not a modelctl card: the bundled card stands in
+
+    def _planned(self) -> Plan:
+        with self._lock:
+            if self._plan is None:
+                self._plan = plan(self._config, self._ref)
+            return self._plan
+
+    def _file(self, found: Listing, path: str) -> _HubFile:
+        from huggingface_hub import hf_hub_url  # lazily: see the module's docstring
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        with self._lock:
+            if self._headers is None:
+                self._headers = build_hf_headers(token=_token(self._config))
+            headers = self._headers
+        url = hf_hub_url(found.repo_id, path, revision=found.revision, endpoint=endpoint(self._config))
+        return _HubFile(self._http(), url, headers, path, f"{HUGGING_FACE}/{self._ref.repository}")
+
+    def _present(self, store: Layout) -> tuple[Manifest, bytes] | None:
+        if not store.index_path.is_file():
+            return None
+        desc = store.resolve(str(self._ref))
+        if desc is None:
+            return None
+        manifest = descriptor.parse(store.read_blob(desc.digest, max_size=4 << 20), desc.media_type)
+        if not isinstance(manifest, Manifest) or not complete(store, manifest):
+            return None
+        return manifest, store.read_blob(manifest.config.digest)
+
+
+def _resolved(ref: Reference, todo: Plan) -> Resolved:
+    sel = todo.selection
     layers: list[Descriptor] = []
-    with _hub_files(config, ref, todo.listing) as source_for:
-        for f in selection.files:
-            media_type = mt.DOCKER_MMPROJ if f is selection.mmproj else mt.DOCKER_GGUF
-            name = f.path.rsplit("/", 1)[-1]
-            assert f.size is not None
-            desc = Descriptor(media_type=media_type, digest=_digest(f), size=f.size, annotations={mt.FILEPATH: name})
-            if f in missing:  # checked as the bytes arrive against the Hub's LFS sha256 (the digest)
-                fetch_blob(config, desc, source_for(f.path), store, reporter)
-            layers.append(desc)
-    created = _rfc3339(todo.listing.last_modified)
-    desc, _ = package.write_model(
-        store, layers, first_gguf=store.blob_path(layers[0].digest), context_size=None, created=created
-    )
-    names = [str(stored)]
+    for f in sel.files:
+        media_type = mt.DOCKER_MMPROJ if f is sel.mmproj else mt.DOCKER_GGUF
+        name = f.path.rsplit("/", 1)[-1]
+        assert f.size is not None
+        layers.append(
+            Descriptor(media_type=media_type, digest=_digest(f), size=f.size, annotations={mt.FILEPATH: name})
+        )
+    by_digest = {d.digest: d for d in layers}
+    stored = Reference(HUGGING_FACE, ref.repository, todo.tag, None)
+    tags = [str(stored)]
     if ref.tag != todo.tag and ref.tag is not None and hf_files.is_default(ref.tag):
-        names.append(str(ref))  # hf.co/org/repo (= :latest) finds the model offline next time
-    with store.locked():
-        for layer in layers:  # a concurrent rm may have removed a shared blob meanwhile
-            if not store.has_blob(layer.digest):
-                raise NotFound(f"blob {layer.digest} vanished during the pull", hint=f"run: modelctl pull {ref}")
-        for name in names:
-            store.tag(name, desc)
-    entry = local.load(store, names[0], desc)
-    files = local.materialise(config, store, entry)
-    size = sum(x.size for x in entry.manifest.layers) + entry.manifest.config.size + desc.size
-    return PullResult(reference=names[0], digest=desc.digest, size=size, files=tuple(files), fetched=to_fetch)
+        tags.append(str(ref))  # hf.co/org/repo (= :latest) finds the model offline next time
+    model = artifact.Model(
+        format="docker",
+        manifest_digest="",
+        gguf=tuple(by_digest[_digest(f)] for f in sel.shards),
+        mmproj=by_digest[_digest(sel.mmproj)] if sel.mmproj else None,
+        size=sel.size,
+    )
+    created = _rfc3339(todo.listing.last_modified)
+    return Resolved(
+        reference=stored,
+        tags=tuple(tags),
+        layers=tuple(layers),
+        model=model,
+        created=created,
+        details=_details(ref, stored, todo, created),
+    )
 
 
-def _rfc3339(when: datetime | None) -> str:
-    if when is None:
-        return "1970-01-01T00:00:00Z"
-    from datetime import UTC
-
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _warn_if_too_big(config: Config, ref: Reference, todo: Plan, reporter: Reporter) -> None:
-    """The fit check before the download, from the GGUF headers alone; warns, never refuses."""
-    from modelctl.fit.settings import RunSettings
-
-    try:
-        report = _fit(config, ref, todo, RunSettings(cpu_buffers=config.cpu_buffers))
-    except ModelctlError:
-        return
-    if report.verdict == "does_not_fit":
-        reporter.warning(f"{ref} will not fit in this machine's memory: {report.suggestion}")
-
-
-# --- remote inspect and fit -----------------------------------------------------------------------------------
-
-
-def inspect_remote(config: Config, ref: Reference) -> dict[str, Any]:
-    """What a pull would fetch: files, sizes and sha256 as the Hub lists them. No file is read."""
-    todo = plan(config, ref)
+def _details(ref: Reference, stored: Reference, todo: Plan, created: str) -> dict[str, Any]:
+    """What a pull would fetch: files, sizes and sha256 as the Hub lists them (``inspect --remote``)."""
     sel = todo.selection
 
     def row(f: HubFile, kind: str) -> dict[str, Any]:
@@ -344,68 +347,29 @@ def inspect_remote(config: Config, ref: Reference) -> dict[str, Any]:
 
     files = [row(f, "gguf") for f in sel.shards] + ([row(sel.mmproj, "mmproj")] if sel.mmproj else [])
     return {
-        "reference": str(Reference(HUGGING_FACE, ref.repository, todo.tag, None)),
+        "reference": str(stored),
         "source": "huggingface",
         "repository": ref.repository,
         "revision": todo.listing.revision,
         "format": "gguf",
         "quantization": sel.quant,
         "size": sel.size,
-        "created": _rfc3339(todo.listing.last_modified),
+        "created": created,
         "gguf": [_digest(f) for f in sel.shards],
         "files": files,
         "available": hf_files.available(todo.listing.files),
     }
 
 
-def fit_remote(config: Config, ref: Reference, settings: RunSettings) -> FitReport:
-    """fit before download: Range reads of each shard's GGUF header over the Hub's resolve URL."""
-    return _fit(config, ref, plan(config, ref), settings)
+def _digest(f: HubFile) -> str:
+    assert f.sha256 is not None
+    return f"sha256:{f.sha256.lower()}"
 
 
-def _fit(config: Config, ref: Reference, todo: Plan, settings: RunSettings) -> FitReport:
-    from modelctl.services.fit import fit_remote as fit_from_ranges
-
-    shards = todo.selection.shards
-    by_digest = {_digest(f): f for f in shards}
-    with _ranged(config, ref, todo.listing) as fetch:
-        report = fit_from_ranges(
-            lambda digest, start, end: fetch(by_digest[digest].path, start, end),
-            [(_digest(f), f.size or 0) for f in shards],
-            settings,
-        )
-    name = str(Reference(HUGGING_FACE, ref.repository, todo.tag, None))
-    return dataclasses.replace(report, reference=name)
-
-
-@contextmanager
-def _ranged(config: Config, ref: Reference, found: Listing) -> Iterator[Callable[[str, int, int], bytes]]:
-    """``fetch(path, start, end_inclusive)``: one Range GET of a file's resolve URL (the fit check's header reads)."""
-    with _hub_files(config, ref, found) as source_for:
-
-        def fetch(path: str, start: int, end: int) -> bytes:
-            with source_for(path).open_range(start, end) as reader:
-                return take_window(reader.iter_chunks(), start - reader.offset, end - start + 1)
-
-        yield fetch
-
-
-@contextmanager
-def _hub_files(config: Config, ref: Reference, found: Listing) -> Iterator[Callable[[str], _HubFile]]:
-    """``source_for(path)``: a :class:`_HubFile` for each file of the listed revision, over one HTTP client."""
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-    from modelctl.oci import transport
-
-    headers = build_hf_headers(token=_token(config))
-    with transport.build_client(config) as client:
-
-        def source_for(path: str) -> _HubFile:
-            url = hf_hub_url(found.repo_id, path, revision=found.revision, endpoint=endpoint(config))
-            return _HubFile(client, url, headers, path, f"{HUGGING_FACE}/{ref.repository}")
-
-        yield source_for
+def _rfc3339(when: datetime | None) -> str:
+    if when is None:
+        return "1970-01-01T00:00:00Z"
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -421,8 +385,6 @@ class _HubFile:
 
     @contextmanager
     def open_range(self, start: int, end: int | None) -> Iterator[BlobReader]:
-        from modelctl.oci import transport
-
         wanted = {**self.headers, "Range": f"bytes={start}-{'' if end is None else end}"}
         response = transport.send(self.client, self.client.build_request("GET", self.url, headers=wanted))
         try:

@@ -1,0 +1,174 @@
+"""The fit report: read the GGUF header(s), predict what llama.cpp will allocate, and judge it against a machine.
+
+Works from local files or, before any download, from Range reads of the headers on a source: the caller passes
+``open_range(digest, start, end_inclusive) -> bytes`` (a source's ranged read), so this module knows nothing of
+HTTP, the CLI or the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelctl import artifact, cpu, gguf
+from modelctl.cpu import WeightBuffers
+from modelctl.fit import devices as _devices
+from modelctl.fit.devices import Device
+from modelctl.fit.estimate import Estimate, estimate
+from modelctl.fit.plan import GPU_MARGIN, Variants, plan
+from modelctl.fit.settings import RunSettings
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FitReport:
+    """Everything ``modelctl fit --json`` prints, plus the estimate it came from."""
+
+    reference: str | None
+    settings: RunSettings
+    estimate: Estimate
+    devices: tuple[Device, ...]
+    needs: dict[str, int] = field(default_factory=dict)
+    verdict: str
+    """``fits``, ``partial`` (some layers on the CPU) or ``does_not_fit``."""
+    gpu_layers: int
+    n_layers: int = 0
+    """Offloadable layers (the blocks plus the output layer): ``gpu_layers`` of ``n_layers``."""
+    max_ctx_size: int | None
+    suggestion: str | None
+    bytes_fetched: int = 0
+    architecture: str | None = None
+    quantization: str | None = None
+    parameters: int = 0
+
+    @property
+    def n_ctx(self) -> int:
+        return self.estimate.n_ctx
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.estimate
+        return {
+            "reference": self.reference,
+            "settings": {
+                "ctx_size": e.n_ctx,
+                "cache_type": self.settings.cache_type,
+                "n_batch": self.settings.n_batch,
+                "n_ubatch": self.settings.n_ubatch,
+                "gpu_layers": self.gpu_layers,
+            },
+            "memory": {
+                "weights": e.weights,
+                "kv_cache": e.kv_cache,
+                "compute": e.compute,
+                # llama.cpp's logits plus llama-cpp-python's copies of them (host RAM no llama.cpp log shows)
+                "output": e.output + e.host_extra,
+                "total": e.total,
+            },
+            "devices": [
+                {"name": d.name, "kind": d.kind, "total": d.total, "free": d.free, "need": self.needs.get(d.name, 0)}
+                for d in self.devices
+            ],
+            "verdict": self.verdict,
+            "gpu_layers": self.gpu_layers,
+            "max_ctx_size": self.max_ctx_size,
+            "suggestion": self.suggestion,
+            "bytes_fetched": self.bytes_fetched,
+        }
+
+
+def fit_local(
+    paths: Sequence[Path],
+    settings: RunSettings,
+    *,
+    devices: Sequence[Device] | None = None,
+    variants: Variants = (),
+    reference: str | None = None,
+) -> FitReport:
+    """Fit from local GGUF files (every shard of a split model, in order)."""
+    headers = gguf.read_headers([gguf.FileSource(Path(p)) for p in paths])
+    return fit_headers(headers, settings, devices=devices, variants=variants, reference=reference, fetched=0)
+
+
+def fit_remote(
+    open_range: Callable[[str, int, int], bytes],
+    layers: Sequence[tuple[str, int]],
+    settings: RunSettings,
+    *,
+    devices: Sequence[Device] | None = None,
+    variants: Variants = (),
+    reference: str | None = None,
+) -> FitReport:
+    """Fit from the registry: only the GGUF headers of ``layers`` (digest, size) are read, by ranges."""
+
+    def reader(digest: str) -> Callable[[int, int], bytes]:
+        return lambda start, end: open_range(digest, start, end)
+
+    sources = [gguf.RangedSource(reader(digest), size) for digest, size in layers]
+    headers = gguf.read_headers(sources)
+    fetched = sum(s.bytes_fetched for s in sources)
+    return fit_headers(headers, settings, devices=devices, variants=variants, reference=reference, fetched=fetched)
+
+
+def fit_headers(
+    headers: Sequence[gguf.GGUFHeader],
+    settings: RunSettings,
+    *,
+    devices: Sequence[Device] | None = None,
+    variants: Variants = (),
+    reference: str | None = None,
+    fetched: int = 0,
+    buffers: WeightBuffers | None = None,
+) -> FitReport:
+    """Estimate and plan for headers already read (``devices`` None: this machine's; ``buffers`` None: the extra
+    CPU weight buffers ``settings.cpu_buffers`` gives on this machine's CPU)."""
+    header = gguf.merge(headers)
+    found = tuple(devices if devices is not None else _devices.detect())
+    if buffers is None:
+        buffers = cpu.weight_buffers(settings.cpu_buffers, cpu.features())
+    n_ctx = settings.resolved_ctx(header.context_length)
+    trained = header.context_length
+
+    def estimate_at(ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
+        return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers)
+
+    def estimate_with_cache(cache: str, ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
+        other = replace(settings, cache_type=cache)
+        return estimate(header, other, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers)
+
+    verdict = plan(
+        estimate_at,
+        found,
+        n_layer=header.n_layer,
+        n_ctx=n_ctx,
+        trained_ctx=trained,
+        gpu_layers=settings.gpu_layers,
+        cache_type=settings.cache_type,
+        estimate_with_cache=estimate_with_cache,
+        margin=GPU_MARGIN,
+        variants=variants,
+    )
+    return FitReport(
+        reference=reference,
+        settings=settings,
+        estimate=verdict.estimate,
+        devices=found,
+        needs=verdict.needs,
+        verdict=verdict.verdict,
+        gpu_layers=verdict.gpu_layers,
+        n_layers=verdict.n_layers,
+        max_ctx_size=verdict.max_ctx_size,
+        suggestion=verdict.suggestion,
+        bytes_fetched=fetched,
+        architecture=header.architecture,
+        quantization=header.quantization,
+        parameters=header.parameter_count(),
+    )
+
+
+def as_run_would(settings: RunSettings, model: artifact.Model) -> RunSettings:
+    """Without --ctx-size, ``run`` loads with the artifact's packaged context (Docker ``context_size``) when it has
+    one, so the check must judge that context too, not the generic default."""
+    if settings.n_ctx is None and model.context_size:
+        return replace(settings, n_ctx=model.context_size)
+    return settings

@@ -1,0 +1,111 @@
+"""The OCI registry source: a reference resolves to a manifest (a model manifest chosen inside an index) and its
+config; files are blobs read by ranges; the model card is an OCI referrer of the manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+
+from modelctl import artifact
+from modelctl.cards import MAX_CARD
+from modelctl.errors import UnsupportedFormat
+from modelctl.oci import descriptor
+from modelctl.oci import mediatypes as mt
+from modelctl.oci.client import RegistryClient
+from modelctl.oci.descriptor import Descriptor, Index, Manifest
+from modelctl.oci.transport import BlobReader
+from modelctl.reference import Reference
+from modelctl.sources.source import Resolved, complete
+from modelctl.store import Layout
+
+MAX_MANIFEST = 4 << 20
+
+
+class RegistrySource:
+    """``ref`` on its registry, through ``client`` (shared by the sources of one command)."""
+
+    def __init__(self, client: RegistryClient, ref: Reference) -> None:
+        self._client = client
+        self._ref = ref
+
+    @property
+    def reference(self) -> Reference:
+        return self._ref
+
+    def resolve(self, store: Layout | None = None) -> Resolved:
+        """The manifest and config; no blob download. A digest-pinned model complete in ``store`` needs no network,
+        and a config already in ``store`` is read from there (it was verified when it entered)."""
+        if store is not None and self._ref.digest and (present := self._present(store)) is not None:
+            return self._resolved(present, store.read_blob(present.config.digest), local=True)
+        doc, _ = self._client.get_manifest(self._ref)
+        if isinstance(doc, Index):
+            doc = self._pick_from_index(doc)
+        if store is not None and store.has_blob(doc.config.digest, doc.config.size):
+            config_bytes = store.read_blob(doc.config.digest)
+        else:
+            config_bytes = self._client.get_blob(self._ref, doc.config.digest)
+        return self._resolved(doc, config_bytes, local=False)
+
+    def open_range(self, digest: str, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
+        return self._client.open_blob(self._ref, digest, start=start, end=end)
+
+    def tags(self) -> list[str]:
+        return self._client.tags(self._ref)
+
+    def card(self) -> tuple[bytes, str] | None:
+        desc = self._client.head_manifest(self._ref)
+        if desc is None:
+            return None
+        for referrer in self._client.referrers(self._ref, desc.digest, mt.MODEL_CARD_ARTIFACT):
+            manifest, _ = self._client.get_manifest(self._ref.with_digest(referrer.digest))
+            if not isinstance(manifest, Manifest):
+                continue
+            for layer in manifest.layers:
+                if layer.media_type == mt.MODEL_CARD_LAYER:
+                    return self._client.get_blob(self._ref, layer.digest, max_size=MAX_CARD), referrer.digest
+        return None
+
+    def _resolved(self, manifest: Manifest, config_bytes: bytes, *, local: bool) -> Resolved:
+        ref = self._ref
+        # name:tag@digest is stored as name:tag (the content was verified to be that digest); name@digest as is.
+        name = str(Reference(ref.registry, ref.repository, ref.tag, None)) if ref.tag else str(ref)
+        return Resolved(
+            reference=ref,
+            tags=(name,),
+            layers=tuple(_unique(manifest)),
+            model=artifact.from_manifest(manifest, config_bytes),
+            manifest=manifest,
+            config=config_bytes,
+            local=local,
+        )
+
+    def _present(self, store: Layout) -> Manifest | None:
+        assert self._ref.digest is not None
+        if not store.has_blob(self._ref.digest):
+            return None
+        doc = descriptor.parse(store.read_blob(self._ref.digest, max_size=MAX_MANIFEST))
+        return doc if isinstance(doc, Manifest) and complete(store, doc) else None
+
+    def _pick_from_index(self, index: Index) -> Manifest:
+        for entry in index.manifests:
+            if entry.media_type not in mt.MANIFESTS:
+                continue
+            doc, _ = self._client.get_manifest(self._ref.with_digest(entry.digest))
+            if isinstance(doc, Manifest):
+                try:
+                    artifact.classify(doc)
+                except UnsupportedFormat:
+                    continue
+                return doc
+        raise UnsupportedFormat(
+            f"unsupported model format {index.media_type}: no model manifest in the index of {self._ref}",
+            hint="this looks like a container image, not a model",
+        )
+
+
+def _unique(manifest: Manifest) -> Iterator[Descriptor]:
+    seen: set[str] = set()
+    for layer in manifest.layers:
+        if layer.digest not in seen:
+            seen.add(layer.digest)
+            yield layer
