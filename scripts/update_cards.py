@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from modelctl.errors import ModelctlError
-from modelctl.services.catalog import update_text
+from modelctl.fit.synthetic import update_text
 
 CARDS = Path(__file__).resolve().parent.parent / "cards"
 

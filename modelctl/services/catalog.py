@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from modelctl import cards, reference
 from modelctl.config import Config
 from modelctl.errors import AuthError, CardError, NotFound, RegistryError
-from modelctl.fit.synthetic import computed, update_text, variant_header
+from modelctl.fit.synthetic import computed, variant_header
 from modelctl.reference import Reference
 
 if TYPE_CHECKING:
     from modelctl.fit.devices import Device
 
-__all__ = ["FoundCard", "Row", "find_card", "search", "update_text"]  # update_text: for scripts/update_cards.py
+__all__ = ["FoundCard", "Row", "find_card", "search"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -72,7 +72,7 @@ def _local_card(config: Config, text: str) -> tuple[FoundCard | None, bool]:
     from modelctl.oci import descriptor
     from modelctl.oci import mediatypes as mt
     from modelctl.oci.descriptor import Manifest
-    from modelctl.services import local
+    from modelctl.store import models as local
 
     store = local.layout(config)
     if not store.index_path.is_file():

@@ -11,8 +11,8 @@ from modelctl.errors import NotFound, UsageError
 from modelctl.fit.report import FitReport, as_run_would, fit_local
 from modelctl.fit.settings import RunSettings
 from modelctl.fit.synthetic import card_variants
-from modelctl.services import local
 from modelctl.sources import headers
+from modelctl.store import models as local
 
 __all__ = ["FitReport", "fit_local", "fit_reference"]
 

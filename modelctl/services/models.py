@@ -17,7 +17,7 @@ from typing import Any
 from modelctl import reference
 from modelctl.config import Config
 from modelctl.errors import NotFound, UsageError
-from modelctl.services import local
+from modelctl.store import models as local
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

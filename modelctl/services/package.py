@@ -22,8 +22,8 @@ from modelctl.errors import DigestMismatch, NotFound, UsageError
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.reference import Reference
-from modelctl.services import local
 from modelctl.store import Layout
+from modelctl.store import models as local
 
 MAX_GGUF_ARRAY = 50
 

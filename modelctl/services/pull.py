@@ -19,9 +19,10 @@ from modelctl.errors import ModelctlError, NotFound
 from modelctl.fit.settings import RunSettings
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
-from modelctl.services import local, package
+from modelctl.services import package
 from modelctl.sources import headers
 from modelctl.store import Layout
+from modelctl.store import models as local
 
 MAX_PARALLEL_BLOBS = 3
 

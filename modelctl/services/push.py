@@ -15,8 +15,8 @@ from modelctl.config import Config
 from modelctl.oci import descriptor
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
-from modelctl.services import local
 from modelctl.store import Layout
+from modelctl.store import models as local
 from modelctl.transfer import Progress
 
 CHUNKED_ABOVE = 256 << 20

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 from modelctl import reference
 from modelctl.config import Config
 from modelctl.errors import DoesNotFit, NotFound, UsageError
-from modelctl.services import local
+from modelctl.store import models as local
 
 if TYPE_CHECKING:
+    from modelctl.fit.report import FitReport
     from modelctl.fit.settings import RunSettings
     from modelctl.oci.descriptor import Descriptor
     from modelctl.runtime.conversation import Sampling
     from modelctl.runtime.engine import LoadSpec
     from modelctl.runtime.process import Worker, WorkerEngine
-    from modelctl.fit.report import FitReport
     from modelctl.services.pull import Reporter
     from modelctl.store import Layout
 
@@ -216,7 +216,7 @@ def _settings(config: Config, entry: local.LocalModel, options: RunOptions, gpu_
 
 def _fit(paths: tuple[Path, ...], settings: RunSettings, name: str) -> FitReport:
     from modelctl.fit.report import fit_local
-    from modelctl.services.fit_ref import card_variants
+    from modelctl.fit.synthetic import card_variants
 
     return fit_local(list(paths), settings, variants=card_variants(name))
 

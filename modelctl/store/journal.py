@@ -13,15 +13,31 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from modelctl import digest as _digest
 from modelctl.store.directory import fsync_dir, fsync_file
 
-if TYPE_CHECKING:
-    from modelctl.store.blobs import Blobs
+
+class Blobs(Protocol):
+    """What the journal needs of the blob store (``store.blobs.Blobs``, which calls the journal itself)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def blobs_dir(self) -> Path: ...
+
+    def locked(self) -> AbstractContextManager[None]: ...
+
+    def write_atomic(self, target: Path, data: bytes) -> None: ...
+
+    def blob_path(self, digest: str) -> Path: ...
+
+    def has_blob(self, digest: str, size: int | None = None) -> bool: ...
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 """Read at each call (tests point it at a file of their own)."""

@@ -26,9 +26,9 @@ from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, NotFo
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
-from modelctl.services import local
 from modelctl.services.archive.result import ArchivedModel, ArchiveResult, Progress
 from modelctl.store import MAX_MANIFEST, TMP_DIR, Layout, graph
+from modelctl.store import models as local
 
 CHUNK = 1 << 20
 MAX_SMALL = 4 << 20

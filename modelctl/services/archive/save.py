@@ -21,9 +21,9 @@ from modelctl.config import Config
 from modelctl.errors import DigestMismatch, IntegrityError, UsageError
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
-from modelctl.services import local
 from modelctl.services.archive.result import ArchivedModel, ArchiveResult, Progress
 from modelctl.store import LAYOUT_VERSION, Layout
+from modelctl.store import models as local
 
 
 def save(config: Config, texts: Iterable[str], out: BinaryIO, *, progress: Progress | None = None) -> ArchiveResult:
