@@ -132,6 +132,19 @@ class HubServer:
             if r.path == cdn or (r.path.startswith(resolve) and r.path.endswith(f"/{path}"))
         )
 
+    def header_checks_for(self, repo_id: str, path: str, first_window: int = 256 << 10) -> int:
+        """How many fit checks read the file's header: each starts with a Range of exactly the first window."""
+        cdn = f"/cdn/{self.sha256(repo_id, path)}"
+        resolve = f"/{repo_id}/resolve/"
+        wanted = f"bytes=0-{first_window - 1}"
+        return sum(
+            1
+            for r in list(self.requests)
+            if (r.path == cdn or (r.path.startswith(resolve) and r.path.endswith(f"/{path}")))
+            and r.range == wanted
+            and not r.redirect  # a resolve GET answered with the CDN redirect: the same read, counted at the CDN
+        )
+
     def sha256(self, repo_id: str, path: str) -> str:
         return self._by_path[(repo_id, path)].sha256
 

@@ -231,13 +231,16 @@ def test_unreachable_hub_is_exit_7() -> None:
 
 
 def test_second_pull_fetches_nothing(hub: HubServer) -> None:
-    first = pull_json(hub, "hf.co/acme/Split-GGUF")
     files = hub.repos["acme/Split-GGUF"].files
     shards = [path for path in files if path.startswith("Q4_K_M/")]  # the default quantisation, split in three
+    ok(modelctl(hub, "fit", "--remote", "hf.co/acme/Split-GGUF"))  # what the fit check reads of each shard
+    headers = {path: hub.bytes_sent_for("acme/Split-GGUF", path) for path in shards}
+    hub.requests.clear()
+    first = pull_json(hub, "hf.co/acme/Split-GGUF")
     assert len(shards) == 3 and {r.range is not None for r in hub.downloads()} == {True}
-    for path in shards:  # each shard fetched once (ranged parts), plus the fit check's header reads
+    for path in shards:  # each shard fetched once (ranged parts), plus the pre-download fit check's header reads
         size = Path(files[path]).stat().st_size
-        assert size <= hub.bytes_sent_for("acme/Split-GGUF", path) < 1.5 * size + (1 << 20), path
+        assert hub.bytes_sent_for("acme/Split-GGUF", path) == size + headers[path], path
     assert hub.bytes_sent_for("acme/Split-GGUF", "Tiny-Q8_0.gguf") == 0
     hub.requests.clear()
     second = pull_json(hub, "hf.co/acme/Split-GGUF")
@@ -361,6 +364,10 @@ def test_kill_9_then_pull_again_resumes(big_hub: HubServer, smollm2_gguf: Path) 
 @pytest.mark.timeout(300)
 def test_two_concurrent_pulls_download_once(big_hub: HubServer, smollm2_gguf: Path) -> None:
     size = smollm2_gguf.stat().st_size
+    ok(modelctl(big_hub, "fit", "--remote", BIG_REF))  # what one fit check reads of the file, to the byte
+    header = big_hub.bytes_sent_for(BIG_REPO, BIG_FILE)
+    assert 0 < header < size and big_hub.header_checks_for(BIG_REPO, BIG_FILE) == 1
+    big_hub.requests.clear()
     big_hub.rate_bytes_per_s = SLOW
     runs = [Background.start(big_hub, "pull", BIG_REF) for _ in range(2)]
     try:
@@ -377,4 +384,6 @@ def test_two_concurrent_pulls_download_once(big_hub: HubServer, smollm2_gguf: Pa
     the_stored_file(smollm2_gguf)
     total = big_hub.bytes_sent_for(BIG_REPO, BIG_FILE)
     print(f"two concurrent pulls: {total / size:.2f}x the file sent")
-    assert total < 1.3 * size, f"the Hub sent {total / size:.2f}x the file: both pulls downloaded it"
+    checks = big_hub.header_checks_for(BIG_REPO, BIG_FILE)  # each pull's pre-download fit check, if it ran one
+    assert 1 <= checks <= 2
+    assert total == size + checks * header, f"the Hub sent {total / size:.2f}x the file: both pulls downloaded it"
