@@ -37,8 +37,6 @@ MAX_DIMS = 4
 MAX_NAME = 63
 """ggml's GGML_MAX_NAME is 64 bytes including the terminating NUL."""
 MAX_KEY = 1 << 16
-MAX_LAYERS = 4096
-"""llama.cpp allows 512 layers; a header claiming more than this is not a model."""
 KEEP_ARRAY = 1024
 """Arrays up to this many items are kept (per-layer hyper-parameters); longer ones only counted."""
 KEEP_BUDGET = 1 << 20
@@ -189,7 +187,11 @@ class TensorInfo:
 
 @dataclass(frozen=True, slots=True)
 class GGUFHeader:
-    """What a GGUF header says: metadata (scalars and short arrays), array lengths and tensor infos."""
+    """What a GGUF header says: metadata (scalars and short arrays), array lengths and tensor infos.
+
+    Only what the file says: what it means (layers, heads, the quantisation, ...) is derived in
+    :mod:`modelctl.fit.shapes`.
+    """
 
     version: int
     metadata: Mapping[str, Value]
@@ -208,170 +210,31 @@ class GGUFHeader:
     data_offsets: tuple[int, ...] = field(default=())
     """Per shard, where its data section starts (a merged view of a split model has several)."""
 
-    # --- generic access
-
     def get(self, key: str, default: Value | None = None) -> Value | None:
         return self.metadata.get(key, default)
+
+    @property
+    def architecture(self) -> str | None:
+        """``general.architecture``, the prefix of the model's own keys."""
+        value = self.metadata.get("general.architecture")
+        return value if isinstance(value, str) else None
 
     def arch(self, key: str, default: Value | None = None) -> Value | None:
         """``{architecture}.{key}``, e.g. ``arch("block_count")``."""
         return self.metadata.get(f"{self.architecture}.{key}", default)
 
     def arch_int(self, key: str, default: int = 0) -> int:
+        """``arch(key)`` when it is an integer, else ``default``."""
         value = self.arch(key)
         if isinstance(value, bool) or not isinstance(value, int):
             return default
         return value
-
-    def per_layer(self, key: str, default: int = 0) -> list[int]:
-        """A hyper-parameter that is a scalar or a per-layer array, as one value per layer (llama.cpp's rule)."""
-        n = self.n_layer
-        if not 0 <= n <= MAX_LAYERS:
-            raise GGUFError(f"{self.architecture}.block_count is {n} (limit {MAX_LAYERS})")
-        value = self.arch(key)
-        if isinstance(value, list):
-            if len(value) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise GGUFError(f"{self.architecture}.{key} has {len(value)} items for {n} layers")
-            return [int(v) for v in value]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value] * n
-        return [default] * n
 
     def tensor(self, name: str) -> TensorInfo | None:
         for t in self.tensors:
             if t.name == name:
                 return t
         return None
-
-    # --- the hyper-parameters a fit check needs
-
-    @property
-    def architecture(self) -> str | None:
-        value = self.metadata.get("general.architecture")
-        return value if isinstance(value, str) else None
-
-    @property
-    def n_layer(self) -> int:
-        return self.arch_int("block_count")
-
-    @property
-    def n_embd(self) -> int:
-        return self.arch_int("embedding_length")
-
-    @property
-    def n_head(self) -> int:
-        """Attention heads of layer 0 (llama.cpp's ``n_head()``); see :meth:`head_counts` for per-layer values."""
-        heads = self.head_counts()
-        return heads[0] if heads else 0
-
-    def head_counts(self) -> list[int]:
-        return self.per_layer("attention.head_count")
-
-    def head_counts_kv(self) -> list[int]:
-        """KV heads per layer; absent means as many as query heads; 0 marks a layer without attention."""
-        heads = self.head_counts()
-        if self.arch("attention.head_count_kv") is None:
-            return heads
-        return self.per_layer("attention.head_count_kv")
-
-    @property
-    def block_count(self) -> int:
-        return self.n_layer
-
-    @property
-    def embedding_length(self) -> int:
-        return self.n_embd
-
-    @property
-    def head_count(self) -> int | list[int]:
-        """Query heads as the file stores them: one number, or one per layer."""
-        heads = self.head_counts()
-        return heads if self._is_list("attention.head_count") else (heads[0] if heads else 0)
-
-    @property
-    def head_count_kv(self) -> int | list[int]:
-        """KV heads as the file stores them (one number, or one per layer; 0 marks a layer without attention)."""
-        heads = self.head_counts_kv()
-        key = "attention.head_count_kv" if self.arch("attention.head_count_kv") is not None else "attention.head_count"
-        return heads if self._is_list(key) else (heads[0] if heads else 0)
-
-    def _is_list(self, key: str) -> bool:
-        return isinstance(self.arch(key), list)
-
-    @property
-    def tied_embeddings(self) -> bool:
-        """No ``output.weight``: the output layer reuses ``token_embd``."""
-        return self.tensor("output.weight") is None and self.tensor("token_embd.weight") is not None
-
-    @property
-    def n_head_kv(self) -> int:
-        heads = self.head_counts_kv()
-        return heads[0] if heads else 0
-
-    @property
-    def key_length(self) -> int:
-        default = self.n_embd // self.n_head if self.n_head else 0
-        return self.arch_int("attention.key_length", default)
-
-    @property
-    def value_length(self) -> int:
-        default = self.n_embd // self.n_head if self.n_head else 0
-        return self.arch_int("attention.value_length", default)
-
-    @property
-    def context_length(self) -> int | None:
-        value = self.arch_int("context_length")
-        return value or None
-
-    @property
-    def n_vocab(self) -> int:
-        n = self.array_lengths.get("tokenizer.ggml.tokens")
-        if n:
-            return n
-        return self.arch_int("vocab_size")
-
-    @property
-    def sliding_window(self) -> int:
-        return self.arch_int("attention.sliding_window")
-
-    @property
-    def expert_count(self) -> int:
-        return self.arch_int("expert_count")
-
-    @property
-    def expert_used_count(self) -> int:
-        return self.arch_int("expert_used_count")
-
-    @property
-    def file_type(self) -> int | None:
-        value = self.metadata.get("general.file_type")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    @property
-    def quantization(self) -> str | None:
-        """The file type as llama.cpp names it (``Q4_K_M``), else the most common weight type."""
-        ft = self.file_type
-        if ft is not None:
-            name = file_type_name(ft)
-            if name:
-                return name
-        sizes: dict[int, int] = {}
-        for t in self.tensors:
-            if len(t.shape) >= 2:
-                sizes[t.ggml_type] = sizes.get(t.ggml_type, 0) + t.n_bytes
-        return ggml_type_name(max(sizes, key=lambda k: sizes[k])) if sizes else None
-
-    @property
-    def chat_template(self) -> str | None:
-        value = self.metadata.get("tokenizer.chat_template")
-        return value if isinstance(value, str) else None
-
-    def parameter_count(self) -> int:
-        return sum(t.n_elements for t in self.tensors)
-
-    @property
-    def weights_bytes(self) -> int:
-        return sum(t.n_bytes for t in self.tensors)
 
 
 # --- ggml types
@@ -700,4 +563,3 @@ def merge(headers: Iterable[GGUFHeader]) -> GGUFHeader:
         n_files=len(shards),
         data_offsets=tuple(h.data_offset for h in shards),
     )
-

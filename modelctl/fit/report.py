@@ -19,6 +19,7 @@ from modelctl.fit.devices import Device
 from modelctl.fit.estimate import Estimate, estimate
 from modelctl.fit.plan import GPU_MARGIN, Variants, plan
 from modelctl.fit.settings import RunSettings
+from modelctl.fit.shapes import parameter_count, quantization, shape_of
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,8 +127,9 @@ def fit_headers(
     found = tuple(devices if devices is not None else _devices.detect())
     if buffers is None:
         buffers = cpu.weight_buffers(settings.cpu_buffers, cpu.features())
-    n_ctx = settings.resolved_ctx(header.context_length)
-    trained = header.context_length
+    shape = shape_of(header)
+    trained = shape.n_ctx_train
+    n_ctx = settings.resolved_ctx(trained)
 
     def estimate_at(ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
         return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers)
@@ -139,7 +141,7 @@ def fit_headers(
     verdict = plan(
         estimate_at,
         found,
-        n_layer=header.n_layer,
+        n_layer=shape.n_layer,
         n_ctx=n_ctx,
         trained_ctx=trained,
         gpu_layers=settings.gpu_layers,
@@ -161,8 +163,8 @@ def fit_headers(
         suggestion=verdict.suggestion,
         bytes_fetched=fetched,
         architecture=header.architecture,
-        quantization=header.quantization,
-        parameters=header.parameter_count(),
+        quantization=quantization(header),
+        parameters=parameter_count(header),
     )
 
 

@@ -1,5 +1,6 @@
 """A model's shape as llama.cpp derives it from the GGUF header: per-layer heads, head sizes, sliding-window and
-recurrent layers, the vocabulary, and which tensors belong to which layer.
+recurrent layers, the vocabulary, and which tensors belong to which layer; also the quantisation and parameter
+count. :class:`~modelctl.gguf.GGUFHeader` says what the file says; what it means is derived here, once.
 
 These are the rules of llama.cpp's ``llama_model::load_hparams`` that decide memory (the version inside
 llama-cpp-python 0.3.36): ``head_count``/``head_count_kv``/``feed_forward_length`` may be per-layer arrays,
@@ -13,7 +14,10 @@ import re
 from dataclasses import dataclass
 
 from modelctl.errors import GGUFError
-from modelctl.gguf import GGUFHeader, TensorInfo
+from modelctl.gguf import GGUFHeader, TensorInfo, file_type_name, ggml_type_name
+
+MAX_LAYERS = 4096
+"""llama.cpp allows 512 layers; a header claiming more than this is not a model."""
 
 # architecture -> (layers per pattern period, dense layer first); SWA layers are the others in each period
 SWA_PATTERNS: dict[str, tuple[int, bool]] = {
@@ -112,14 +116,16 @@ def shape_of(header: GGUFHeader) -> ModelShape:
     arch = header.architecture
     if not arch:
         raise GGUFError("GGUF header has no general.architecture", hint="is this a model file?")
-    n_layer = header.n_layer
-    n_embd = header.n_embd
-    if n_layer <= 0 or n_layer > 4096 or n_embd <= 0:
+    n_layer = header.arch_int("block_count")
+    n_embd = header.arch_int("embedding_length")
+    if n_layer <= 0 or n_layer > MAX_LAYERS or n_embd <= 0:
         raise GGUFError(f"GGUF header of a {arch} model lacks block_count or embedding_length")
-    heads = header.head_counts()
-    kv_heads = header.head_counts_kv()
-    ffs = header.per_layer("feed_forward_length")
-    n_head0 = heads[0] if heads else 0
+    heads = _per_layer(header, "attention.head_count", n_layer)
+    # absent: as many KV heads as query heads; 0 marks a layer without attention
+    has_kv = header.arch("attention.head_count_kv") is not None
+    kv_heads = _per_layer(header, "attention.head_count_kv", n_layer) if has_kv else heads
+    ffs = _per_layer(header, "feed_forward_length", n_layer)
+    n_head0 = heads[0]
     k_full = header.arch_int("attention.key_length", n_embd // n_head0 if n_head0 else 0)
     v_full = header.arch_int("attention.value_length", n_embd // n_head0 if n_head0 else 0)
     k_swa = header.arch_int("attention.key_length_swa", k_full)
@@ -128,7 +134,7 @@ def shape_of(header: GGUFHeader) -> ModelShape:
     if min(heads + kv_heads + ffs + [k_full, v_full, k_swa, v_swa]) < 0:
         raise GGUFError(f"GGUF header of a {arch} model has a negative head count or length")
     swa = _swa_layers(header, arch, n_layer)
-    n_swa = header.sliding_window or (SWA_DEFAULT_WINDOW.get(arch, 0) if any(swa) else 0)
+    n_swa = header.arch_int("attention.sliding_window") or (SWA_DEFAULT_WINDOW.get(arch, 0) if any(swa) else 0)
     if not n_swa:
         swa = [False] * n_layer
     recurrent = [arch in RECURRENT or (arch in HYBRID and kv_heads[i] == 0) for i in range(n_layer)]
@@ -146,7 +152,8 @@ def shape_of(header: GGUFHeader) -> ModelShape:
         for i in range(n_layer)
     )
     mla = header.arch_int("attention.key_length_mla") > 0 and header.arch_int("attention.value_length_mla") > 0
-    n_vocab = header.n_vocab
+    # the tokenizer's token list (counted even when skipped), else the vocab_size key
+    n_vocab = header.array_lengths.get("tokenizer.ggml.tokens") or header.arch_int("vocab_size")
     if n_vocab <= 0:
         raise GGUFError(f"GGUF header of a {arch} model has no vocabulary (tokenizer.ggml.tokens)")
     return ModelShape(
@@ -154,18 +161,49 @@ def shape_of(header: GGUFHeader) -> ModelShape:
         n_layer=n_layer,
         n_embd=n_embd,
         n_vocab=n_vocab,
-        n_ctx_train=header.context_length,
+        n_ctx_train=header.arch_int("context_length") or None,
         layers=layers,
         n_swa=n_swa,
         mla=mla,
-        n_expert=header.expert_count,
-        n_expert_used=header.expert_used_count,
+        n_expert=header.arch_int("expert_count"),
+        n_expert_used=header.arch_int("expert_used_count"),
         n_ff_exp=header.arch_int("expert_feed_forward_length"),
         recurrent_r=_recurrent_r(header, n_embd) if any(recurrent) else 0,
         recurrent_s=_recurrent_s(header, n_embd) if any(recurrent) else 0,
         softcap_logits=arch in SOFTCAP_LOGITS and _softcap(header),
+        # llama.cpp's rule: with no output.weight the output layer is token_embd, duplicated
         tied_embeddings=header.tensor("output.weight") is None,
     )
+
+
+def _per_layer(header: GGUFHeader, key: str, n_layer: int) -> list[int]:
+    """A hyper-parameter that is a scalar or a per-layer array, as one value per layer (llama.cpp's rule)."""
+    value = header.arch(key)
+    if isinstance(value, list):
+        if len(value) != n_layer or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise GGUFError(f"{header.architecture}.{key} has {len(value)} items for {n_layer} layers")
+        return [int(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * n_layer
+    return [0] * n_layer
+
+
+def quantization(header: GGUFHeader) -> str | None:
+    """The file type as llama.cpp names it (``Q4_K_M``), else the most common weight type."""
+    file_type = header.get("general.file_type")
+    if isinstance(file_type, int) and not isinstance(file_type, bool):
+        name = file_type_name(file_type)
+        if name:
+            return name
+    sizes: dict[int, int] = {}
+    for t in header.tensors:
+        if len(t.shape) >= 2:
+            sizes[t.ggml_type] = sizes.get(t.ggml_type, 0) + t.n_bytes
+    return ggml_type_name(max(sizes, key=lambda k: sizes[k])) if sizes else None
+
+
+def parameter_count(header: GGUFHeader) -> int:
+    return sum(t.n_elements for t in header.tensors)
 
 
 def _swa_layers(header: GGUFHeader, arch: str, n_layer: int) -> list[bool]:

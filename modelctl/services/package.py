@@ -213,6 +213,7 @@ def _size_text(n: int) -> str:
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:
     """GGUF metadata as Docker writes it (strings; long arrays left out) plus a summary for the config fields."""
+    from modelctl.fit.shapes import parameter_count, quantization
     from modelctl.gguf import FileSource, read_header
 
     header = read_header(FileSource(path))
@@ -226,9 +227,9 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
             continue
         else:
             out[key] = str(value)
-    params = header.parameter_count()
+    params = parameter_count(header)
     out["__summary__"] = {
-        "quantization": header.quantization or "unknown",
+        "quantization": quantization(header) or "unknown",
         "parameters": _params_text(params),
         "architecture": header.architecture or "unknown",
     }

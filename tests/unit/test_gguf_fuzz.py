@@ -21,6 +21,7 @@ from modelctl.cpu import WeightBuffers
 from modelctl.errors import GGUFError
 from modelctl.fit.estimate import estimate
 from modelctl.fit.settings import RunSettings
+from modelctl.fit.shapes import parameter_count, quantization, shape_of
 from modelctl.gguf import GGUFHeader, read_header
 
 NO_EXTRA = WeightBuffers(setting="none")
@@ -114,8 +115,8 @@ def parse(data: bytes, *, known_size: bool = True) -> GGUFHeader:
 def test_the_seed_is_valid() -> None:
     header = parse(VALID + bytes(512))
     assert header.architecture == "llama"
-    assert header.n_vocab == 3
-    assert header.head_counts_kv() == [2, 1]
+    assert shape_of(header).n_vocab == 3
+    assert [layer.n_head_kv for layer in shape_of(header).layers] == [2, 1]
     assert header.tensors[0].n_bytes == 3 * 34
     assert header.metadata["tokenizer.ggml.add_bos_token"] is True
     assert estimate(header, RunSettings(n_ctx=512), buffers=NO_EXTRA).kv_cache == (3 * 8 + 2 * 16) * 2 * 512  # V padded
@@ -151,15 +152,16 @@ def mutate(mutations: list[tuple[Any, ...]]) -> bytes:
 
 
 def accessors(header: GGUFHeader) -> None:
-    """Every accessor of a parsed header answers or raises GGUFError (hostile values parse fine)."""
+    """Every accessor of a parsed header, and what is derived from it, answers or raises GGUFError (hostile values
+    parse fine)."""
+    _ = header.architecture
+    for key in ("block_count", "embedding_length", "context_length", "vocab_size", "attention.sliding_window"):
+        header.arch_int(key)
+    quantization(header)
+    parameter_count(header)
     with contextlib.suppress(GGUFError):
-        header.head_counts()
-        header.head_counts_kv()
-    for name in ("architecture", "n_layer", "n_embd", "context_length", "n_vocab", "sliding_window", "quantization"):
-        getattr(header, name)
-    with contextlib.suppress(GGUFError):
-        assert all(isinstance(v, int) for v in (header.n_head, header.n_head_kv, header.key_length))
-    header.parameter_count()
+        shape = shape_of(header)
+        assert all(isinstance(v, int) for layer in shape.layers for v in (layer.n_head, layer.n_head_kv, layer.k_len))
     with contextlib.suppress(GGUFError):  # the estimator takes the same hostile values
         estimate(header, RunSettings(n_ctx=512), buffers=NO_EXTRA)
 
