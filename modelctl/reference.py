@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from modelctl.errors import InvalidReference
+from modelctl.digest import Digest
+from modelctl.errors import IntegrityError, InvalidReference
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_NAMESPACE = "ai"
@@ -29,7 +30,6 @@ _HOST = re.compile(
     r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _MAX_NAME = 255
 
 _TAG_HELP = "tags are 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
@@ -43,7 +43,7 @@ class Reference:
     registry: str
     repository: str
     tag: str | None = None
-    digest: str | None = None
+    digest: Digest | None = None
 
     @property
     def name(self) -> str:
@@ -89,9 +89,7 @@ def parse(text: str) -> Reference:
     """Parse and normalise ``text``; raise :class:`InvalidReference` with a hint on bad input."""
     original = text
     if not text or text != text.strip():
-        raise InvalidReference(
-            f"invalid reference {original!r}", hint="give a name such as ai/smollm2:135M-Q4_K_M"
-        )
+        raise InvalidReference(f"invalid reference {original!r}", hint="give a name such as ai/smollm2:135M-Q4_K_M")
     if text.startswith("ollama://"):
         text = f"{OLLAMA_REGISTRY}/{text[len('ollama://') :]}"
     elif "://" in text:
@@ -100,10 +98,10 @@ def parse(text: str) -> Reference:
             hint="drop the scheme (ollama:// is the only one understood)",
         )
 
-    digest: str | None = None
+    digest: Digest | None = None
     if "@" in text:
-        text, digest = text.split("@", 1)
-        digest = _check_digest(digest, original)
+        text, pinned = text.split("@", 1)
+        digest = _check_digest(pinned, original)
 
     registry, remainder = _split_registry(text)
     tag: str | None = None
@@ -150,9 +148,7 @@ def _check_repository(path: str, original: str, *, hugging_face: bool) -> str:
     pattern = _HF_COMPONENT if hugging_face else _COMPONENT
     for component in path.split("/"):
         if not pattern.fullmatch(component):
-            raise InvalidReference(
-                f"invalid reference {original!r}: bad name component {component!r}", hint=_NAME_HELP
-            )
+            raise InvalidReference(f"invalid reference {original!r}: bad name component {component!r}", hint=_NAME_HELP)
     if hugging_face and path.count("/") != 1:
         raise InvalidReference(
             f"invalid reference {original!r}: Hugging Face references are hf.co/<org>/<repo>[:QUANT]"
@@ -166,10 +162,11 @@ def _check_tag(tag: str, original: str) -> str:
     return tag
 
 
-def _check_digest(digest: str, original: str) -> str:
-    if not _DIGEST.fullmatch(digest):
+def _check_digest(digest: str, original: str) -> Digest:
+    try:
+        return Digest(digest)
+    except IntegrityError:
         raise InvalidReference(
             f"invalid reference {original!r}: bad digest {digest!r}",
-            hint="digests are sha256: followed by 64 lowercase hex digits",
-        )
-    return digest
+            hint="digests are sha256: followed by 64 lowercase hex digits (or sha512: and 128)",
+        ) from None

@@ -7,6 +7,7 @@ from typing import Final
 
 from aiohttp import web
 
+from modelctl.digest import Digest
 from registry import names
 from registry.context import Context
 from registry.errors import RegistryHTTPError
@@ -15,7 +16,7 @@ from registry.uploads import Upload
 _CONTENT_RANGE: Final = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)")
 
 
-def _created(name: str, digest: str) -> web.Response:
+def _created(name: str, digest: Digest) -> web.Response:
     return web.Response(
         status=201,
         headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
@@ -31,7 +32,7 @@ def _upload_headers(upload: Upload) -> dict[str, str]:
 
 
 async def get(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    name, digest = route.name, route.ref
+    name, digest = route.name, route.digest
     if not ctx.storage.blob_linked(name, digest):
         if ctx.proxy is None:
             raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": digest})
@@ -59,7 +60,7 @@ async def get(request: web.Request, ctx: Context, route: names.Route) -> web.Str
 
 
 async def delete(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    if not ctx.storage.unlink_blob(route.name, route.ref):
+    if not ctx.storage.unlink_blob(route.name, route.digest):
         raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": route.ref})
     return web.Response(status=202)
 
@@ -69,7 +70,7 @@ async def start_upload(request: web.Request, ctx: Context, route: names.Route) -
     name, query = route.name, request.query
     mount = query.get("mount")
     if mount is not None:
-        names.check_digest(mount)
+        mount = names.check_digest(mount)
         source = query.get("from")
         if source is not None:
             names.check_name(source)
@@ -78,11 +79,11 @@ async def start_upload(request: web.Request, ctx: Context, route: names.Route) -
                 return _created(name, mount)
         # Not mountable: fall back to an upload session, as the spec asks (202).
     upload = ctx.uploads.create(name)
-    digest = query.get("digest")
-    if digest is None or mount is not None:
+    claimed = query.get("digest")
+    if claimed is None or mount is not None:
         return web.Response(status=202, headers=_upload_headers(upload))
     try:
-        names.check_digest(digest)
+        digest = names.check_digest(claimed)
         await ctx.uploads.append(upload, request.content, expected=request.content_length)
         await ctx.uploads.complete(upload, digest)
     finally:
@@ -128,10 +129,10 @@ async def finish_upload(request: web.Request, ctx: Context, route: names.Route) 
     upload = ctx.uploads.get(route.name, route.ref)
     async with upload.lock:
         upload = ctx.uploads.get(route.name, route.ref)
-        digest = request.query.get("digest")
-        if digest is None:
+        claimed = request.query.get("digest")
+        if claimed is None:
             raise RegistryHTTPError("DIGEST_INVALID", "the closing PUT needs ?digest=")
-        names.check_digest(digest)
+        digest = names.check_digest(claimed)
         expected = _check_range(request, upload)
         if request.can_read_body and expected != 0:
             await ctx.uploads.append(upload, request.content, expected=expected)

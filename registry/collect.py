@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 from typing import Final
 
+from modelctl.digest import Digest
 from registry import manifests, names
 from registry.storage import Storage
 
 STALE_UPLOAD_S: Final = 24 * 3600.0
 
 
-def _mark(storage: Storage) -> set[str]:
-    marked: set[str] = set()
+def _mark(storage: Storage) -> set[Digest]:
+    marked: set[Digest] = set()
     todo = [digest for _, digest in storage.iter_revisions()]
     while todo:
         digest = todo.pop()
@@ -37,17 +38,17 @@ def _mark(storage: Storage) -> set[str]:
     return marked
 
 
-def gc(root: Path, *, grace_seconds: float = 0.0, dry_run: bool = False) -> list[str]:
+def gc(root: Path, *, grace_seconds: float = 0.0, dry_run: bool = False) -> list[Digest]:
     """Remove blobs no manifest references (and their repository links); returns their digests, sorted."""
     if not (root / "blobs").is_dir():
         raise FileNotFoundError(f"{root} is not a registry root (no blobs/ directory)")
     storage = Storage(root)
     marked = _mark(storage)
     now = time.time()
-    removed: list[str] = []
+    removed: list[Digest] = []
     for entry in sorted(os.listdir(storage.blobs_dir)):
-        digest = f"sha256:{entry}"
-        if not names.is_digest(digest) or digest in marked:
+        digest = names.stored_name(entry)
+        if digest is None or digest in marked:
             continue
         path = storage.blobs_dir / entry
         try:

@@ -28,9 +28,7 @@ def paginate(items: Sequence[str], query: Mapping[str, str], base: str) -> tuple
     elif n_param.isdigit():
         n = min(int(n_param), MAX_PAGE)
     else:
-        raise RegistryHTTPError(
-            "UNSUPPORTED", f"n must be a non-negative integer, got {n_param[:50]!r}", status=400
-        )
+        raise RegistryHTTPError("UNSUPPORTED", f"n must be a non-negative integer, got {n_param[:50]!r}", status=400)
     if n == 0:
         return [], None
     page = list(items[start : start + n])
@@ -72,7 +70,7 @@ async def tags(request: web.Request, ctx: Context, route: names.Route) -> web.St
 
 
 async def referrers(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    descriptors = ctx.storage.referrers(route.name, route.ref)
+    descriptors = ctx.storage.referrers(route.name, route.digest)
     headers: dict[str, str] = {}
     artifact_type = request.query.get("artifactType")
     if artifact_type is not None:

@@ -26,7 +26,7 @@ async def get(request: web.Request, ctx: Context, route: names.Route) -> web.Str
     if ctx.proxy is not None:
         digest = await ctx.proxy.resolve(name, reference)
     elif names.is_digest(reference):
-        digest = reference
+        digest = route.digest
     else:
         digest = ctx.storage.resolve_tag(name, reference)
     media_type = ctx.storage.revision_media_type(name, digest) if digest else None
@@ -47,9 +47,7 @@ async def put(request: web.Request, ctx: Context, route: names.Route) -> web.Str
     name, reference = route.name, route.ref
     length = request.content_length
     if length is not None and length > manifests.MAX_MANIFEST_BYTES:
-        raise RegistryHTTPError(
-            "SIZE_INVALID", f"manifest exceeds {manifests.MAX_MANIFEST_BYTES} bytes", status=413
-        )
+        raise RegistryHTTPError("SIZE_INVALID", f"manifest exceeds {manifests.MAX_MANIFEST_BYTES} bytes", status=413)
     raw = await manifests.read_limited(request.content.iter_any())
     info = manifests.parse(raw, request.headers.get("Content-Type"))
     if names.is_digest(reference) and reference != info.digest:
@@ -75,7 +73,7 @@ async def delete(_request: web.Request, ctx: Context, route: names.Route) -> web
     """By digest: the manifest and every tag on it. By tag: the tag only (untag)."""
     name, reference = route.name, route.ref
     if names.is_digest(reference):
-        found = ctx.storage.delete_manifest(name, reference)
+        found = ctx.storage.delete_manifest(name, route.digest)
     else:
         found = ctx.storage.delete_tag(name, reference)
     if not found:

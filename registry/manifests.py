@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from modelctl import digest as _digest
+from modelctl.digest import Digest
 from modelctl.oci import mediatypes as mt
+from registry import names
 from registry.errors import RegistryHTTPError
 
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
@@ -22,11 +24,11 @@ class ManifestInfo:
     ``manifests`` (an index's children) must be manifests of the repository; the subject need not exist."""
 
     media_type: str
-    digest: str
+    digest: Digest
     size: int
-    blobs: tuple[str, ...] = ()
-    manifests: tuple[str, ...] = ()
-    subject: str | None = None
+    blobs: tuple[Digest, ...] = ()
+    manifests: tuple[Digest, ...] = ()
+    subject: Digest | None = None
     artifact_type: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -56,20 +58,19 @@ def _invalid(message: str) -> RegistryHTTPError:
     return RegistryHTTPError("MANIFEST_INVALID", message)
 
 
-def _descriptor(obj: Any, where: str) -> tuple[str, str]:
+def _descriptor(obj: Any, where: str) -> tuple[str, Digest]:
     """Check one descriptor; returns (mediaType, digest)."""
     if not isinstance(obj, dict):
         raise _invalid(f"{where}: expected a descriptor object")
     media_type, digest, size = obj.get("mediaType"), obj.get("digest"), obj.get("size")
     if not isinstance(media_type, str) or not media_type:
         raise _invalid(f"{where}: mediaType must be a non-empty string")
-    if not isinstance(digest, str) or not _digest.is_valid(digest):
-        raise RegistryHTTPError(
-            "DIGEST_INVALID", f"{where}: invalid or unsupported digest {str(digest)[:100]!r}"
-        )
+    parsed = names.stored_digest(digest)
+    if parsed is None:
+        raise RegistryHTTPError("DIGEST_INVALID", f"{where}: invalid or unsupported digest {str(digest)[:100]!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _invalid(f"{where}: size must be a non-negative integer")
-    return media_type, digest
+    return media_type, parsed
 
 
 def _annotations(doc: Mapping[str, Any]) -> dict[str, str]:
@@ -144,7 +145,7 @@ def parse(raw: bytes, content_type: str | None) -> ManifestInfo:
     )
 
 
-def references(raw: bytes) -> tuple[str, ...]:
+def references(raw: bytes) -> tuple[Digest, ...]:
     """Every digest a stored manifest points at (config, layers, index children, subject excluded);
     tolerant: garbage collection must not stop on one odd document."""
     try:
@@ -160,4 +161,4 @@ def references(raw: bytes) -> tuple[str, ...]:
         items = doc.get(key)
         if isinstance(items, list):
             out.extend(str(item.get("digest", "")) for item in items if isinstance(item, dict))
-    return tuple(d for d in out if _digest.is_valid(d))
+    return tuple(d for d in map(names.stored_digest, out) if d is not None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from modelctl import digest as _digest
+from modelctl.digest import Digest
 
 MAX_NAME_LENGTH: Final = 255
 
@@ -41,9 +42,23 @@ def is_tag(tag: str) -> bool:
     return bool(_TAG.fullmatch(tag))
 
 
+STORED_ALGORITHM: Final = _digest.SHA256
+
+
+def stored_digest(text: object) -> Digest | None:
+    """The digest ``text`` is when this registry can store it (sha256, lowercase hex); None otherwise."""
+    parsed = _digest.parse(text)
+    return parsed if parsed is not None and parsed.algorithm == STORED_ALGORITHM else None
+
+
+def stored_name(hex_name: str) -> Digest | None:
+    """The digest a file name under a ``sha256/`` directory stands for; None for any other name."""
+    return stored_digest(f"{STORED_ALGORITHM}:{hex_name}")
+
+
 def is_digest(digest: str) -> bool:
     """True for a digest this registry can store (sha256, lowercase hex)."""
-    return _digest.is_valid(digest)
+    return stored_digest(digest) is not None
 
 
 def is_upload_id(upload_id: str) -> bool:
@@ -56,10 +71,11 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_digest(digest: str) -> str:
-    if is_digest(digest):
-        return digest
-    if _ANY_DIGEST.fullmatch(digest) and not digest.startswith("sha256:"):
+def check_digest(digest: str) -> Digest:
+    parsed = stored_digest(digest)
+    if parsed is not None:
+        return parsed
+    if _ANY_DIGEST.fullmatch(digest) and not digest.startswith(f"{STORED_ALGORITHM}:"):
         raise GrammarError("DIGEST_INVALID", f"unsupported digest algorithm in {digest[:200]!r}: only sha256")
     raise GrammarError("DIGEST_INVALID", f"invalid digest {digest[:200]!r}")
 
@@ -80,6 +96,11 @@ class Route:
     kind: Kind
     name: str = ""
     ref: str = ""
+
+    @property
+    def digest(self) -> Digest:
+        """``ref`` as a digest: free for a blob or referrers route, or a manifest addressed by digest (parsed)."""
+        return Digest(self.ref)
 
 
 _ROUTES: Final[tuple[tuple[Kind, re.Pattern[str]], ...]] = (
@@ -104,9 +125,7 @@ def parse_path(raw_path: str) -> Route | None:
     if not path.startswith("/v2/"):
         return None
     if "%" in path or "\\" in path:
-        raise GrammarError(
-            "NAME_INVALID", "percent-encoded characters and backslashes are not allowed in paths"
-        )
+        raise GrammarError("NAME_INVALID", "percent-encoded characters and backslashes are not allowed in paths")
     rest = path[len("/v2/") :]
     if any(segment in ("", ".", "..") for segment in rest.rstrip("/").split("/")):
         raise GrammarError("NAME_INVALID", "empty, '.' and '..' path segments are not allowed")
@@ -119,8 +138,8 @@ def parse_path(raw_path: str) -> Route | None:
         name = check_name(m.group("name"))
         ref = m.groupdict().get("ref") or ""
         if kind == "manifest":
-            check_reference(ref)
+            ref = check_reference(ref)  # a Digest when it is one
         elif kind in ("blob", "referrers"):
-            check_digest(ref)
+            ref = check_digest(ref)
         return Route(kind, name, ref)
     return None

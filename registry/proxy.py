@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from modelctl.digest import Digest
 from modelctl.oci import mediatypes as mt
 from registry import manifests, names
 from registry.errors import RegistryHTTPError
@@ -54,9 +55,7 @@ class Upstream:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"proxy URL must be http(s)://host[:port], got {url!r}")
         self.base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        self._basic = (
-            aiohttp.BasicAuth(parts.username, parts.password or "") if parts.username is not None else None
-        )
+        self._basic = aiohttp.BasicAuth(parts.username, parts.password or "") if parts.username is not None else None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -124,15 +123,16 @@ class PullThrough:
         self.storage = storage
         self.uploads = uploads
         self.tag_ttl = tag_ttl
-        self._tags: dict[tuple[str, str], tuple[str, float]] = {}
+        self._tags: dict[tuple[str, str], tuple[Digest, float]] = {}
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # -- manifests -----------------------------------------------------------------------------------
-    async def resolve(self, name: str, reference: str) -> str | None:
+    async def resolve(self, name: str, reference: str) -> Digest | None:
         """The digest of ``reference`` in ``name``, stored locally on return; None when upstream has none."""
-        if names.is_digest(reference):
-            if self.storage.revision_media_type(name, reference) is not None:
-                return reference
+        pinned = names.stored_digest(reference)
+        if pinned is not None:
+            if self.storage.revision_media_type(name, pinned) is not None:
+                return pinned
             try:
                 return await self._fetch_manifest(name, reference)
             except UpstreamUnavailable as exc:
@@ -151,19 +151,19 @@ class PullThrough:
             self._tags[(name, reference)] = (digest, time.monotonic() + self.tag_ttl)
         return digest
 
-    async def _resolve_tag_upstream(self, name: str, tag: str) -> str | None:
+    async def _resolve_tag_upstream(self, name: str, tag: str) -> Digest | None:
         path = f"/v2/{name}/manifests/{tag}"
         resp = await self.upstream.request("HEAD", path, name=name, headers={"Accept": _ACCEPT})
         resp.release()
         if resp.status in (401, 403, 404):
             return None
-        digest = resp.headers.get("Docker-Content-Digest", "")
-        if resp.status == 200 and names.is_digest(digest) and self.storage.revision_media_type(name, digest):
+        digest = names.stored_digest(resp.headers.get("Docker-Content-Digest", ""))
+        if resp.status == 200 and digest is not None and self.storage.revision_media_type(name, digest):
             self.storage.tag_manifest(name, tag, digest)
             return digest
         return await self._fetch_manifest(name, tag)
 
-    async def _fetch_manifest(self, name: str, reference: str) -> str | None:
+    async def _fetch_manifest(self, name: str, reference: str) -> Digest | None:
         path = f"/v2/{name}/manifests/{reference}"
         resp = await self.upstream.request("GET", path, name=name, headers={"Accept": _ACCEPT})
         try:
@@ -181,13 +181,11 @@ class PullThrough:
         if claimed and claimed != info.digest:
             raise _unavailable(f"upstream manifest {path} does not match its digest {claimed}")
         tag = None if names.is_digest(reference) else reference
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.storage.put_manifest, name, raw, info, tag
-        )
+        await asyncio.get_running_loop().run_in_executor(None, self.storage.put_manifest, name, raw, info, tag)
         return info.digest
 
     # -- blobs ---------------------------------------------------------------------------------------
-    async def head_blob(self, name: str, digest: str) -> int | None:
+    async def head_blob(self, name: str, digest: Digest) -> int | None:
         """The size of an uncached blob as the upstream reports it; None when it has none."""
         try:
             resp = await self.upstream.request("HEAD", f"/v2/{name}/blobs/{digest}", name=name)
@@ -198,7 +196,7 @@ class PullThrough:
             return None
         return resp.content_length if resp.content_length is not None else 0
 
-    async def fetch_blob(self, name: str, digest: str) -> bool:
+    async def fetch_blob(self, name: str, digest: Digest) -> bool:
         """Make ``digest`` readable through ``name``; False when the upstream does not have it.
         Concurrent requests for one blob share one download."""
         if self.storage.has_blob(digest):
@@ -215,7 +213,7 @@ class PullThrough:
         await asyncio.shield(task)
         return self.storage.blob_linked(name, digest)
 
-    async def _download(self, name: str, digest: str) -> None:
+    async def _download(self, name: str, digest: Digest) -> None:
         path = f"/v2/{name}/blobs/{digest}"
         try:
             resp = await self.upstream.request("GET", path, name=name)

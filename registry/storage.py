@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from modelctl.digest import Digest
 from registry import manifests, names
 from registry.errors import RegistryHTTPError
 
@@ -54,10 +55,11 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def _hex(digest: str) -> str:
-    if not names.is_digest(digest):
+def _hex(digest: Digest) -> str:
+    parsed = names.stored_digest(digest)
+    if parsed is None:
         raise ValueError(f"refusing unvalidated digest {digest!r}")
-    return digest.split(":", 1)[1]
+    return parsed.hex
 
 
 class Storage:
@@ -65,7 +67,7 @@ class Storage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.blobs_dir = root / "blobs" / "sha256"
+        self.blobs_dir = root / "blobs" / names.STORED_ALGORITHM
         self.uploads_dir = root / "uploads"
         self.repos_dir = root / "repositories"
         for d in (self.blobs_dir, self.uploads_dir, self.repos_dir):
@@ -74,7 +76,7 @@ class Storage:
         self._manifest_cache_size = 0
 
     # -- paths ---------------------------------------------------------------------------------------
-    def blob_path(self, digest: str) -> Path:
+    def blob_path(self, digest: Digest) -> Path:
         return self.blobs_dir / _hex(digest)
 
     def repo_dir(self, name: str) -> Path:
@@ -82,11 +84,11 @@ class Storage:
             raise ValueError(f"refusing unvalidated repository name {name!r}")
         return self.repos_dir / name
 
-    def _layer_link(self, name: str, digest: str) -> Path:
-        return self.repo_dir(name) / "_layers" / "sha256" / _hex(digest)
+    def _layer_link(self, name: str, digest: Digest) -> Path:
+        return self.repo_dir(name) / "_layers" / names.STORED_ALGORITHM / _hex(digest)
 
-    def _revision(self, name: str, digest: str) -> Path:
-        return self.repo_dir(name) / "_manifests" / "revisions" / "sha256" / _hex(digest)
+    def _revision(self, name: str, digest: Digest) -> Path:
+        return self.repo_dir(name) / "_manifests" / "revisions" / names.STORED_ALGORITHM / _hex(digest)
 
     def _tags_dir(self, name: str) -> Path:
         return self.repo_dir(name) / "_manifests" / "tags"
@@ -96,18 +98,18 @@ class Storage:
             raise ValueError(f"refusing unvalidated tag {tag!r}")
         return self._tags_dir(name) / tag
 
-    def _referrers_dir(self, name: str, subject: str) -> Path:
-        return self.repo_dir(name) / "_referrers" / "sha256" / _hex(subject)
+    def _referrers_dir(self, name: str, subject: Digest) -> Path:
+        return self.repo_dir(name) / "_referrers" / names.STORED_ALGORITHM / _hex(subject)
 
     # -- blobs ---------------------------------------------------------------------------------------
-    def has_blob(self, digest: str) -> bool:
+    def has_blob(self, digest: Digest) -> bool:
         return self.blob_path(digest).is_file()
 
-    def blob_linked(self, name: str, digest: str) -> bool:
+    def blob_linked(self, name: str, digest: Digest) -> bool:
         """The blob is readable through ``name``: linked there, and present in the shared store."""
         return self._layer_link(name, digest).exists() and self.has_blob(digest)
 
-    def link_blob(self, name: str, digest: str) -> None:
+    def link_blob(self, name: str, digest: Digest) -> None:
         link = self._layer_link(name, digest)
         if link.exists():
             return
@@ -115,28 +117,28 @@ class Storage:
         link.touch()
         fsync_dir(link.parent)
 
-    def unlink_blob(self, name: str, digest: str) -> bool:
+    def unlink_blob(self, name: str, digest: Digest) -> bool:
         try:
             self._layer_link(name, digest).unlink()
         except FileNotFoundError:
             return False
         return True
 
-    def put_blob_bytes(self, digest: str, data: bytes) -> None:
+    def put_blob_bytes(self, digest: Digest, data: bytes) -> None:
         """Store small verified content (manifests) in the shared store."""
         path = self.blob_path(digest)
         if not path.exists():
             write_atomic(path, data)
 
     # -- manifests -----------------------------------------------------------------------------------
-    def revision_media_type(self, name: str, digest: str) -> str | None:
+    def revision_media_type(self, name: str, digest: Digest) -> str | None:
         """The stored media type of manifest ``digest`` in ``name``; None when it is not there."""
         try:
             return self._revision(name, digest).read_text()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def read_manifest(self, digest: str) -> bytes | None:
+    def read_manifest(self, digest: Digest) -> bytes | None:
         cached = self._manifest_cache.get(digest)
         if cached is not None:
             self._manifest_cache.move_to_end(digest)
@@ -162,14 +164,14 @@ class Storage:
         if tag is not None:
             write_atomic(self._tag(name, tag), info.digest.encode())
 
-    def resolve_tag(self, name: str, tag: str) -> str | None:
+    def resolve_tag(self, name: str, tag: str) -> Digest | None:
         try:
             digest = self._tag(name, tag).read_text().strip()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return digest if names.is_digest(digest) else None
+        return names.stored_digest(digest)
 
-    def tag_manifest(self, name: str, tag: str, digest: str) -> None:
+    def tag_manifest(self, name: str, tag: str, digest: Digest) -> None:
         write_atomic(self._tag(name, tag), digest.encode())
 
     def delete_tag(self, name: str, tag: str) -> bool:
@@ -179,7 +181,7 @@ class Storage:
             return False
         return True
 
-    def delete_manifest(self, name: str, digest: str) -> bool:
+    def delete_manifest(self, name: str, digest: Digest) -> bool:
         """Delete a manifest from ``name``: its tags, its referrer entry, then the revision link."""
         revision = self._revision(name, digest)
         if not revision.exists():
@@ -209,7 +211,7 @@ class Storage:
             return [] if self.repo_exists(name) else None
         return sorted(e for e in entries if names.is_tag(e))
 
-    def referrers(self, name: str, subject: str) -> list[dict[str, Any]]:
+    def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
         d = self._referrers_dir(name, subject)
         try:
             entries = sorted(os.listdir(d))
@@ -223,7 +225,8 @@ class Storage:
                 descriptor = json.loads((d / entry).read_bytes())
             except (FileNotFoundError, ValueError):
                 continue
-            if isinstance(descriptor, dict) and self.revision_media_type(name, f"sha256:{entry}") is not None:
+            digest = names.stored_name(entry)
+            if isinstance(descriptor, dict) and digest is not None and self.revision_media_type(name, digest):
                 out.append(descriptor)
         return out
 
@@ -236,19 +239,21 @@ class Storage:
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
         return sorted(n for n in found if names.is_name(n))
 
-    def iter_revisions(self) -> Iterator[tuple[str, str]]:
+    def iter_revisions(self) -> Iterator[tuple[str, Digest]]:
         """(repository, manifest digest) for every stored manifest; used by garbage collection."""
         for name in self.repositories():
-            d = self.repo_dir(name) / "_manifests" / "revisions" / "sha256"
+            d = self.repo_dir(name) / "_manifests" / "revisions" / names.STORED_ALGORITHM
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.listdir(d):
-                    if names.is_digest(f"sha256:{entry}"):
-                        yield name, f"sha256:{entry}"
+                    digest = names.stored_name(entry)
+                    if digest is not None:
+                        yield name, digest
 
-    def iter_layer_links(self) -> Iterator[tuple[str, str, Path]]:
+    def iter_layer_links(self) -> Iterator[tuple[str, Digest, Path]]:
         for name in self.repositories():
-            d = self.repo_dir(name) / "_layers" / "sha256"
+            d = self.repo_dir(name) / "_layers" / names.STORED_ALGORITHM
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.listdir(d):
-                    if names.is_digest(f"sha256:{entry}"):
-                        yield name, f"sha256:{entry}", d / entry
+                    digest = names.stored_name(entry)
+                    if digest is not None:
+                        yield name, digest, d / entry

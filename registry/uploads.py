@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import uuid
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
+from modelctl import digest as _digest
+from modelctl.digest import Digest
 from registry import names
 from registry.errors import RegistryHTTPError
 from registry.storage import Storage, fsync_dir
@@ -69,12 +70,9 @@ def _write(fd: int, hasher: Hasher | None, chunks: list[bytes]) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _hash_file(path: Path) -> Digest:
     with open(path, "rb", buffering=0) as f:
-        while block := f.read(_HASH_BLOCK):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+        return _digest.of_file(f, _HASH_BLOCK, names.STORED_ALGORITHM)
 
 
 class Uploads:
@@ -90,7 +88,7 @@ class Uploads:
         d.mkdir()
         (d / "repository").write_text(name)
         (d / "data").touch()
-        upload = Upload(id=upload_id, name=name, dir=d, hasher=hashlib.sha256())
+        upload = Upload(id=upload_id, name=name, dir=d, hasher=_digest.new_hasher(names.STORED_ALGORITHM))
         self._sessions[upload_id] = upload
         return upload
 
@@ -140,9 +138,7 @@ class Uploads:
             if chunks:
                 await loop.run_in_executor(None, _write, fd, upload.hasher, chunks)
             if expected is not None and received != expected:
-                raise RegistryHTTPError(
-                    "SIZE_INVALID", f"request body has {received} bytes, declared {expected}"
-                )
+                raise RegistryHTTPError("SIZE_INVALID", f"request body has {received} bytes, declared {expected}")
         except BaseException:
             if pending is not None:
                 with contextlib.suppress(BaseException):
@@ -155,16 +151,16 @@ class Uploads:
         upload.offset = start + received
         return received
 
-    async def complete(self, upload: Upload, digest: str) -> None:
+    async def complete(self, upload: Upload, digest: Digest) -> None:
         """Verify ``digest``, publish the blob and link it into the upload's repository; the session ends.
         On a mismatch nothing is stored and DIGEST_INVALID is raised."""
         upload.done = True  # from here on the session is over, whatever the outcome
         self._sessions.pop(upload.id, None)
         await asyncio.get_running_loop().run_in_executor(None, self._publish, upload, digest)
 
-    def _publish(self, upload: Upload, digest: str) -> None:
+    def _publish(self, upload: Upload, digest: Digest) -> None:
         """Runs in a worker thread: hashing a reloaded session, fsync and rename may take a while."""
-        actual = "sha256:" + upload.hasher.hexdigest() if upload.hasher else _hash_file(upload.data)
+        actual = _digest.of_hasher(upload.hasher) if upload.hasher else _hash_file(upload.data)
         try:
             if actual != digest:
                 raise RegistryHTTPError(

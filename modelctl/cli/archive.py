@@ -35,7 +35,7 @@ def save(
         where.write(json.dumps(result.to_json(), indent=2) + "\n")
         return
     for model in result.models:
-        print(f"saved {model.reference} ({model.digest.removeprefix('sha256:')[:12]})", file=where)
+        print(f"saved {model.reference} ({model.model_id})", file=where)
     cards = f", {result.referrers} attached" if result.referrers else ""
     print(f"{result.blobs} blobs, {render.size(result.bytes)}{cards}", file=where)
 
@@ -57,7 +57,7 @@ def load(
         render.print_json(result.to_json())
         return
     for model in result.models:
-        print(f"loaded {model.reference} ({model.digest.removeprefix('sha256:')[:12]})")
+        print(f"loaded {model.reference} ({model.model_id})")
     cards = f", {result.referrers} attached" if result.referrers else ""
     print(f"{result.blobs} blobs ({result.new_blobs} new), {render.size(result.bytes)}{cards}")
 

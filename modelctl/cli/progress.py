@@ -56,7 +56,7 @@ class LineReporter(QuietReporter):
         pct = 100.0 * event.done / event.total if event.total else 100.0
         rate = event.fetched_this_run / elapsed
         print(
-            f"  {event.digest[7:19]}: {pct:5.1f}% {size(event.done)}/{size(event.total)} {size(int(rate))}/s",
+            f"  {event.digest.hex[:12]}: {pct:5.1f}% {size(event.done)}/{size(event.total)} {size(int(rate))}/s",
             file=sys.stderr,
             flush=True,
         )
@@ -95,7 +95,7 @@ class BarReporter(QuietReporter):
         with self._lock:
             task = self._tasks.get(event.digest)
             if task is None:
-                task = self._progress.add_task(event.digest[7:19], total=event.total)
+                task = self._progress.add_task(event.digest.hex[:12], total=event.total)
                 self._tasks[event.digest] = task
         self._progress.update(task, completed=event.done)
 

@@ -9,10 +9,8 @@ Everything read is bounded and digest-checked. Safe to share between threads.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +22,9 @@ from typing import Any, TypeVar
 
 import httpx
 
+from modelctl import digest as _digest
 from modelctl.config import Config
+from modelctl.digest import Digest
 from modelctl.errors import AuthError, DigestMismatch, IntegrityError, ModelctlError, NotFound, RegistryError
 from modelctl.oci import credentials as _credentials
 from modelctl.oci import descriptor as _descriptor
@@ -46,7 +46,6 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
 UPLOAD_READ_SIZE = 1 << 20
 
-_DIGEST = re.compile(r"(sha256):[a-f0-9]{64}|(sha512):[a-f0-9]{128}")
 _KNOWN_MANIFEST_TYPES = frozenset(mt.MANIFEST_ACCEPT)
 
 BlobSource = Iterable[bytes] | bytes | str | os.PathLike[str]
@@ -131,12 +130,13 @@ class RegistryClient:
             headers = {"Accept": ", ".join(mt.MANIFEST_ACCEPT)}
             response = self._open(base, ref, "HEAD", f"manifests/{ref.identifier}", what=str(ref), headers=headers)
             response.close()
-            digest = response.headers.get("Docker-Content-Digest") or ref.digest
+            header = response.headers.get("Docker-Content-Digest") or ref.digest
             size = _transport.int_header(response, "Content-Length")
             media_type = _transport.media_type(response)
-            if ref.digest and digest and digest != ref.digest and _algorithm(digest) == _algorithm(ref.digest):
-                raise DigestMismatch(ref.digest, digest, what=f"manifest {ref}")
-            if not digest or not _DIGEST.fullmatch(digest) or size is None or media_type not in _KNOWN_MANIFEST_TYPES:
+            if ref.digest and header and header != ref.digest and _algorithm(header) == ref.digest.algorithm:
+                raise DigestMismatch(ref.digest, header, what=f"manifest {ref}")
+            digest = _digest.parse(header)
+            if digest is None or size is None or media_type not in _KNOWN_MANIFEST_TYPES:
                 return None
             return Descriptor(media_type=media_type, digest=digest, size=size)
 
@@ -149,9 +149,9 @@ class RegistryClient:
             return None
         return Descriptor(media_type=media_type, digest=doc.digest, size=len(doc.raw))
 
-    def get_blob(self, ref: Reference, digest: str, *, max_size: int = 16 << 20) -> bytes:
+    def get_blob(self, ref: Reference, digest: Digest, *, max_size: int = 16 << 20) -> bytes:
         """A small blob (a config), read whole: at most ``max_size`` bytes, digest-verified."""
-        _check_digest(digest)
+        digest = Digest(digest)
         what = f"blob {digest} of {ref.name}"
 
         def fetch(base: str) -> bytes:
@@ -160,16 +160,16 @@ class RegistryClient:
                 body = _transport.read_bounded(response, max_size, what=what)
             finally:
                 response.close()
-            actual = _digest_of(body, digest)
+            actual = _digest.of_bytes(body, digest.algorithm)
             if actual != digest:
                 raise DigestMismatch(digest, actual, what=what)
             return body
 
         return self._walk(ref, fetch, retry=True, sticky=True)
 
-    def blob_size(self, ref: Reference, digest: str) -> int:
+    def blob_size(self, ref: Reference, digest: Digest) -> int:
         """The size of a blob, from HEAD (or a one-byte ranged GET when HEAD is refused or says nothing)."""
-        _check_digest(digest)
+        digest = Digest(digest)
         what = f"blob {digest} of {ref.name}"
 
         def probe(base: str) -> int:
@@ -197,9 +197,11 @@ class RegistryClient:
         return self._walk(ref, probe, retry=True, sticky=True)
 
     @contextmanager
-    def open_blob(self, ref: Reference, digest: str, *, start: int = 0, end: int | None = None) -> Iterator[BlobReader]:
+    def open_blob(
+        self, ref: Reference, digest: Digest, *, start: int = 0, end: int | None = None
+    ) -> Iterator[BlobReader]:
         """Open bytes ``start..end`` of a blob to stream (``end`` inclusive, None: to the end); no retries."""
-        _check_digest(digest)
+        digest = Digest(digest)
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"bad byte range {start}-{end}")
         headers = {"Range": f"bytes={start}-{'' if end is None else end}"} if start or end is not None else {}
@@ -229,9 +231,9 @@ class RegistryClient:
             out.extend(items)
         return out
 
-    def referrers(self, ref: Reference, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+    def referrers(self, ref: Reference, digest: Digest, artifact_type: str | None = None) -> list[Descriptor]:
         """Manifests whose ``subject`` is ``digest``: the referrers API, else the ``sha256-<hex>`` tag."""
-        _check_digest(digest)
+        digest = Digest(digest)
         params = {"artifactType": artifact_type} if artifact_type else None
         found: list[Descriptor] = []
         try:
@@ -251,8 +253,8 @@ class RegistryClient:
 
     # -- writes (upstream only, scope pull,push) -----------------------------------------------------------
 
-    def blob_exists(self, ref: Reference, digest: str) -> bool:
-        _check_digest(digest)
+    def blob_exists(self, ref: Reference, digest: Digest) -> bool:
+        digest = Digest(digest)
 
         def probe(base: str) -> bool:
             self._open(base, ref, "HEAD", f"blobs/{digest}", what=f"blob {digest} of {ref.name}", push=True).close()
@@ -263,9 +265,9 @@ class RegistryClient:
         except NotFound:
             return False
 
-    def mount_blob(self, ref: Reference, digest: str, from_repository: str) -> bool:
+    def mount_blob(self, ref: Reference, digest: Digest, from_repository: str) -> bool:
         """Ask the registry to link ``digest`` from another repository; False when it would not."""
-        _check_digest(digest)
+        digest = Digest(digest)
         base = self.endpoint_for(ref.registry)
         scopes = (*_scopes(ref, push=True), f"repository:{from_repository}:pull")
         params = {"mount": digest, "from": from_repository}
@@ -290,34 +292,28 @@ class RegistryClient:
         return False
 
     def upload_blob(
-        self, ref: Reference, digest: str, size: int, chunks: BlobSource, *, chunk_size: int | None = None
+        self, ref: Reference, digest: Digest, size: int, chunks: BlobSource, *, chunk_size: int | None = None
     ) -> None:
         """Upload a blob: one POST + PUT (monolithic), or POST, PATCHes of ``chunk_size`` bytes, PUT."""
-        _check_digest(digest)
+        digest = Digest(digest)
         what = f"upload of {digest} to {ref.name}"
         base = self.endpoint_for(ref.registry)
         response = self._open(base, ref, "POST", "blobs/uploads/", what=what, push=True, ok=(202,), content=b"")
         response.close()
         location = _transport.location(response, what)
-        hasher = hashlib.new(_algorithm(digest))
-        sent = 0
-
-        def counted(source: Iterable[bytes]) -> Iterator[bytes]:
-            nonlocal sent
-            for piece in source:
-                hasher.update(piece)
-                sent += len(piece)
-                yield piece
+        hashing = _digest.Hashing(digest.algorithm)
 
         try:
             if chunk_size is None:
                 url = location.copy_merge_params({"digest": digest})
                 headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-                response = self._send_to(ref, "PUT", url, what, headers=headers, content=counted(_source(chunks)))
+                response = self._send_to(
+                    ref, "PUT", url, what, headers=headers, content=hashing.through(_source(chunks))
+                )
                 _finish(response, (201,), what)
             else:
                 offset = 0
-                for group in _regroup(counted(_source(chunks)), chunk_size):
+                for group in _regroup(hashing.through(_source(chunks)), chunk_size):
                     length = sum(map(len, group))
                     headers = {
                         "Content-Type": "application/octet-stream",
@@ -328,7 +324,7 @@ class RegistryClient:
                     response = self._send_to(ref, "PATCH", location, what, headers=headers, content=group)
                     _finish(response, (202,), what)
                     location = _transport.location(response, what)
-                _check_upload(digest, size, sent, hasher)
+                _check_upload(digest, size, hashing)
                 response = self._send_to(
                     ref,
                     "PUT",
@@ -338,19 +334,19 @@ class RegistryClient:
                 )
                 _finish(response, (201,), what)
         except RegistryError:
-            _check_upload(digest, size, sent, hasher, complete=False)
+            _check_upload(digest, size, hashing, complete=False)
             raise
         except httpx.StreamConsumed:
             raise RegistryError(f"{what} was refused mid-stream (re-authentication)", temporary=True) from None
-        _check_upload(digest, size, sent, hasher)
+        _check_upload(digest, size, hashing)
 
-    def put_manifest(self, ref: Reference, data: bytes, media_type: str) -> str:
+    def put_manifest(self, ref: Reference, data: bytes, media_type: str) -> Digest:
         """Upload a manifest under ``ref``'s tag (or its digest); return the manifest's digest."""
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = _digest.of_bytes(data)
         if ref.digest and ref.digest != digest:
             raise DigestMismatch(ref.digest, digest, what=f"manifest for {ref}")
 
-        def put(base: str) -> str:
+        def put(base: str) -> Digest:
             response = self._open(
                 base,
                 ref,
@@ -543,29 +539,21 @@ def _backoff(attempt: int, failures: Sequence[ModelctlError]) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
-def _check_digest(digest: str) -> None:
-    if not _DIGEST.fullmatch(digest):
-        raise IntegrityError(f"malformed digest {digest!r}", hint="expected sha256: and 64 lowercase hex digits")
-
-
-def _algorithm(digest: str) -> str:
-    return digest.split(":", 1)[0]
-
-
-def _digest_of(data: bytes, like: str) -> str:
-    algorithm = _algorithm(like)
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+def _algorithm(header: str) -> str:
+    """The algorithm a digest header names, well formed or not."""
+    return header.partition(":")[0]
 
 
 def _verify_manifest(ref: Reference, body: bytes, header: str | None) -> None:
     if ref.digest:
-        actual = _digest_of(body, ref.digest)
+        actual = _digest.of_bytes(body, ref.digest.algorithm)
         if actual != ref.digest:
             raise DigestMismatch(ref.digest, actual, what=f"manifest {ref}")
-    if header and _DIGEST.fullmatch(header):
-        actual = _digest_of(body, header)
-        if actual != header:
-            raise DigestMismatch(header, actual, what=f"manifest {ref} (Docker-Content-Digest)")
+    echoed = _digest.parse(header)
+    if echoed is not None:
+        actual = _digest.of_bytes(body, echoed.algorithm)
+        if actual != echoed:
+            raise DigestMismatch(echoed, actual, what=f"manifest {ref} (Docker-Content-Digest)")
 
 
 def _index_entries(doc: dict[str, Any]) -> list[Descriptor]:
@@ -619,11 +607,12 @@ def _regroup(pieces: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
         yield group
 
 
-def _check_upload(digest: str, size: int, sent: int, hasher: Any, *, complete: bool = True) -> None:
+def _check_upload(digest: Digest, size: int, hashing: _digest.Hashing, *, complete: bool = True) -> None:
+    sent = hashing.size
     if not complete and sent < size:
         return
     if sent != size:
         raise IntegrityError(f"upload of {digest}: sent {sent} bytes, expected {size}")
-    actual = f"{_algorithm(digest)}:{hasher.hexdigest()}"
+    actual = hashing.digest()
     if actual != digest:
         raise DigestMismatch(digest, actual, what=f"uploaded blob {digest}")

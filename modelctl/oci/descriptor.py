@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelctl import digest as _digest
+from modelctl.digest import Digest
 from modelctl.errors import IntegrityError
 from modelctl.oci import mediatypes as mt
 
@@ -15,11 +16,14 @@ from modelctl.oci import mediatypes as mt
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Descriptor:
     media_type: str
-    digest: str
+    digest: Digest
     size: int
     annotations: Mapping[str, str] = field(default_factory=dict)
     artifact_type: str | None = None
     platform: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", Digest(self.digest))  # free for a Digest; validates anything else
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -40,7 +44,7 @@ class Descriptor:
             raise IntegrityError(f"malformed {where}: mediaType and digest must be strings")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise IntegrityError(f"malformed {where}: size must be a non-negative integer")
-        _digest.check(digest)
+        parsed = Digest(digest)
         annotations = obj.get("annotations") or {}
         if not isinstance(annotations, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
@@ -50,7 +54,7 @@ class Descriptor:
         platform = obj.get("platform")
         return cls(
             media_type=media_type,
-            digest=digest,
+            digest=parsed,
             size=size,
             annotations=annotations,
             artifact_type=artifact_type if isinstance(artifact_type, str) else None,
@@ -66,7 +70,7 @@ class Manifest:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     raw: bytes
-    digest: str
+    digest: Digest
     artifact_type: str | None = None
     subject: Descriptor | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -79,7 +83,7 @@ class Index:
     media_type: str
     manifests: tuple[Descriptor, ...]
     raw: bytes
-    digest: str
+    digest: Digest
 
 
 def parse(raw: bytes, media_type: str | None = None) -> Manifest | Index:

@@ -20,7 +20,7 @@ VERSION = 1
 
 
 def write(path: Path, results: Sequence[PullResult]) -> None:
-    entries = {r.reference: r.digest for r in _existing(path)} | {r.reference: r.digest for r in results}
+    entries = _existing(path) | {r.reference: str(r.digest) for r in results}
     doc = {"version": VERSION, "models": [{"reference": k, "digest": v} for k, v in sorted(entries.items())]}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -34,12 +34,9 @@ def read(path: Path) -> list[Reference]:
     return [reference.parse(e["reference"]).with_digest(e["digest"]) for e in _entries(path)]
 
 
-def _existing(path: Path) -> list[PullResult]:
-    if not path.is_file():
-        return []
-    return [
-        PullResult(reference=e["reference"], digest=e["digest"], size=0, files=(), fetched=0) for e in _entries(path)
-    ]
+def _existing(path: Path) -> dict[str, str]:
+    """reference -> digest of the lockfile's entries, as written (a pull rewrites them without judging them)."""
+    return {e["reference"]: e["digest"] for e in _entries(path)} if path.is_file() else {}
 
 
 def _entries(path: Path) -> list[dict[str, str]]:

@@ -7,15 +7,16 @@ client) would otherwise load for every local command such as ``list``.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelctl import digest as _digest
 from modelctl import reference
 from modelctl.config import Config
+from modelctl.digest import Digest
 from modelctl.errors import NotFound, UsageError
 from modelctl.store import models as local
 
@@ -30,7 +31,7 @@ class ModelRow:
     quantization: str | None
     architecture: str | None
     model_id: str
-    digest: str
+    digest: Digest
     created: str | None
     size: int
     format: str
@@ -65,7 +66,7 @@ def list_models(config: Config) -> list[ModelRow]:
                 parameters=model.parameters,
                 quantization=model.quantization,
                 architecture=model.architecture,
-                model_id=desc.digest.removeprefix("sha256:")[:12],
+                model_id=desc.digest.hex[:12],
                 digest=desc.digest,
                 created=model.created,
                 size=model.size,
@@ -100,11 +101,11 @@ def inspect_remote(config: Config, text: str) -> dict[str, Any]:
     return describe(str(ref), manifest.digest, json.loads(manifest.raw), json.loads(resolved.config), resolved.model)
 
 
-def describe(name: str, digest: str, manifest: Any, config_doc: Any, model: Any) -> dict[str, Any]:
+def describe(name: str, digest: Digest, manifest: Any, config_doc: Any, model: Any) -> dict[str, Any]:
     """The document ``inspect`` prints, local or remote."""
     return {
         "reference": name,
-        "id": digest.removeprefix("sha256:")[:12],
+        "id": digest.hex[:12],
         "digest": digest,
         "format": model.format,
         "parameters": model.parameters,
@@ -198,7 +199,7 @@ def disk_usage(config: Config) -> DiskUsage:
     )
 
 
-def prune(config: Config) -> list[str]:
+def prune(config: Config) -> list[Digest]:
     store = local.layout(config)
     store.ensure()
     removed = store.prune()
@@ -206,12 +207,14 @@ def prune(config: Config) -> list[str]:
     models_dir = config.home / "models"
     if models_dir.exists():
         for child in models_dir.iterdir():
-            if f"sha256:{child.name}" not in live:
+            if _digest.parse(f"{_digest.SHA256}:{child.name}") not in live:
                 shutil.rmtree(child, ignore_errors=True)
     return removed
 
 
-_HEX = re.compile(r"[0-9a-f]{64}")
+def _is_hex(name: str) -> bool:
+    """A partial's name: the hex of the sha256 it will have."""
+    return _digest.parse(f"{_digest.SHA256}:{name}") is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,10 +235,10 @@ def prune_partials(config: Config) -> PrunedPartials:
     ingest = config.ingest_dir
     found: list[tuple[str, Path]] = []
     if ingest.is_dir():
-        found += [(c.name, c) for c in ingest.iterdir() if c.is_dir() and _HEX.fullmatch(c.name)]
+        found += [(c.name, c) for c in ingest.iterdir() if c.is_dir() and _is_hex(c.name)]
         hf = ingest / "hf"
         if hf.is_dir():
-            found += [(c.stem, c) for c in hf.iterdir() if c.suffix == ".partial" and _HEX.fullmatch(c.stem)]
+            found += [(c.stem, c) for c in hf.iterdir() if c.suffix == ".partial" and _is_hex(c.stem)]
     count = size = busy = 0
     for hex_digest, path in found:
         lock = filelock.FileLock(str(ingest / f"{hex_digest}.lock"))

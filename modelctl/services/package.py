@@ -7,7 +7,6 @@ write. Digests are deterministic: the creation time comes from ``--created`` or 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelctl.config import Config
+from modelctl.digest import Digest, copy_hashed
 from modelctl.errors import DigestMismatch, NotFound, UsageError
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
@@ -128,7 +128,7 @@ def add_file(
     name: str,
     *,
     move: bool = False,
-    expected: str | None = None,
+    expected: Digest | None = None,
 ) -> Descriptor:
     """Put a file into the store while hashing it (one read), then commit it atomically.
 
@@ -137,27 +137,19 @@ def add_file(
     and raises DigestMismatch.
     """
     config.ingest_dir.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    size = 0
     if move:
         tmp = path
         with path.open("rb") as src:
-            while block := src.read(8 << 20):
-                h.update(block)
-                size += len(block)
+            digest, size = copy_hashed(src, None, chunk=8 << 20)
     else:
         with tempfile.NamedTemporaryFile(dir=config.ingest_dir, prefix=".package-", delete=False) as out:
             tmp = Path(out.name)
             try:
                 with path.open("rb") as src:
-                    while block := src.read(8 << 20):
-                        h.update(block)
-                        out.write(block)
-                        size += len(block)
+                    digest, size = copy_hashed(src, out, chunk=8 << 20)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-    digest = "sha256:" + h.hexdigest()
     if expected is not None and digest != expected:
         tmp.unlink(missing_ok=True)
         raise DigestMismatch(expected, digest, what=name)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from modelctl import artifact, sources, transfer
 from modelctl.config import Config
+from modelctl.digest import Digest
 from modelctl.errors import ModelctlError, NotFound
 from modelctl.fit.settings import RunSettings
 from modelctl.oci.descriptor import Descriptor, Manifest
@@ -38,7 +39,7 @@ class Reporter(Protocol):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PullResult:
     reference: str
-    digest: str
+    digest: Digest
     size: int
     files: tuple[Path, ...]
     fetched: int

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modelctl import reference
 from modelctl.config import Config
+from modelctl.digest import Digest
 from modelctl.oci import descriptor
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
@@ -28,7 +29,7 @@ READ_SIZE = 1 << 20
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PushResult:
     reference: str
-    digest: str
+    digest: Digest
     uploaded: int
     skipped: int
     mounted: int
@@ -97,7 +98,7 @@ def _reading(path: Path, desc: Descriptor, progress: Callable[[Progress], None] 
             yield piece
 
 
-def _mount_sources(store: Layout, ref: Reference, digest: str) -> list[str]:
+def _mount_sources(store: Layout, ref: Reference, digest: Digest) -> list[str]:
     """Other repositories of the same registry that, per the local store, hold ``digest``."""
     out: list[str] = []
     for name, desc in store.entries():
@@ -111,7 +112,7 @@ def _mount_sources(store: Layout, ref: Reference, digest: str) -> list[str]:
 
 
 def _unique(layers: Sequence[Descriptor]) -> list[Descriptor]:
-    seen: dict[str, Descriptor] = {}
+    seen: dict[Digest, Descriptor] = {}
     for layer in layers:
         seen.setdefault(layer.digest, layer)
     return list(seen.values())

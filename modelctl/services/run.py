@@ -78,7 +78,7 @@ class Prepared:
         model = self.entry.model
         return {
             "model": self.name,
-            "id": self.entry.desc.digest.removeprefix("sha256:")[:12],
+            "id": self.entry.desc.digest.hex[:12],
             "architecture": model.architecture,
             "parameters": model.parameters,
             "quantization": model.quantization,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from modelctl.digest import Digest
 from modelctl.errors import UsageError
 from modelctl.fit.report import FitReport, as_run_would, fit_remote
 from modelctl.fit.settings import RunSettings
@@ -19,7 +20,7 @@ def fit(source: Source, resolved: Resolved, settings: RunSettings) -> FitReport:
         raise UsageError(f"{name} has no GGUF layer", hint="the fit check reads GGUF models only")
 
     def fetch(digest: str, start: int, end: int) -> bytes:
-        return read(source, digest, start, end)
+        return read(source, Digest(digest), start, end)  # the fit check hands back the digests it was given
 
     blobs = [(d.digest, d.size) for d in model.gguf]
     report = fit_remote(fetch, blobs, as_run_would(settings, model), variants=card_variants(name))

@@ -18,7 +18,6 @@ measured with benchmarks/hf_pull.py).
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -30,6 +29,7 @@ import httpx
 
 from modelctl import artifact, hf_files
 from modelctl.config import Config
+from modelctl.digest import Digest
 from modelctl.errors import (
     AuthError,
     IntegrityError,
@@ -128,9 +128,6 @@ def listing(config: Config, ref: Reference) -> Listing:
     return Listing(repo_id=ref.repository, revision=info.sha, last_modified=info.last_modified, files=tuple(files))
 
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
 def plan(config: Config, ref: Reference) -> Plan:
     found = listing(config, ref)
     selection = hf_files.choose(found.files, ref.tag, repo=f"{HUGGING_FACE}/{ref.repository}")
@@ -140,11 +137,13 @@ def plan(config: Config, ref: Reference) -> Plan:
                 f"the Hub lists no sha256 for {f.path} in {ref.repository}",
                 hint="modelctl verifies every file and cannot verify this one; report it to the repository owner",
             )
-        if not _SHA256.fullmatch(f.sha256.lower()):  # it names files under ingest/ and blobs/: never trust its shape
+        try:  # it names files under ingest/ and blobs/: never trust its shape
+            Digest.sha256(f.sha256.lower())
+        except IntegrityError:
             raise IntegrityError(
                 f"the Hub lists a malformed sha256 for {f.path} in {ref.repository}",
                 hint="check that HF_ENDPOINT points at a Hugging Face Hub",
-            )
+            ) from None
     return Plan(listing=found, selection=selection, tag=selection.quant or "latest")
 
 
@@ -263,7 +262,7 @@ class HubSource:
             )
         return _resolved(self._ref, todo)
 
-    def open_range(self, digest: str, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
+    def open_range(self, digest: Digest, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
         todo = self._planned()
         by_digest = {_digest(f): f.path for f in todo.selection.files}
         if digest not in by_digest:
@@ -361,9 +360,10 @@ def _details(ref: Reference, stored: Reference, todo: Plan, created: str) -> dic
     }
 
 
-def _digest(f: HubFile) -> str:
+def _digest(f: HubFile) -> Digest:
+    """The digest of a file whose sha256 ``plan`` checked: the Hub lists bare lowercase-or-not hex."""
     assert f.sha256 is not None
-    return f"sha256:{f.sha256.lower()}"
+    return Digest.sha256(f.sha256.lower())
 
 
 def _rfc3339(when: datetime | None) -> str:

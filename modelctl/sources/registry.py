@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 
 from modelctl import artifact
 from modelctl.cards import MAX_CARD
+from modelctl.digest import Digest
 from modelctl.errors import UnsupportedFormat
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
@@ -46,7 +47,7 @@ class RegistrySource:
             config_bytes = self._client.get_blob(self._ref, doc.config.digest)
         return self._resolved(doc, config_bytes, local=False)
 
-    def open_range(self, digest: str, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
+    def open_range(self, digest: Digest, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
         return self._client.open_blob(self._ref, digest, start=start, end=end)
 
     def tags(self) -> list[str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelctl import artifact
+from modelctl.digest import Digest
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.oci.transport import BlobReader
 from modelctl.reference import Reference
@@ -60,7 +61,7 @@ class Source(Protocol):
         """The model the reference names. With ``store``, a complete local copy may stand in for the network."""
         ...
 
-    def open_range(self, digest: str, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
+    def open_range(self, digest: Digest, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
         """Bytes ``start`` to ``end`` (inclusive; None: to the end) of the resolved file ``digest``."""
         ...
 
@@ -78,13 +79,13 @@ class BlobRanges:
     """One file of a source as the download engine's ``RangeSource``."""
 
     source: Source
-    digest: str
+    digest: Digest
 
     def open_range(self, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
         return self.source.open_range(self.digest, start, end)
 
 
-def read(source: Source, digest: str, start: int, end: int) -> bytes:
+def read(source: Source, digest: Digest, start: int, end: int) -> bytes:
     """Bytes ``start`` to ``end`` (inclusive) of ``digest``, whether or not the server honoured ``Range``."""
     with source.open_range(digest, start, end) as reader:
         return take_window(reader.iter_chunks(), start - reader.offset, end - start + 1)

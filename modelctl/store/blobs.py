@@ -6,26 +6,27 @@ import os
 from pathlib import Path
 
 from modelctl import digest as _digest
+from modelctl.digest import Digest
 from modelctl.errors import DigestMismatch, IntegrityError, NotFound
 from modelctl.store import journal
-from modelctl.store.directory import Directory, fsync_dir, fsync_file, is_regular
+from modelctl.store.directory import Directory, fsync_dir, fsync_file, is_regular, stored
 
 
 class Blobs(Directory):
     """Reading, writing and committing blobs (a layout's content)."""
 
-    def blob_path(self, digest: str) -> Path:
+    def blob_path(self, digest: Digest) -> Path:
         """Where a blob lives; a malformed (maybe hostile) digest raises IntegrityError, never a path."""
-        return self.blobs_dir / _digest.hex_of(digest)
+        return self.blobs_dir / stored(digest).hex
 
-    def has_blob(self, digest: str, size: int | None = None) -> bool:
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
         try:
             st = self.blob_path(digest).stat()
         except (FileNotFoundError, NotADirectoryError):
             return False
         return is_regular(st.st_mode) and (size is None or st.st_size == size)
 
-    def read_blob(self, digest: str, *, max_size: int = 16 << 20) -> bytes:
+    def read_blob(self, digest: Digest, *, max_size: int = 16 << 20) -> bytes:
         """A small blob's verified bytes. A corrupt blob is deleted (a pull fetches it again) and reported."""
         path = self.blob_path(digest)
         try:
@@ -50,16 +51,16 @@ class Blobs(Directory):
             raise error
         return data
 
-    def write_blob(self, data: bytes, digest: str | None = None) -> str:
+    def write_blob(self, data: bytes, digest: Digest | None = None) -> Digest:
         """Store ``data`` (verified against ``digest`` when given) and return its digest."""
         actual = _digest.of_bytes(data)
-        if digest is not None and actual != _digest.check(digest):
+        if digest is not None and actual != stored(digest):
             raise DigestMismatch(digest, actual, what="blob")
         self.ensure()
         self.write_atomic(self.blob_path(actual), data)
         return actual
 
-    def commit_blob(self, path: Path, digest: str, *, flush: bool = True) -> Path:
+    def commit_blob(self, path: Path, digest: Digest, *, flush: bool = True) -> Path:
         """Move an already-verified file (same filesystem, e.g. from ingest/) into ``blobs/`` atomically.
 
         ``flush=False`` skips the fsync of the data (it costs more than a fast download): the blob is first listed
@@ -77,7 +78,7 @@ class Blobs(Directory):
             self._move_in(path, target)
         return target
 
-    def recover_unflushed(self) -> list[str]:
+    def recover_unflushed(self) -> list[Digest]:
         """Settle the journal of unflushed blobs; return the digests of blobs deleted as damaged by a crash.
 
         Call it when the store is opened, before any blob is used (see :func:`modelctl.store.journal.recover`).

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from modelctl import atomic
-from modelctl.errors import ModelctlError
+from modelctl import digest as _digest
+from modelctl.digest import Digest
+from modelctl.errors import IntegrityError, ModelctlError
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -20,7 +21,21 @@ LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
 EMPTY_INDEX = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
 LOCK_TIMEOUT = 300.0
 
-HEX64 = re.compile(r"[a-f0-9]{64}")
+ALGORITHM = _digest.SHA256
+"""The one digest algorithm the store keeps blobs of (``blobs/sha256/<hex>``)."""
+
+
+def stored(digest: str) -> Digest:
+    """``digest`` parsed, and refused unless the store keeps its algorithm: a hostile value never builds a path."""
+    parsed = Digest(digest)
+    if parsed.algorithm != ALGORITHM:
+        raise IntegrityError(f"unsupported digest algorithm in {digest!r}", hint="the store keeps sha256 blobs only")
+    return parsed
+
+
+def blob_name(name: str) -> Digest | None:
+    """The digest a file name in ``blobs/sha256/`` stands for; None for any other name."""
+    return _digest.parse(f"{ALGORITHM}:{name}")
 
 
 class Directory:
@@ -31,7 +46,7 @@ class Directory:
 
     @property
     def blobs_dir(self) -> Path:
-        return self.root / "blobs" / "sha256"
+        return self.root / "blobs" / ALGORITHM
 
     @property
     def index_path(self) -> Path:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from modelctl.digest import Digest
 from modelctl.errors import NotFound
 from modelctl.store import graph
-from modelctl.store.directory import HEX64, TMP_DIR, fsync_dir, is_regular
+from modelctl.store.directory import TMP_DIR, blob_name, fsync_dir, is_regular
 from modelctl.store.index import Tags
 
 
@@ -28,7 +29,7 @@ class DiskUsage:
 class Collector(Tags):
     """Removing models, pruning what nothing reaches, and measuring both."""
 
-    def remove(self, name: str) -> list[str]:
+    def remove(self, name: str) -> list[Digest]:
         """Untag ``name`` and delete its blobs that no remaining entry needs; return the deleted digests."""
         with self.locked():
             desc = self.untag(name)
@@ -39,7 +40,7 @@ class Collector(Tags):
             doomed = graph.reachable(nodes, [desc]) - live
             return self._delete(doomed, nodes)
 
-    def prune(self, grace_seconds: float = 3600) -> list[str]:
+    def prune(self, grace_seconds: float = 3600) -> list[Digest]:
         """Delete blobs no index entry needs that arrived over ``grace_seconds`` ago (and stale temp files).
 
         The grace period protects pulls in progress: they commit layers before they tag the manifest.
@@ -50,16 +51,17 @@ class Collector(Tags):
         with self.locked():
             nodes = graph.scan(self.blobs_dir)
             live = graph.reachable(nodes, self.roots())
-            doomed: set[str] = set()
+            doomed: set[Digest] = set()
             for path in self.blobs_dir.iterdir():
-                if not HEX64.fullmatch(path.name) or f"sha256:{path.name}" in live:
+                digest = blob_name(path.name)
+                if digest is None or digest in live:
                     continue
                 try:
                     st = path.lstat()
                 except FileNotFoundError:
                     continue
                 if is_regular(st.st_mode) and st.st_mtime < cutoff:
-                    doomed.add(f"sha256:{path.name}")
+                    doomed.add(digest)
             deleted = self._delete(doomed, nodes)
             tmp = self.root / TMP_DIR
             if tmp.is_dir():
@@ -81,11 +83,12 @@ class Collector(Tags):
                     st = path.lstat()
                 except FileNotFoundError:
                     continue
-                if not HEX64.fullmatch(path.name) or not is_regular(st.st_mode):
+                digest = blob_name(path.name)
+                if digest is None or not is_regular(st.st_mode):
                     continue
                 blobs += 1
                 total += st.st_size
-                if f"sha256:{path.name}" in live:
+                if digest in live:
                     referenced += st.st_size
         return DiskUsage(
             blobs=blobs,
@@ -96,10 +99,10 @@ class Collector(Tags):
             tags=len(entries),
         )
 
-    def _delete(self, doomed: set[str], nodes: dict[str, graph.Node]) -> list[str]:
+    def _delete(self, doomed: set[Digest], nodes: dict[Digest, graph.Node]) -> list[Digest]:
         # Manifests first: a crash half-way never leaves a manifest whose layers are gone.
         order = sorted(doomed, key=lambda d: (d not in nodes, d))
-        deleted: list[str] = []
+        deleted: list[Digest] = []
         for digest in order:
             try:
                 self.blob_path(digest).unlink()

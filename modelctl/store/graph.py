@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelctl.digest import Digest
 from modelctl.errors import IntegrityError
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor, Index, Manifest
-from modelctl.store.directory import HEX64, is_regular
+from modelctl.store.directory import blob_name, is_regular
 
 MAX_MANIFEST = 4 << 20
 """Blobs larger than this are never parsed as manifests (when looking for what references what)."""
@@ -27,7 +28,7 @@ DOCUMENTS = (*mt.MANIFESTS, *mt.INDEXES)
 
 Children = Callable[[Descriptor], Sequence[Descriptor]]
 """What a descriptor points at (empty for a config or a layer)."""
-Referrers = Callable[[str], Iterable[Descriptor]]
+Referrers = Callable[[Digest], Iterable[Descriptor]]
 """The manifests attached to a digest."""
 
 
@@ -37,7 +38,7 @@ class Node:
 
     desc: Descriptor
     children: tuple[Descriptor, ...]
-    subject: str | None
+    subject: Digest | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ def children(doc: Manifest | Index) -> tuple[Descriptor, ...]:
     return doc.manifests
 
 
-def node(digest: str, data: bytes) -> Node:
+def node(digest: Digest, data: bytes) -> Node:
     """Parse a stored document (IntegrityError when it is neither a manifest nor an index)."""
     doc = descriptor.parse(data)
     if isinstance(doc, Manifest):
@@ -64,13 +65,14 @@ def node(digest: str, data: bytes) -> Node:
     return Node(Descriptor(media_type=doc.media_type, digest=digest, size=len(data)), children(doc), None)
 
 
-def scan(blobs_dir: Path) -> dict[str, Node]:
+def scan(blobs_dir: Path) -> dict[Digest, Node]:
     """digest -> node of every blob in ``blobs_dir`` that parses as a manifest or an index."""
-    nodes: dict[str, Node] = {}
+    nodes: dict[Digest, Node] = {}
     if not blobs_dir.is_dir():
         return nodes
     for path in blobs_dir.iterdir():
-        if not HEX64.fullmatch(path.name):
+        digest = blob_name(path.name)
+        if digest is None:
             continue
         try:
             st = path.lstat()
@@ -82,15 +84,15 @@ def scan(blobs_dir: Path) -> dict[str, Node]:
         if data.lstrip()[:1] != b"{":
             continue
         try:
-            nodes[f"sha256:{path.name}"] = node(f"sha256:{path.name}", data)
+            nodes[digest] = node(digest, data)
         except IntegrityError:
             continue
     return nodes
 
 
-def attached(nodes: Iterable[Node]) -> dict[str, list[Descriptor]]:
+def attached(nodes: Iterable[Node]) -> dict[Digest, list[Descriptor]]:
     """subject digest -> the manifests attached to it, in digest order."""
-    out: dict[str, list[Descriptor]] = {}
+    out: dict[Digest, list[Descriptor]] = {}
     for n in sorted(nodes, key=lambda n: n.desc.digest):
         if n.subject is not None:
             out.setdefault(n.subject, []).append(n.desc)
@@ -110,8 +112,8 @@ def walk(
 
     A document more than ``max_depth`` levels below its root raises IntegrityError (``where`` prefixes the message).
     """
-    seen: set[str] = set()
-    reached: list[str] = []
+    seen: set[Digest] = set()
+    reached: list[Digest] = []
 
     def descend(start: Descriptor, referrer: bool) -> Iterator[Step]:
         stack = [(start, 0, referrer)]
@@ -138,7 +140,7 @@ def walk(
         i += 1
 
 
-def reachable(nodes: Mapping[str, Node], roots: Iterable[Descriptor]) -> set[str]:
+def reachable(nodes: Mapping[Digest, Node], roots: Iterable[Descriptor]) -> set[Digest]:
     """Digests of everything the roots reach in a scanned graph (what garbage collection keeps)."""
     by_subject = attached(nodes.values())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 from typing import Any
 
@@ -14,11 +13,9 @@ from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.store import graph
 from modelctl.store.blobs import Blobs
-from modelctl.store.directory import EMPTY_INDEX
+from modelctl.store.directory import EMPTY_INDEX, stored
 
 MAX_NAME = 1024
-
-_HEX_PREFIX = re.compile(r"[a-f0-9]{1,64}")
 
 
 class Tags(Blobs):
@@ -27,7 +24,7 @@ class Tags(Blobs):
     def tag(self, name: str, desc: Descriptor) -> None:
         """Point ``name`` at manifest ``desc`` (replacing its previous target); the model must be complete."""
         _check_name(name)
-        _digest.check(desc.digest)
+        stored(desc.digest)
         if not desc.media_type or _has_control(desc.media_type):
             raise IntegrityError(f"malformed media type {desc.media_type!r} for {name}")
         entry = Descriptor(
@@ -83,10 +80,14 @@ class Tags(Blobs):
 
     def find_by_digest(self, prefix: str) -> list[tuple[str, Descriptor]]:
         """Entries whose manifest digest starts with ``prefix``: a model ID (``3f8eb4da87fa``) or a digest."""
-        hex_prefix = prefix.removeprefix("sha256:")
-        if not _HEX_PREFIX.fullmatch(hex_prefix):
+        hex_prefix = prefix.removeprefix(f"{_digest.SHA256}:")
+        if not _digest.is_hex_prefix(hex_prefix):
             return []
-        return [(n, d) for n, d in self.entries() if d.digest.removeprefix("sha256:").startswith(hex_prefix)]
+        return [
+            (n, d)
+            for n, d in self.entries()
+            if d.digest.algorithm == _digest.SHA256 and d.digest.hex.startswith(hex_prefix)
+        ]
 
     def roots(self) -> list[Descriptor]:
         """Every index entry, tagged or not (entries written by other tools count too): where the graph starts."""

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from modelctl import digest as _digest
-from modelctl.store.directory import fsync_dir, fsync_file
+from modelctl.digest import Digest
+from modelctl.errors import IntegrityError
+from modelctl.store.directory import ALGORITHM, fsync_dir, fsync_file
 
 
 class Blobs(Protocol):
@@ -35,9 +37,10 @@ class Blobs(Protocol):
 
     def write_atomic(self, target: Path, data: bytes) -> None: ...
 
-    def blob_path(self, digest: str) -> Path: ...
+    def blob_path(self, digest: Digest) -> Path: ...
 
-    def has_blob(self, digest: str, size: int | None = None) -> bool: ...
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool: ...
+
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 """Read at each call (tests point it at a file of their own)."""
@@ -52,7 +55,7 @@ HASH_CHUNK = 8 << 20
 class Entry:
     """A blob renamed into ``blobs/`` without an fsync of its data."""
 
-    digest: str
+    digest: Digest
     boot: str
     time: float
     """Commit time, unix seconds."""
@@ -83,10 +86,10 @@ def load(root: Path) -> list[Entry] | None:
         return None
     try:
         doc = json.loads(raw)
-        entries = [Entry(str(e["digest"]), str(e["boot"]), float(e["time"]), int(e["size"])) for e in doc["blobs"]]
-    except (ValueError, TypeError, KeyError, AttributeError):
+        entries = [Entry(Digest(e["digest"]), str(e["boot"]), float(e["time"]), int(e["size"])) for e in doc["blobs"]]
+    except (ValueError, TypeError, KeyError, AttributeError, IntegrityError):
         return []
-    return entries if all(_digest.is_valid(e.digest) and e.size >= 0 for e in entries) else []
+    return entries if all(e.digest.algorithm == ALGORITHM and e.size >= 0 for e in entries) else []
 
 
 def dump(entries: list[Entry]) -> bytes:
@@ -112,14 +115,14 @@ def intact(path: Path, entry: Entry) -> bool:
         return _digest.of_file(f, HASH_CHUNK) == entry.digest
 
 
-def record(store: Blobs, digest: str, boot: str, size: int) -> None:
+def record(store: Blobs, digest: Digest, boot: str, size: int) -> None:
     """List a blob about to be renamed in unflushed, durably; the caller holds the store's lock."""
     entries = [e for e in load(store.root) or [] if e.digest != digest]
     entries.append(Entry(digest, boot, time.time(), size))
     store.write_atomic(store.root / JOURNAL, dump(entries))
 
 
-def recover(store: Blobs) -> list[str]:
+def recover(store: Blobs) -> list[Digest]:
     """Settle the journal of unflushed blobs; return the digests of blobs deleted as damaged by a crash.
 
     Without a journal it costs one failed open and no lock; with only young entries of this boot, a read, a stat per
@@ -138,7 +141,7 @@ def recover(store: Blobs) -> list[str]:
 
     if entries and not any(due(e) for e in entries):
         return []
-    removed: list[str] = []
+    removed: list[Digest] = []
     with store.locked():
         kept: list[Entry] = []
         for entry in load(store.root) or []:

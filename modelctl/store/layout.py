@@ -29,19 +29,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from modelctl import digest as _digest
+from modelctl.digest import Digest
 from modelctl.oci import descriptor
 from modelctl.oci.descriptor import Descriptor
 from modelctl.store import graph
+from modelctl.store.directory import stored
 from modelctl.store.gc import Collector
 
 
 class Layout(Collector):
     """An OCI image layout used as modelctl's content-addressed model store."""
 
-    def referrers(self, digest: str) -> list[Descriptor]:
+    def referrers(self, digest: Digest) -> list[Descriptor]:
         """Stored manifests whose ``subject`` is ``digest`` (e.g. a model card attached by ``package --card``)."""
-        _digest.check(digest)
+        digest = stored(digest)
         return graph.attached(graph.scan(self.blobs_dir).values()).get(digest, [])
 
     def children(self, desc: Descriptor) -> Sequence[Descriptor]:

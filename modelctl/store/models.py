@@ -18,7 +18,7 @@ from pathlib import Path
 
 from modelctl import artifact, reference
 from modelctl.config import Config
-from modelctl.digest import hex_of
+from modelctl.digest import SHA256, Digest, is_hex_prefix
 from modelctl.errors import NotFound, UsageError
 from modelctl.oci import descriptor
 from modelctl.oci.descriptor import Descriptor, Manifest
@@ -49,11 +49,11 @@ def find(store: Layout, text: str) -> list[tuple[str, Descriptor]]:
     return []
 
 
-def files_dir(config: Config, manifest_digest: str) -> Path:
-    return config.home / "models" / hex_of(manifest_digest)
+def files_dir(config: Config, manifest_digest: Digest) -> Path:
+    return config.home / "models" / Digest(manifest_digest).hex
 
 
-def link_files(store: Layout, target_dir: Path, names: Mapping[str, str]) -> None:
+def link_files(store: Layout, target_dir: Path, names: Mapping[Digest, str]) -> None:
     """Create (or repair) ``target_dir/<name>`` -> the blob, for each digest -> relative file name."""
     for digest, name in names.items():
         link = target_dir / name
@@ -66,13 +66,13 @@ def link_files(store: Layout, target_dir: Path, names: Mapping[str, str]) -> Non
             os.replace(tmp, link)
 
 
-def drop_files(config: Config, manifest_digest: str) -> None:
+def drop_files(config: Config, manifest_digest: Digest) -> None:
     shutil.rmtree(files_dir(config, manifest_digest), ignore_errors=True)
 
 
 def _looks_like_id(text: str) -> bool:
-    raw = text.removeprefix("sha256:")
-    return 6 <= len(raw) <= 64 and all(c in "0123456789abcdef" for c in raw)
+    raw = text.removeprefix(f"{SHA256}:")
+    return len(raw) >= 6 and is_hex_prefix(raw)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -116,10 +116,10 @@ def materialise(config: Config, store: Layout, local: LocalModel) -> list[Path]:
     return [target_dir / names[d.digest] for d in local.model.gguf]
 
 
-def file_names(local: LocalModel) -> dict[str, str]:
+def file_names(local: LocalModel) -> dict[Digest, str]:
     """digest -> relative file name inside the model's directory."""
     shards = local.model.gguf
-    names: dict[str, str] = {}
+    names: dict[Digest, str] = {}
     for i, desc in enumerate(shards, start=1):
         names[desc.digest] = "model.gguf" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.gguf"
     taken = set(names.values())

@@ -18,7 +18,6 @@ finished blob is committed unflushed and recorded by the store (see ``modelctl.w
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import random
@@ -33,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from modelctl.digest import hex_of
+from modelctl import digest as _digest
+from modelctl.digest import Digest
 from modelctl.errors import DigestMismatch, ModelctlError, RegistryError
 from modelctl.oci.descriptor import Descriptor
 from modelctl.transfer import state
@@ -66,14 +66,14 @@ class RangeSource(Protocol):
 
 
 class BlobSink(Protocol):
-    def has_blob(self, digest: str, size: int | None = None) -> bool: ...
-    def blob_path(self, digest: str) -> Path: ...
-    def commit_blob(self, path: Path, digest: str, *, flush: bool = ...) -> Path: ...
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool: ...
+    def blob_path(self, digest: Digest) -> Path: ...
+    def commit_blob(self, path: Path, digest: Digest, *, flush: bool = ...) -> Path: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    digest: str
+    digest: Digest
     total: int
     done: int
     fetched_this_run: int
@@ -108,7 +108,7 @@ def download(
     import filelock
 
     ingest_dir.mkdir(parents=True, exist_ok=True)
-    hex_digest = hex_of(desc.digest)
+    hex_digest = desc.digest.hex
     with filelock.FileLock(str(ingest_dir / f"{hex_digest}.lock")):
         # Another process may have fetched it while we waited for the lock: one download per blob.
         if sink.has_blob(desc.digest, desc.size):
@@ -162,7 +162,7 @@ class _Job:
         self.sleep = sleep
         self.cond = threading.Condition()
         self.cancel = threading.Event()
-        self.hasher = hashlib.sha256()
+        self.hasher = self.desc.digest.hasher()
         self.hashed = 0
         self.claimed = 0
         """End of the bytes given to the hash thread (queued buffers or a read-back in progress); <= frontier."""
@@ -237,7 +237,7 @@ class _Job:
             self._emit(force=True)
             if self.hashed != size:
                 raise ModelctlError(f"internal error: hashed {self.hashed} of {size} bytes of {self.desc.digest}")
-            actual = "sha256:" + self.hasher.hexdigest()
+            actual = _digest.of_hasher(self.hasher)
             if actual != self.desc.digest:
                 os.close(self.fd)
                 self.fd = -1

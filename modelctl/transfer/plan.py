@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from modelctl.digest import hex_of
+from modelctl.digest import Digest
 from modelctl.errors import NoSpace
 from modelctl.oci.descriptor import Descriptor
 from modelctl.transfer import state
@@ -18,7 +18,7 @@ MARGIN = 64 << 20
 
 
 class HasBlob(Protocol):
-    def has_blob(self, digest: str, size: int | None = None) -> bool: ...
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ def plan(blobs: Sequence[Descriptor], sink: HasBlob, *, ingest_dir: Path) -> Pla
     already = 0
     allocate = 0
     for d in missing:
-        part_dir = ingest_dir / hex_of(d.digest)
+        part_dir = ingest_dir / d.digest.hex
         have = state.saved_bytes(part_dir, d.digest, d.size)
         already += have
         if not (part_dir / state.DATA_FILE).exists():

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelctl.digest import Digest
 from modelctl.store import journal
 
 STATE_FILE = "state.json"
@@ -60,7 +61,7 @@ def split(size: int, parts: int, min_part_size: int) -> list[Part]:
     return [p for p in out if p.length > 0] or [Part(0, 0)]
 
 
-def load(directory: Path, digest: str, size: int) -> tuple[list[Part], str | None] | None:
+def load(directory: Path, digest: Digest, size: int) -> tuple[list[Part], str | None] | None:
     """The saved parts and the boot they were saved in, or None when there is no usable state (absent,
     corrupt, or for another blob/size)."""
     try:
@@ -81,7 +82,7 @@ def load(directory: Path, digest: str, size: int) -> tuple[list[Part], str | Non
     return (parts, boot if isinstance(boot, str) else None) if expected == size else None
 
 
-def save(directory: Path, digest: str, size: int, parts: list[Part]) -> None:
+def save(directory: Path, digest: Digest, size: int, parts: list[Part]) -> None:
     doc = {
         "digest": digest,
         "size": size,
@@ -93,6 +94,6 @@ def save(directory: Path, digest: str, size: int, parts: list[Part]) -> None:
     os.replace(tmp, directory / STATE_FILE)
 
 
-def saved_bytes(directory: Path, digest: str, size: int) -> int:
+def saved_bytes(directory: Path, digest: Digest, size: int) -> int:
     saved = load(directory, digest, size)
     return sum(p.done for p in saved[0]) if saved else 0

@@ -298,7 +298,7 @@ VERIFIED_IDS = {
 def test_ollama_manifests(fixture: str) -> None:
     m = load(fixture)
     if fixture in VERIFIED_IDS:  # the copies are byte-exact
-        assert digest.hex_of(m.digest).startswith(VERIFIED_IDS[fixture])
+        assert m.digest.hex.startswith(VERIFIED_IDS[fixture])
     assert artifact.classify(m) == "ollama"
     model = artifact.from_manifest(m, OLLAMA_CONFIG)
     assert model.format == "ollama"

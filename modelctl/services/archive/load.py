@@ -9,7 +9,6 @@ then are the references tagged. A hostile or damaged archive leaves the store as
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -22,6 +21,7 @@ from typing import BinaryIO
 from modelctl import digest as _digest
 from modelctl import reference
 from modelctl.config import Config
+from modelctl.digest import Digest
 from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, NotFound
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
@@ -67,7 +67,7 @@ def load(config: Config, source: BinaryIO, *, name: str = "archive", progress: P
             blobs=len(keep),
             bytes=sum(staging.sizes[d] for d in keep if d in staging.sizes),
             new_blobs=new_blobs,
-            skipped=(*skipped, *(f"blobs/sha256/{_digest.hex_of(d)}" for d in unused)),
+            skipped=(*skipped, *(f"blobs/{d.algorithm}/{d.hex}" for d in unused)),
         )
 
 
@@ -87,9 +87,9 @@ class _Staging:
     def __init__(self, store: Layout) -> None:
         self.dir = store.root / TMP_DIR
         self.prefix = f"load.{os.getpid()}.{secrets.token_hex(4)}."
-        self.blobs: dict[str, Path] = {}
+        self.blobs: dict[Digest, Path] = {}
         """digest -> staged file (blobs the store did not have)."""
-        self.sizes: dict[str, int] = {}
+        self.sizes: dict[Digest, int] = {}
         """digest -> size of every blob in the archive (staged or already stored)."""
 
     def __enter__(self) -> _Staging:
@@ -100,8 +100,8 @@ class _Staging:
         for path in self.blobs.values():
             path.unlink(missing_ok=True)  # committed ones were renamed away already
 
-    def path(self, digest: str) -> Path:
-        return self.dir / f"{self.prefix}{_digest.hex_of(digest)}"
+    def path(self, digest: Digest) -> Path:
+        return self.dir / f"{self.prefix}{digest.hex}"
 
 
 def _safe_parts(member: tarfile.TarInfo, archive: str) -> list[str]:
@@ -165,8 +165,8 @@ def _read_archive(
                 elif parts == ["oci-layout"]:
                     _check_layout_file(_small(tar, member, archive), archive)
                 elif len(parts) == 3 and parts[:2] == ["blobs", "sha256"]:
-                    digest = f"sha256:{parts[2]}"
-                    if not _digest.is_valid(digest):
+                    digest = _digest.parse(f"{_digest.SHA256}:{parts[2]}")
+                    if digest is None:
                         raise IntegrityError(f"{archive}: refused member {member.name!r}: not a sha256 blob name")
                     _stage(tar, member, digest, archive, store, staging)
                     if progress is not None:
@@ -212,7 +212,7 @@ def _check_layout_file(raw: bytes, archive: str) -> None:
 
 
 def _stage(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str, archive: str, store: Layout, staging: _Staging
+    tar: tarfile.TarFile, member: tarfile.TarInfo, digest: Digest, archive: str, store: Layout, staging: _Staging
 ) -> None:
     """Stream one blob member through sha256: into a staged file, or nowhere when the store has it already."""
     f = tar.extractfile(member)
@@ -220,15 +220,9 @@ def _stage(
     # A blob seen before in this archive, or already stored: verify it, write it nowhere.
     known = digest in staging.sizes or store.has_blob(digest, member.size)
     target = None if known else staging.path(digest)
-    sha = hashlib.sha256()
-    count = 0
     out = target.open("wb") if target is not None else None
     try:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            count += len(chunk)
-            if out is not None:
-                out.write(chunk)
+        actual, count = _digest.copy_hashed(f, out, algorithm=digest.algorithm, chunk=CHUNK)
     except BaseException:
         if out is not None:
             out.close()
@@ -240,7 +234,6 @@ def _stage(
         if target is not None:
             target.unlink(missing_ok=True)
         raise EOFError(f"{member.name} is cut short")
-    actual = "sha256:" + sha.hexdigest()
     if actual != digest:
         if target is not None:
             target.unlink(missing_ok=True)
@@ -286,12 +279,12 @@ def _parse_index(raw: bytes, archive: str) -> list[tuple[str | None, Descriptor]
 
 def _plan(
     store: Layout, staging: _Staging, entries: list[tuple[str | None, Descriptor]], archive: str
-) -> tuple[set[str], int]:
+) -> tuple[set[Digest], int]:
     """Every blob to keep (what the tagged entries reach, plus referrers of it); checks presence and sizes.
 
     Returns (digests to keep, number of referrer manifests)."""
 
-    def size_of(digest: str) -> int | None:
+    def size_of(digest: Digest) -> int | None:
         if digest in staging.sizes:
             return staging.sizes[digest]
         try:
@@ -300,7 +293,7 @@ def _plan(
             return None
         return st.st_size
 
-    def read(digest: str) -> bytes:
+    def read(digest: Digest) -> bytes:
         staged = staging.blobs.get(digest)
         path = staged if staged is not None else store.blob_path(digest)
         with path.open("rb") as f:
@@ -346,7 +339,7 @@ def _plan(
         if ref_name is not None:  # untagged entries load only as referrers of a tagged model
             check(desc, f"index.json entry {ref_name}")
             roots.append(desc)
-    keep: set[str] = set()
+    keep: set[Digest] = set()
     referrers = 0
     for step in graph.walk(roots, children, lambda d: by_subject.get(d, ()), where=f"{archive}: "):
         keep.add(step.desc.digest)

@@ -6,17 +6,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-Progress = Callable[[str, int], None]
+from modelctl.digest import Digest
+
+Progress = Callable[[Digest, int], None]
 """Called with (digest, bytes) after each blob is written or read."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ArchivedModel:
     reference: str
-    digest: str
+    digest: Digest
 
     def to_json(self) -> dict[str, Any]:
-        return {"reference": self.reference, "digest": self.digest, "id": self.digest.removeprefix("sha256:")[:12]}
+        return {"reference": self.reference, "digest": self.digest, "id": self.model_id}
+
+    @property
+    def model_id(self) -> str:
+        """What ``list`` shows as ID: the first 12 hex digits of the manifest digest."""
+        return self.digest.hex[:12]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -6,14 +6,13 @@ is reported instead of exported. The blobs are what the store's graph walk reach
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from modelctl import atomic
 from modelctl import digest as _digest
@@ -106,21 +105,6 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
     tar.addfile(_tarinfo(name.rstrip("/"), 0, directory=True))
 
 
-class _HashingReader:
-    """A read-only file wrapper hashing what passes through (tarfile copies blobs with ``read``)."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.count += len(data)
-        return data
-
-
 def _add_blob(tar: tarfile.TarFile, store: Layout, desc: Descriptor) -> int:
     path = store.blob_path(desc.digest)
     try:
@@ -137,10 +121,10 @@ def _add_blob(tar: tarfile.TarFile, store: Layout, desc: Descriptor) -> int:
                 f"stored blob {desc.digest} is {size} bytes, its descriptor says {desc.size}",
                 hint="the local copy is corrupt; remove the model and pull it again",
             )
-        reader = _HashingReader(f)
-        tar.addfile(_tarinfo(f"blobs/sha256/{_digest.hex_of(desc.digest)}", size), reader)
-    actual = "sha256:" + reader.sha.hexdigest()
-    if reader.count != size or actual != desc.digest:
+        hashing = _digest.Hashing(desc.digest.algorithm)  # tarfile copies the blob with read()
+        tar.addfile(_tarinfo(f"blobs/{desc.digest.algorithm}/{desc.digest.hex}", size), hashing.reader(f))
+    actual = hashing.digest()
+    if hashing.size != size or actual != desc.digest:
         error = DigestMismatch(desc.digest, actual, what=f"stored blob {desc.digest}")
         error.hint = "the local copy is corrupt; remove the model and pull it again (the archive is incomplete)"
         raise error

@@ -102,7 +102,7 @@ def test_blob_round_trip(store: Layout) -> None:
     assert d == digest.of_bytes(b"hello")
     assert store.has_blob(d) and store.has_blob(d, 5) and not store.has_blob(d, 6)
     assert store.read_blob(d) == b"hello"
-    assert store.blob_path(d) == store.root / "blobs" / "sha256" / digest.hex_of(d)
+    assert store.blob_path(d) == store.root / "blobs" / "sha256" / d.hex
     assert store.write_blob(b"hello", d) == d  # idempotent
     assert not list((store.root / ".tmp").iterdir())
 
@@ -232,10 +232,10 @@ def test_find_by_digest(store: Layout) -> None:
     store.tag("docker.io/ai/a:1", a)
     store.tag("docker.io/ai/a:2", a)
     store.tag("docker.io/ai/b:1", b)
-    hex_a = digest.hex_of(a.digest)
+    hex_a = a.digest.hex
     assert [n for n, _ in store.find_by_digest(hex_a[:12])] == ["docker.io/ai/a:1", "docker.io/ai/a:2"]
     assert [n for n, _ in store.find_by_digest(a.digest)] == ["docker.io/ai/a:1", "docker.io/ai/a:2"]
-    assert [n for n, _ in store.find_by_digest("sha256:" + digest.hex_of(b.digest)[:8])] == [
+    assert [n for n, _ in store.find_by_digest("sha256:" + b.digest.hex[:8])] == [
         "docker.io/ai/b:1"
     ]
     for bad in ("", "zz", "../", hex_a.upper(), "sha256:"):

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelctl.digest import hex_of, of_bytes
+from modelctl.digest import of_bytes
 from modelctl.errors import DigestMismatch, NoSpace, NotFound, RegistryError
 from modelctl.oci.descriptor import Descriptor
 from modelctl.oci.transport import BlobReader
@@ -319,7 +319,7 @@ THIS_FILE = Path(__file__).resolve()
 
 
 def partial_dir(ingest: Path, desc: Descriptor) -> Path:
-    return ingest / hex_of(desc.digest)
+    return ingest / desc.digest.hex
 
 
 def blobs_in(store: Layout) -> list[str]:
@@ -339,7 +339,7 @@ def test_parallel_parts_commit_the_right_bytes(
     assert path.read_bytes() == blob
     assert store.has_blob(desc.digest, desc.size)
     assert not partial_dir(ingest, desc).exists(), "the partial (data and state.json) must be gone after commit"
-    assert [p.name for p in ingest.iterdir()] == [f"{hex_of(desc.digest)}.lock"]  # only the (empty) lock file
+    assert [p.name for p in ingest.iterdir()] == [f"{desc.digest.hex}.lock"]  # only the (empty) lock file
     ranged = [r for r in server.ranges if r is not None]
     assert len(ranged) == 8, server.ranges  # eight parts, one request each
     assert server.bytes_served == len(blob)
