@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# main() imports the app when called, so importing modelctl.cli (as the console script does) costs nothing.
+
 
 def main() -> None:
     from modelctl.cli.app import run

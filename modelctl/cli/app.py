@@ -9,6 +9,8 @@ import typer
 from modelctl import __version__
 from modelctl.cli import errors
 
+# The command modules are imported by _register() when the CLI runs, not when this module is imported.
+
 app = typer.Typer(
     name="modelctl",
     help="Pull, verify, fit-check and run open models from OCI registries.",

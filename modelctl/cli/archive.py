@@ -12,6 +12,9 @@ from modelctl.cli import render
 from modelctl.cli.context import settings
 from modelctl.errors import UsageError
 
+# Services are imported inside the commands: every command module is imported at start-up to register its
+# commands, and a command should load only its own machinery (`modelctl list` never imports the pull's).
+
 
 def save(
     refs: list[str] = typer.Argument(..., metavar="REF..."),

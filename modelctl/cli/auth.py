@@ -9,6 +9,9 @@ import typer
 from modelctl.cli.context import settings
 from modelctl.errors import UsageError
 
+# Services are imported inside the commands: every command module is imported at start-up to register its
+# commands, and a command should load only its own machinery (`modelctl list` never imports the pull's).
+
 
 def login(
     registry: str = typer.Argument(..., metavar="REGISTRY"),

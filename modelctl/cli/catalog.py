@@ -10,6 +10,9 @@ import typer
 from modelctl.cli import render
 from modelctl.cli.context import settings
 
+# Services are imported inside the commands: every command module is imported at start-up to register its
+# commands, and a command should load only its own machinery (`modelctl list` never imports the pull's).
+
 if TYPE_CHECKING:
     from modelctl.cards import Card
 

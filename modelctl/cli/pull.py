@@ -11,6 +11,9 @@ from modelctl.cli.context import settings
 from modelctl.cli.progress import reporter
 from modelctl.errors import UsageError
 
+# Services are imported inside the commands: every command module is imported at start-up to register its
+# commands, and a command should load only its own machinery (`modelctl list` never imports the pull's).
+
 
 def pull(
     refs: list[str] | None = typer.Argument(None, metavar="REF...", help="References, e.g. ai/smollm2:135M-Q4_K_M."),

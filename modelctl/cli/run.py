@@ -19,6 +19,9 @@ from modelctl.cli.context import debug, settings
 from modelctl.cli.progress import reporter
 from modelctl.errors import RuntimeCrashed, UsageError
 
+# Services are imported inside the commands: every command module is imported at start-up to register its
+# commands, and a command should load only its own machinery (`modelctl list` never imports the pull's).
+
 if TYPE_CHECKING:
     from modelctl.runtime.conversation import Conversation, Sampling
     from modelctl.runtime.process import WorkerEngine as Engine

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from modelctl.cpu import WeightBuffers, takes_repack
+from modelctl.gguf import FileSource, read_headers
+from modelctl.runtime.ggml import for_llama_cpp
 
 REPACK_BUFFER = "CPU_REPACK"
 
@@ -51,7 +53,6 @@ def override_patterns(names: Sequence[str]) -> list[str]:
 
 def repacked_tensors(model_paths: Sequence[Path], buffers: WeightBuffers) -> list[str]:
     """Names of the weight matrices CPU_REPACK takes in these GGUF files (the fit check's rule)."""
-    from modelctl.gguf import FileSource, read_headers
 
     names = []
     for header in read_headers([FileSource(p) for p in model_paths]):
@@ -63,7 +64,6 @@ def repacked_tensors(model_paths: Sequence[Path], buffers: WeightBuffers) -> lis
 
 def _repack_buft() -> int | None:
     """The address of llama.cpp's CPU_REPACK buffer type, or None when this build has none."""
-    from modelctl.runtime.ggml import for_llama_cpp
 
     try:
         found = dict(for_llama_cpp().extra_buffer_types())

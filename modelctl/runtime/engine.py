@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelctl import cpu
 from modelctl.errors import ModelctlError, UsageError
+from modelctl.runtime.buffers import applied
 from modelctl.runtime.conversation import Message, Sampling, Stats
 
 RANDOM_SEED = 0xFFFFFFFF
@@ -306,8 +308,6 @@ def load(spec: LoadSpec) -> Engine:
 
 def weight_buffers(spec: LoadSpec) -> contextlib.AbstractContextManager[None]:
     """The block in which ``Llama(...)`` loads with the spec's extra CPU weight buffers (see modelctl.cpu)."""
-    from modelctl import cpu
-    from modelctl.runtime.buffers import applied
 
     choice = cpu.weight_buffers(spec.cpu_buffers, cpu.features())
     return applied(choice, spec.files or (spec.model_path,))

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from modelctl.runtime.ggml import Ggml, text
+
 DISTRIBUTION = "llama-cpp-python"
 
 
@@ -78,7 +80,6 @@ def probe() -> RuntimeInfo:
 
 def registered_backends(lib_dir: Path) -> tuple[Backend, ...]:
     """The backends in ggml's registry, read from ``libggml`` and ``libggml-base`` in ``lib_dir``."""
-    from modelctl.runtime.ggml import Ggml, text
 
     ggml = Ggml(lib_dir)
     backends = []

@@ -26,6 +26,10 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from modelctl.errors import ModelctlError
+from modelctl.runtime import server
+from modelctl.runtime.engine import load
+
 EXIT_PYTHON_ERROR = 70
 """Exit status after a Python error in the worker (sysexits' EX_SOFTWARE)."""
 
@@ -47,7 +51,6 @@ def serve(conn: Connection) -> int:
     """Load the model the first message names, then answer requests until ``close`` or the socket closes."""
     import llama_cpp  # before the first request: the import overlaps the parent's own preparations
 
-    from modelctl.errors import ModelctlError
 
     conn.send(("hello", {"gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}))
     try:
@@ -58,7 +61,6 @@ def serve(conn: Connection) -> int:
         return _serve_http(conn, first[1])
     if first[0] != "load":
         raise RuntimeError(f"expected a load request, got {first[0]!r}")
-    from modelctl.runtime.engine import load
 
     try:
         engine = load(first[1])
@@ -90,11 +92,9 @@ def serve(conn: Connection) -> int:
 
 def _serve_http(conn: Connection, spec: Any) -> int:
     """Run llama-cpp-python's OpenAI server for ``spec`` (a ServeSpec) until SIGTERM; ``ready`` once listening."""
-    from modelctl.errors import ModelctlError
-    from modelctl.runtime.server import serve
 
     try:
-        serve(spec, on_ready=lambda url: conn.send(("ready", url)))
+        server.serve(spec, on_ready=lambda url: conn.send(("ready", url)))
     except ModelctlError as exc:
         conn.send(("error", type(exc).__name__, exc.message, exc.hint))
     return 0

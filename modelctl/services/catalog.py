@@ -13,11 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modelctl import cards, reference
+from modelctl import cards, cpu, reference
 from modelctl.config import Config
 from modelctl.errors import AuthError, CardError, NotFound, RegistryError
+from modelctl.fit.devices import detect
+from modelctl.fit.report import fit_headers
+from modelctl.fit.settings import RunSettings
 from modelctl.fit.synthetic import computed, variant_header
+from modelctl.oci import descriptor
+from modelctl.oci import mediatypes as mt
+from modelctl.oci.descriptor import Manifest
 from modelctl.reference import Reference
+from modelctl.store import models as local
+
+# The sources (httpx, the registry client) are imported only when a card must be looked up remotely.
 
 if TYPE_CHECKING:
     from modelctl.fit.devices import Device
@@ -69,10 +78,6 @@ def _parsed(text: str, source: str, where: str) -> FoundCard:
 
 def _local_card(config: Config, text: str) -> tuple[FoundCard | None, bool]:
     """(the card attached in the local store, whether the model is in the local store)."""
-    from modelctl.oci import descriptor
-    from modelctl.oci import mediatypes as mt
-    from modelctl.oci.descriptor import Manifest
-    from modelctl.store import models as local
 
     store = local.layout(config)
     if not store.index_path.is_file():
@@ -152,10 +157,6 @@ def _matches(card: cards.Card, term: str) -> bool:
 def search(term: str | None = None, *, devices: Sequence[Device] | None = None, cpu_buffers: str = "auto") -> list[Row]:
     """The bundled cards' variants (those whose card matches ``term``), each judged against ``devices`` (None:
     this machine's) with the extra CPU weight buffers ``cpu_buffers`` (the CLI passes ``Config.cpu_buffers``)."""
-    from modelctl import cpu
-    from modelctl.fit.devices import detect
-    from modelctl.fit.report import fit_headers
-    from modelctl.fit.settings import RunSettings
 
     found = [c for c in cards.bundled() if not term or _matches(c, term)]
     if not found:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelctl.config import Config
+from modelctl.oci import credentials
+from modelctl.oci.client import RegistryClient
 
 
 def login(config: Config, registry: str, username: str, password: str) -> Path:
     """Ping the registry with the new credentials first, so a typo is reported now and never stored."""
-    from modelctl.oci import credentials
-    from modelctl.oci.client import RegistryClient
 
     trial = credentials.Credentials(username=username, password=password)
     canonical = credentials.canonical_registry(registry)
@@ -20,6 +20,5 @@ def login(config: Config, registry: str, username: str, password: str) -> Path:
 
 
 def logout(config: Config, registry: str) -> bool:
-    from modelctl.oci import credentials
 
     return credentials.erase_credentials(config, credentials.canonical_registry(registry))

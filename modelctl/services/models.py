@@ -20,6 +20,8 @@ from modelctl.digest import Digest
 from modelctl.errors import NotFound, UsageError
 from modelctl.store import models as local
 
+# The sources (httpx, the registry client) are imported only by inspect --remote: list, rm and path stay light.
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelRow:

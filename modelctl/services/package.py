@@ -19,6 +19,8 @@ from typing import Any
 from modelctl.config import Config
 from modelctl.digest import Digest, copy_hashed
 from modelctl.errors import DigestMismatch, NotFound, UsageError
+from modelctl.fit.shapes import parameter_count, quantization
+from modelctl.gguf import FileSource, read_header
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.reference import Reference
@@ -205,8 +207,6 @@ def _size_text(n: int) -> str:
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:
     """GGUF metadata as Docker writes it (strings; long arrays left out) plus a summary for the config fields."""
-    from modelctl.fit.shapes import parameter_count, quantization
-    from modelctl.gguf import FileSource, read_header
 
     header = read_header(FileSource(path))
     out: dict[str, Any] = {}

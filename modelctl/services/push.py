@@ -14,6 +14,7 @@ from modelctl import reference
 from modelctl.config import Config
 from modelctl.digest import Digest
 from modelctl.oci import descriptor
+from modelctl.oci.client import RegistryClient
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
 from modelctl.store import Layout
@@ -44,7 +45,6 @@ def push(
     progress: Callable[[Progress], None] | None = None,
 ) -> PushResult:
     """Push local model ``text`` (to ``target`` when given, else to the registry its name says)."""
-    from modelctl.oci.client import RegistryClient
 
     store = local.layout(config)
     entry = local.resolve(store, text)

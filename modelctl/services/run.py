@@ -14,14 +14,21 @@ from typing import TYPE_CHECKING, Any
 from modelctl import reference
 from modelctl.config import Config
 from modelctl.errors import DoesNotFit, NotFound, UsageError
+from modelctl.fit.report import fit_local
+from modelctl.fit.settings import CACHE_TYPES, RunSettings
+from modelctl.fit.synthetic import card_variants
+from modelctl.runtime.conversation import Sampling
+from modelctl.runtime.engine import LoadSpec
+from modelctl.runtime.process import spawn
+from modelctl.runtime.process import start as start_worker
+from modelctl.services.system import gpu_notice
 from modelctl.store import models as local
+
+# The pull (httpx, the download engine) is imported only when the model is not in the store yet.
 
 if TYPE_CHECKING:
     from modelctl.fit.report import FitReport
-    from modelctl.fit.settings import RunSettings
     from modelctl.oci.descriptor import Descriptor
-    from modelctl.runtime.conversation import Sampling
-    from modelctl.runtime.engine import LoadSpec
     from modelctl.runtime.process import Worker, WorkerEngine
     from modelctl.services.pull import Reporter
     from modelctl.store import Layout
@@ -96,7 +103,6 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
     suggestion unless ``force``. The runtime's worker process is started first, so that its start-up (Python,
     llama.cpp) overlaps this work; :func:`start` or :func:`serve` loads the model in it.
     """
-    from modelctl.runtime.process import spawn
 
     worker = spawn(verbose=options.debug)
     try:
@@ -117,7 +123,6 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
     settings = _settings(config, entry, options, gpu_ok)
     report = _fit(paths, settings, entry.name)
     if not gpu_ok:
-        from modelctl.services.system import gpu_notice
 
         unused = gpu_notice(report.devices, gpu_ok)
         if unused:
@@ -138,8 +143,6 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
     gpu_layers = options.gpu_layers if options.gpu_layers is not None else int(report.gpu_layers or 0)
     if not gpu_ok:
         gpu_layers = 0
-    from modelctl.fit.settings import CACHE_TYPES
-    from modelctl.runtime.engine import LoadSpec
 
     load = LoadSpec(
         model_path=paths[0],
@@ -176,7 +179,6 @@ def start(prepared: Prepared) -> WorkerEngine:
     The worker isolates llama.cpp: if it dies, the command reports RuntimeCrashed (exit 9) instead of dying with
     it, and the chat can start a new worker and go on.
     """
-    from modelctl.runtime.process import start as start_worker
 
     return start_worker(prepared.load, name=prepared.short, worker=prepared.take_worker())
 
@@ -199,7 +201,6 @@ def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: R
 
 
 def _settings(config: Config, entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> RunSettings:
-    from modelctl.fit.settings import RunSettings
 
     changes: dict[str, Any] = {"cpu_buffers": config.cpu_buffers}
     n_ctx = options.ctx_size or entry.model.context_size
@@ -215,8 +216,6 @@ def _settings(config: Config, entry: local.LocalModel, options: RunOptions, gpu_
 
 
 def _fit(paths: tuple[Path, ...], settings: RunSettings, name: str) -> FitReport:
-    from modelctl.fit.report import fit_local
-    from modelctl.fit.synthetic import card_variants
 
     return fit_local(list(paths), settings, variants=card_variants(name))
 
@@ -245,7 +244,6 @@ def _hint(report: FitReport) -> str:
 
 
 def _default_sampling() -> Sampling:
-    from modelctl.runtime.conversation import Sampling
 
     return Sampling()
 
@@ -253,7 +251,6 @@ def _default_sampling() -> Sampling:
 def sampling_from_params(store: Layout, desc: Descriptor | None, notes: list[str]) -> Sampling:
     """Sampling defaults from an Ollama ``params`` layer (JSON): temperature, top_p, top_k, seed, num_predict,
     stop. Values of the wrong type or range are ignored with a note, never fatal: the model still runs."""
-    from modelctl.runtime.conversation import Sampling
 
     sampling = Sampling()
     if desc is None:

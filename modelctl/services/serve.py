@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from modelctl.runtime.process import serve as run_server
+from modelctl.runtime.server import ServeSpec, check_address
 from modelctl.services.run import Prepared
 
 
@@ -16,8 +18,6 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``prepared`` until interrupted; ``on_ready`` gets the API's base URL once the model is loaded."""
-    from modelctl.runtime.process import serve as run_server
-    from modelctl.runtime.server import ServeSpec, check_address
 
     model = prepared.entry.model
     pooling = f"{model.architecture}.pooling_type" if model.architecture else None

@@ -51,7 +51,7 @@ def test_every_exit_code_is_documented_in_the_readme() -> None:
 
     from modelctl import errors
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     listed = re.search(r"Exit codes: (.*?)\n\n", text, re.S)
     assert listed is not None
     documented = {int(n) for n in re.findall(r"(?:^|;\s)(\d+) ", listed.group(1))}

@@ -198,7 +198,7 @@ def test_cli_json_output_and_runtime_error(capsys: pytest.CaptureFixture[str], m
 
 
 def test_readme_contract_lists_system() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     contract = readme.split("## CLI contract", 1)[1].split("```", 2)[1]
     line = next(x for x in contract.splitlines() if x.startswith("modelctl system"))
     assert "[--json]" in line
