@@ -2,7 +2,7 @@
 
 One place for the sequence every writer of a small state file needs (the store's index and journal, the Docker
 credentials file, ``modelctl save -o``): a temp file on the same filesystem, flushed and fsynced, renamed over the
-target; removed again if anything fails. Large downloads do not come here: see ``modelctl.writeback``.
+target; removed again if anything fails. Large downloads do not come here: see ``modelctl.store.journal``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ pass over the file.
 Durability: nothing here waits for the disk. A ``kill -9`` keeps page-cache data, so the part state saved every
 0.5 s is exact for a resume in the same boot; a kernel crash or power loss (a new boot id) may have lost bytes the
 state claims, so a partial from another boot that then fails verification is fetched once more from scratch. The
-finished blob is committed unflushed and recorded by the store (see ``modelctl.writeback``).
+finished blob is committed unflushed and recorded by the store (see ``modelctl.store.journal``).
 """
 
 from __future__ import annotations
