@@ -135,7 +135,6 @@ def fetch_blob(
         ingest_dir=config.ingest_dir,
         parts=config.parts,
         min_part_size=config.min_part_size,
-        stall_timeout=config.stall_timeout,
         retries=config.retries,
         progress=reporter.progress,
     )

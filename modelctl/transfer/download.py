@@ -99,12 +99,14 @@ def download(
     ingest_dir: Path,
     parts: int,
     min_part_size: int,
-    stall_timeout: float,
     retries: int,
     progress: Callable[[Progress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Path:
-    """Fetch ``desc`` unless the store has it; resume a partial; verify; commit. Returns the blob's path."""
+    """Fetch ``desc`` unless the store has it; resume a partial; verify; commit. Returns the blob's path.
+
+    A stalled part is the source's business: its HTTP client's read timeout (``MODELCTL_STALL_TIMEOUT``) raises,
+    and the part is retried here."""
     import filelock
 
     ingest_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def download(
 
         def attempt(streams: int, part_size: int) -> _Job:
             def run_job() -> _Job:
-                job = _Job(desc, source, directory, streams, part_size, stall_timeout, retries, progress, sleep)
+                job = _Job(desc, source, directory, streams, part_size, retries, progress, sleep)
                 job.run()
                 return job
 
@@ -145,7 +147,6 @@ class _Job:
         directory: Path,
         parts: int,
         min_part_size: int,
-        stall_timeout: float,
         retries: int,
         progress: Callable[[Progress], None] | None,
         sleep: Callable[[float], None],
@@ -156,7 +157,6 @@ class _Job:
         self.data_path = directory / state.DATA_FILE
         self.n_parts = parts
         self.min_part_size = min_part_size
-        self.stall_timeout = stall_timeout  # enforced as the HTTP read timeout of the source's client
         self.retries = retries
         self.progress = progress
         self.sleep = sleep

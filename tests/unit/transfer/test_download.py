@@ -245,7 +245,7 @@ def child_main(argv: list[str]) -> None:
     layout.ensure()
     source = HttpRangeSource(url)
     desc = Descriptor(media_type="application/octet-stream", digest=digest, size=int(size))
-    download(desc, source, layout, ingest_dir=Path(ingest), parts=8, min_part_size=MIB, stall_timeout=10, retries=3)
+    download(desc, source, layout, ingest_dir=Path(ingest), parts=8, min_part_size=MIB, retries=3)
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------
@@ -302,7 +302,6 @@ def fetch(store: Layout, ingest: Path, sleeps: list[float]) -> Callable[..., Pat
             "ingest_dir": ingest,
             "parts": 8,
             "min_part_size": MIB,
-            "stall_timeout": 10.0,
             "retries": 3,
             "sleep": sleeps.append,
         }
