@@ -3,13 +3,16 @@
 When configured, every write needs valid credentials; reads need them too unless anonymous pull is allowed.
 bcrypt is slow on purpose, so a verified (user, password) pair is remembered (as a salted hash, in memory)
 and checks run in a worker thread: a manifest GET with credentials costs a dictionary lookup, not a bcrypt.
+
+Hostile input gets a 401 like any wrong password: a password is cut to bcrypt's 72 bytes (as htpasswd and Docker's
+distribution do; bcrypt 5 raises beyond it), and an unknown user costs one bcrypt check against a dummy hash of
+the same cost, so the answer's timing does not tell which user names exist.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import os
 from pathlib import Path
@@ -21,6 +24,8 @@ from registry.errors import RegistryHTTPError
 
 CHALLENGE: Final = 'Basic realm="modelctl"'
 _CACHE_LIMIT: Final = 4096
+_BCRYPT_MAX: Final = 72
+_DEFAULT_COST: Final = 10
 
 
 def load_htpasswd(path: Path) -> dict[str, bytes]:
@@ -48,9 +53,22 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
         return None
     try:
         user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error, or non-ASCII text
         return None
     return (user, password) if sep else None
+
+
+def _cost(hashed: bytes) -> int:
+    """The cost field of ``$2b$12$...``; the default when it does not parse."""
+    field = hashed.split(b"$")[2:3]
+    return int(field[0]) if field and field[0].isdigit() and 4 <= int(field[0]) <= 31 else _DEFAULT_COST
+
+
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password[:_BCRYPT_MAX], hashed)
+    except ValueError:  # a malformed hash in the htpasswd file: no password matches it
+        return False
 
 
 class Authenticator:
@@ -61,6 +79,8 @@ class Authenticator:
         self.allow_anonymous_pull = allow_anonymous_pull
         self._salt = os.urandom(16)
         self._verified: set[bytes] = set()
+        cost = max((_cost(h) for h in users.values()), default=_DEFAULT_COST)
+        self._dummy = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=cost)) if users else b""
 
     def _key(self, user: str, password: str) -> bytes:
         return hashlib.sha256(self._salt + user.encode() + b"\0" + password.encode()).digest()
@@ -68,11 +88,13 @@ class Authenticator:
     async def _valid(self, user: str, password: str) -> bool:
         hashed = self.users.get(user)
         if hashed is None:
+            if self._dummy:  # the same bcrypt work as a wrong password, so timing does not reveal the name
+                await asyncio.get_running_loop().run_in_executor(None, _checkpw, password.encode(), self._dummy)
             return False
         key = self._key(user, password)
         if key in self._verified:
             return True
-        ok = await asyncio.get_running_loop().run_in_executor(None, bcrypt.checkpw, password.encode(), hashed)
+        ok = await asyncio.get_running_loop().run_in_executor(None, _checkpw, password.encode(), hashed)
         if ok:
             if len(self._verified) >= _CACHE_LIMIT:
                 self._verified.clear()
