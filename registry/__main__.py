@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import registry
+from modelctl.errors import ModelctlError
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -21,13 +22,9 @@ def parse_addr(addr: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["gc"]:
-        gc_parser = argparse.ArgumentParser(
-            prog="python -m registry gc", description="remove unreferenced blobs"
-        )
+        gc_parser = argparse.ArgumentParser(prog="python -m registry gc", description="remove unreferenced blobs")
         gc_parser.add_argument("--root", type=Path, required=True, help="the registry's storage directory")
-        gc_parser.add_argument(
-            "--grace", type=float, default=0.0, help="keep blobs younger than this (seconds)"
-        )
+        gc_parser.add_argument("--grace", type=float, default=0.0, help="keep blobs younger than this (seconds)")
         gc_parser.add_argument("--dry-run", action="store_true", help="list what would be removed")
         ns = gc_parser.parse_args(args[1:])
         try:
@@ -40,16 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m registry", description="serve an OCI registry")
     parser.add_argument("--root", type=Path, required=True, help="storage directory (created if missing)")
-    parser.add_argument(
-        "--addr", type=parse_addr, default=("127.0.0.1", 5000), help="HOST:PORT (port 0: any free)"
-    )
+    parser.add_argument("--addr", type=parse_addr, default=("127.0.0.1", 5000), help="HOST:PORT (port 0: any free)")
     parser.add_argument("--htpasswd", type=Path, help="htpasswd file with bcrypt hashes: enables Basic auth")
-    parser.add_argument(
-        "--proxy", metavar="URL", help="upstream registry: run as a read-only pull-through cache"
-    )
-    parser.add_argument(
-        "--allow-anonymous-pull", action="store_true", help="with --htpasswd: pulls need no login"
-    )
+    parser.add_argument("--proxy", metavar="URL", help="upstream registry: run as a read-only pull-through cache")
+    parser.add_argument("--allow-anonymous-pull", action="store_true", help="with --htpasswd: pulls need no login")
     parser.add_argument(
         "--tag-ttl", type=float, default=30.0, help="with --proxy: seconds an upstream tag answer is trusted"
     )
@@ -65,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             allow_anonymous_pull=ns.allow_anonymous_pull,
             tag_ttl=ns.tag_ttl,
         )
-    except (OSError, ValueError) as exc:
+    except ModelctlError as exc:
+        print(f"registry: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
         print(f"registry: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,8 @@ content discovery in ``registry.discovery``; they all take the shared ``Context`
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 import socket
 import sys
@@ -16,6 +18,7 @@ from typing import Final
 
 from aiohttp import web
 
+from modelctl.errors import RegistryError, UsageError
 from registry import auth, blob_api, discovery, manifest_api, names
 from registry.context import Context
 from registry.errors import RegistryHTTPError
@@ -84,8 +87,15 @@ def create_app(
     allow_anonymous_pull: bool = False,
     tag_ttl: float = 30.0,
 ) -> web.Application:
-    """Build the registry application over the storage root ``root`` (created if missing)."""
-    storage = Storage(root)
+    """Build the registry application over the storage root ``root`` (created if missing).
+
+    Start-up mistakes (a root that is a file, an unreadable or non-bcrypt htpasswd) raise UsageError."""
+    try:
+        storage = Storage(root)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot use --root {root}: {exc.strerror or exc}", hint="give a directory (it is created if missing)"
+        ) from None
     uploads = Uploads(storage)
     authenticator = (
         auth.Authenticator(auth.load_htpasswd(htpasswd), allow_anonymous_pull=allow_anonymous_pull)
@@ -113,8 +123,21 @@ def create_app(
 
 
 def _listen(host: str, port: int) -> socket.socket:
+    """Bind ``host:port``: RegistryError when the address is in use, UsageError when it cannot be bound at all."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise RegistryError(
+                f"cannot listen on {shown}: address already in use",
+                hint="stop the server using it or pick another --addr (port 0 picks a free one)",
+            ) from None
+        raise UsageError(
+            f"cannot listen on {shown}: {os.strerror(exc.errno) if exc.errno else exc}",
+            hint="give a local HOST:PORT in --addr",
+        ) from None
 
 
 async def _serve(app: web.Application, host: str, port: int) -> None:

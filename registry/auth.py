@@ -20,6 +20,7 @@ from typing import Final
 
 import bcrypt
 
+from modelctl.errors import UsageError
 from registry.errors import RegistryHTTPError
 
 CHALLENGE: Final = 'Basic realm="modelctl"'
@@ -29,17 +30,29 @@ _DEFAULT_COST: Final = 10
 
 
 def load_htpasswd(path: Path) -> dict[str, bytes]:
-    """Parse ``user:hash`` lines (blank lines and ``#`` comments skipped); only bcrypt hashes are accepted."""
+    """Parse ``user:hash`` lines (blank lines and ``#`` comments skipped); only bcrypt hashes are accepted.
+
+    A file that cannot be read or holds anything else is a UsageError: the operator's mistake, found at start-up."""
     users: dict[str, bytes] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(
+            f"cannot read --htpasswd {path}: {reason}", hint="give an htpasswd file made by `htpasswd -B`"
+        ) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         user, sep, hashed = line.partition(":")
         if not sep or not user:
-            raise ValueError(f"{path}:{number}: expected user:hash")
+            raise UsageError(f"{path}:{number}: expected user:hash", hint="one `user:bcrypt-hash` per line")
         if not hashed.startswith(("$2y$", "$2b$", "$2a$")):
-            raise ValueError(f"{path}:{number}: only bcrypt hashes ($2y$/$2b$) are supported")
+            raise UsageError(
+                f"{path}:{number}: user {user!r} has no bcrypt hash (plaintext or another scheme)",
+                hint="make the entry with `htpasswd -B` (bcrypt, $2y$)",
+            )
         users[user] = hashed.encode()
     return users
 

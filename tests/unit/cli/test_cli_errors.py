@@ -144,3 +144,40 @@ def test_debug_shows_a_traceback_for_unexpected_errors_only(capsys: pytest.Captu
         assert cli_errors.report(exc, debug=True) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and err.endswith("re-run with --debug and report it\n")
+
+
+@pytest.mark.parametrize(
+    ("problem", "says"),
+    [
+        ("plaintext-htpasswd", "has no bcrypt hash"),
+        ("missing-htpasswd", "cannot read --htpasswd"),
+        ("root-is-a-file", "cannot use --root"),
+    ],
+)
+def test_registry_serve_start_up_mistakes_are_one_line_exit_2(tmp_path: Path, problem: str, says: str) -> None:
+    args = ["registry", "serve", "--root", str(tmp_path / "root"), "--addr", "127.0.0.1:0"]
+    if problem == "plaintext-htpasswd":
+        (tmp_path / "htpasswd").write_text("alice:s3cret\n")
+        args += ["--htpasswd", str(tmp_path / "htpasswd")]
+    elif problem == "missing-htpasswd":
+        args += ["--htpasswd", str(tmp_path / "nope")]
+    else:
+        (tmp_path / "file").write_text("x")
+        args[3] = str(tmp_path / "file")
+    result = modelctl(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("modelctl: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr
+
+
+def test_registry_serve_on_a_taken_port_is_one_line_exit_7(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = modelctl("registry", "serve", "--root", str(tmp_path / "root"), "--addr", f"127.0.0.1:{port}")
+    assert result.returncode == 7, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"modelctl: error: cannot listen on 127.0.0.1:{port}: address already in use: ")
