@@ -205,18 +205,18 @@ def prune(config: Config) -> list[Digest]:
     store = local.layout(config)
     store.ensure()
     removed = store.prune()
-    live = {desc.digest for _, desc in store.entries()}
+    live = {desc.digest.hex for _, desc in store.entries()}  # models/<hex>: 64 digits for sha256, 128 for sha512
     models_dir = config.home / "models"
     if models_dir.exists():
         for child in models_dir.iterdir():
-            if _digest.parse(f"{_digest.SHA256}:{child.name}") not in live:
+            if child.name not in live:
                 shutil.rmtree(child, ignore_errors=True)
     return removed
 
 
 def _is_hex(name: str) -> bool:
-    """A partial's name: the hex of the sha256 it will have."""
-    return _digest.parse(f"{_digest.SHA256}:{name}") is not None
+    """A partial's name: the hex of the digest (sha256 or sha512) it will have."""
+    return any(_digest.parse(f"{algorithm}:{name}") is not None for algorithm in _digest.HEX_LENGTHS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Blobs: content-addressed files under ``blobs/sha256/``, entering only by rename after their digest was verified."""
+"""Blobs: content-addressed files under ``blobs/<algorithm>/``, entering only by rename once verified."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from modelctl import digest as _digest
 from modelctl.digest import Digest
 from modelctl.errors import DigestMismatch, IntegrityError, NotFound
 from modelctl.store import journal
-from modelctl.store.directory import Directory, fsync_dir, fsync_file, is_regular, stored
+from modelctl.store.directory import DEFAULT_ALGORITHM, Directory, fsync_dir, fsync_file, is_regular, stored
 
 
 class Blobs(Directory):
@@ -17,7 +17,8 @@ class Blobs(Directory):
 
     def blob_path(self, digest: Digest) -> Path:
         """Where a blob lives; a malformed (maybe hostile) digest raises IntegrityError, never a path."""
-        return self.blobs_dir / stored(digest).hex
+        parsed = stored(digest)
+        return self.blobs_dir / parsed.algorithm / parsed.hex
 
     def has_blob(self, digest: Digest, size: int | None = None) -> bool:
         try:
@@ -28,6 +29,7 @@ class Blobs(Directory):
 
     def read_blob(self, digest: Digest, *, max_size: int = 16 << 20) -> bytes:
         """A small blob's verified bytes. A corrupt blob is deleted (a pull fetches it again) and reported."""
+        digest = stored(digest)
         path = self.blob_path(digest)
         try:
             with path.open("rb") as f:
@@ -40,7 +42,7 @@ class Blobs(Directory):
                 data = f.read(max_size + 1)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"blob {digest} is not in the local store", hint="pull the model again") from None
-        actual = _digest.of_bytes(data)
+        actual = _digest.of_bytes(data, digest.algorithm)
         if actual != digest:
             error = DigestMismatch(digest, actual, what=f"stored blob {digest}")
             try:
@@ -52,12 +54,15 @@ class Blobs(Directory):
         return data
 
     def write_blob(self, data: bytes, digest: Digest | None = None) -> Digest:
-        """Store ``data`` (verified against ``digest`` when given) and return its digest."""
-        actual = _digest.of_bytes(data)
-        if digest is not None and actual != stored(digest):
-            raise DigestMismatch(digest, actual, what="blob")
+        """Store ``data`` (verified against ``digest`` when given, named by its sha256 otherwise); its digest."""
+        expected = stored(digest) if digest is not None else None
+        actual = _digest.of_bytes(data, expected.algorithm if expected is not None else DEFAULT_ALGORITHM)
+        if expected is not None and actual != expected:
+            raise DigestMismatch(expected, actual, what="blob")
         self.ensure()
-        self.write_atomic(self.blob_path(actual), data)
+        target = self.blob_path(actual)
+        self._ensure_parent(target)
+        self.write_atomic(target, data)
         return actual
 
     def commit_blob(self, path: Path, digest: Digest, *, flush: bool = True) -> Path:
@@ -68,6 +73,7 @@ class Blobs(Directory):
         """
         target = self.blob_path(digest)
         self.ensure()
+        self._ensure_parent(target)
         boot = None if flush else journal.boot_id()
         if boot is None:
             fsync_file(path)
@@ -85,7 +91,13 @@ class Blobs(Directory):
         """
         return journal.recover(self)
 
+    def _ensure_parent(self, target: Path) -> None:
+        """Create ``blobs/<algorithm>/`` for a first blob of an algorithm other than sha256, durably."""
+        if not target.parent.is_dir():
+            target.parent.mkdir(exist_ok=True)
+            fsync_dir(self.blobs_dir)
+
     def _move_in(self, path: Path, target: Path) -> None:
         os.utime(path)  # prune() measures a blob's age from its arrival in blobs/, not its last write
         os.replace(path, target)
-        fsync_dir(self.blobs_dir)
+        fsync_dir(target.parent)

@@ -11,7 +11,7 @@ from pathlib import Path
 from modelctl import atomic
 from modelctl import digest as _digest
 from modelctl.digest import Digest
-from modelctl.errors import IntegrityError, ModelctlError
+from modelctl.errors import ModelctlError
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -21,21 +21,34 @@ LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
 EMPTY_INDEX = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
 LOCK_TIMEOUT = 300.0
 
-ALGORITHM = _digest.SHA256
-"""The one digest algorithm the store keeps blobs of (``blobs/sha256/<hex>``)."""
+DEFAULT_ALGORITHM = _digest.SHA256
+"""The algorithm of the digests modelctl computes itself (``blobs/sha256/<hex>``); blobs named by another source's
+sha512 digest live beside them in ``blobs/sha512/<hex>``, as the OCI image layout spec allows."""
+ALGORITHMS = tuple(_digest.HEX_LENGTHS)
+"""The algorithms the store keeps blobs of, one directory each under ``blobs/``."""
 
 
 def stored(digest: str) -> Digest:
-    """``digest`` parsed, and refused unless the store keeps its algorithm: a hostile value never builds a path."""
-    parsed = Digest(digest)
-    if parsed.algorithm != ALGORITHM:
-        raise IntegrityError(f"unsupported digest algorithm in {digest!r}", hint="the store keeps sha256 blobs only")
-    return parsed
+    """``digest`` parsed (sha256 or sha512, well-formed hex): a hostile value never builds a path."""
+    return Digest(digest)
 
 
-def blob_name(name: str) -> Digest | None:
-    """The digest a file name in ``blobs/sha256/`` stands for; None for any other name."""
-    return _digest.parse(f"{ALGORITHM}:{name}")
+def blob_name(algorithm: str, name: str) -> Digest | None:
+    """The digest a file name in ``blobs/<algorithm>/`` stands for; None for any other name or algorithm."""
+    return _digest.parse(f"{algorithm}:{name}") if algorithm in ALGORITHMS else None
+
+
+def blob_files(blobs_dir: Path) -> Iterator[tuple[Digest, Path]]:
+    """Every file named like a blob under ``blobs_dir/<algorithm>/`` with the digest it stands for (unchecked)."""
+    for algorithm in ALGORITHMS:
+        try:
+            paths = list((blobs_dir / algorithm).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for path in paths:
+            digest = blob_name(algorithm, path.name)
+            if digest is not None:
+                yield digest, path
 
 
 class Directory:
@@ -46,7 +59,11 @@ class Directory:
 
     @property
     def blobs_dir(self) -> Path:
-        return self.root / "blobs" / ALGORITHM
+        """``blobs/``, holding one directory per algorithm (``sha256/``, and ``sha512/`` once a blob needs it)."""
+        return self.root / "blobs"
+
+    def algorithm_dir(self, algorithm: str = DEFAULT_ALGORITHM) -> Path:
+        return self.blobs_dir / algorithm
 
     @property
     def index_path(self) -> Path:
@@ -54,7 +71,7 @@ class Directory:
 
     def ensure(self) -> None:
         """Create the layout's files if missing; idempotent and safe when processes race."""
-        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        self.algorithm_dir().mkdir(parents=True, exist_ok=True)
         (self.root / TMP_DIR).mkdir(exist_ok=True)
         if not (self.root / LAYOUT_FILE).is_file():
             self.write_atomic(self.root / LAYOUT_FILE, LAYOUT_VERSION)

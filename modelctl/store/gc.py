@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from modelctl.digest import Digest
 from modelctl.errors import NotFound
 from modelctl.store import graph
-from modelctl.store.directory import TMP_DIR, blob_name, fsync_dir, is_regular
+from modelctl.store.directory import TMP_DIR, blob_files, fsync_dir, is_regular
 from modelctl.store.index import Tags
 
 
@@ -52,9 +52,8 @@ class Collector(Tags):
             nodes = graph.scan(self.blobs_dir)
             live = graph.reachable(nodes, self.roots())
             doomed: set[Digest] = set()
-            for path in self.blobs_dir.iterdir():
-                digest = blob_name(path.name)
-                if digest is None or digest in live:
+            for digest, path in blob_files(self.blobs_dir):
+                if digest in live:
                     continue
                 try:
                     st = path.lstat()
@@ -78,13 +77,12 @@ class Collector(Tags):
         live = graph.reachable(graph.scan(self.blobs_dir), self.roots())
         blobs = total = referenced = 0
         if self.blobs_dir.is_dir():
-            for path in self.blobs_dir.iterdir():
+            for digest, path in blob_files(self.blobs_dir):
                 try:
                     st = path.lstat()
                 except FileNotFoundError:
                     continue
-                digest = blob_name(path.name)
-                if digest is None or not is_regular(st.st_mode):
+                if not is_regular(st.st_mode):
                     continue
                 blobs += 1
                 total += st.st_size
@@ -109,6 +107,6 @@ class Collector(Tags):
             except FileNotFoundError:
                 continue
             deleted.append(digest)
-        if deleted:
-            fsync_dir(self.blobs_dir)
+        for algorithm in sorted({d.algorithm for d in deleted}):
+            fsync_dir(self.algorithm_dir(algorithm))
         return deleted

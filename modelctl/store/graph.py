@@ -17,7 +17,7 @@ from modelctl.errors import IntegrityError
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor, Index, Manifest
-from modelctl.store.directory import blob_name, is_regular
+from modelctl.store.directory import blob_files, is_regular
 
 MAX_MANIFEST = 4 << 20
 """Blobs larger than this are never parsed as manifests (when looking for what references what)."""
@@ -66,14 +66,10 @@ def node(digest: Digest, data: bytes) -> Node:
 
 
 def scan(blobs_dir: Path) -> dict[Digest, Node]:
-    """digest -> node of every blob in ``blobs_dir`` that parses as a manifest or an index."""
+    """digest -> node of every blob in ``blobs_dir`` (``blobs/``, all algorithms) that parses as a manifest or an
+    index."""
     nodes: dict[Digest, Node] = {}
-    if not blobs_dir.is_dir():
-        return nodes
-    for path in blobs_dir.iterdir():
-        digest = blob_name(path.name)
-        if digest is None:
-            continue
+    for digest, path in blob_files(blobs_dir):
         try:
             st = path.lstat()
             if not is_regular(st.st_mode) or st.st_size > MAX_MANIFEST:

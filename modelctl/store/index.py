@@ -80,13 +80,15 @@ class Tags(Blobs):
 
     def find_by_digest(self, prefix: str) -> list[tuple[str, Descriptor]]:
         """Entries whose manifest digest starts with ``prefix``: a model ID (``3f8eb4da87fa``) or a digest."""
-        hex_prefix = prefix.removeprefix(f"{_digest.SHA256}:")
-        if not _digest.is_hex_prefix(hex_prefix):
+        algorithm, colon, hex_prefix = prefix.rpartition(":")
+        if colon and algorithm not in _digest.HEX_LENGTHS:
+            return []
+        if not _digest.is_hex_prefix(hex_prefix, algorithm or _digest.SHA512):
             return []
         return [
             (n, d)
             for n, d in self.entries()
-            if d.digest.algorithm == _digest.SHA256 and d.digest.hex.startswith(hex_prefix)
+            if (not algorithm or d.digest.algorithm == algorithm) and d.digest.hex.startswith(hex_prefix)
         ]
 
     def roots(self) -> list[Descriptor]:

@@ -21,7 +21,7 @@ from typing import Protocol
 from modelctl import digest as _digest
 from modelctl.digest import Digest
 from modelctl.errors import IntegrityError
-from modelctl.store.directory import ALGORITHM, fsync_dir, fsync_file
+from modelctl.store.directory import fsync_dir, fsync_file
 
 
 class Blobs(Protocol):
@@ -89,7 +89,7 @@ def load(root: Path) -> list[Entry] | None:
         entries = [Entry(Digest(e["digest"]), str(e["boot"]), float(e["time"]), int(e["size"])) for e in doc["blobs"]]
     except (ValueError, TypeError, KeyError, AttributeError, IntegrityError):
         return []
-    return entries if all(e.digest.algorithm == ALGORITHM and e.size >= 0 for e in entries) else []
+    return entries if all(e.size >= 0 for e in entries) else []
 
 
 def dump(entries: list[Entry]) -> bytes:
@@ -112,7 +112,7 @@ def intact(path: Path, entry: Entry) -> bool:
     with path.open("rb") as f:
         if os.fstat(f.fileno()).st_size != entry.size:
             return False
-        return _digest.of_file(f, HASH_CHUNK) == entry.digest
+        return _digest.of_file(f, HASH_CHUNK, entry.digest.algorithm) == entry.digest
 
 
 def record(store: Blobs, digest: Digest, boot: str, size: int) -> None:
@@ -158,8 +158,8 @@ def recover(store: Blobs) -> list[Digest]:
                     kept.append(entry)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-        if removed:
-            fsync_dir(store.blobs_dir)
+        for algorithm in sorted({d.algorithm for d in removed}):
+            fsync_dir(store.blobs_dir / algorithm)
         if kept:
             store.write_atomic(store.root / JOURNAL, dump(kept))
         else:

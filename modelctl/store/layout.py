@@ -7,6 +7,7 @@ it, and a layout copied to an offline machine is a valid store there. The spec f
     oci-layout              {"imageLayoutVersion":"1.0.0"}
     index.json              one entry per tag; annotation org.opencontainers.image.ref.name = full reference
     blobs/sha256/<hex>      content, named by its digest; a file here was complete and correct when it arrived
+    blobs/sha512/<hex>      the same, for content a manifest (or a reference) names by a sha512 digest
     .lock  .tmp/            ours (dotfiles, ignored by OCI tools): the cross-process lock, temp files
     .unflushed.json         ours: blobs committed without an fsync of their data (see modelctl.store.journal)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from modelctl import artifact, reference
 from modelctl.config import Config
-from modelctl.digest import SHA256, Digest, is_hex_prefix
+from modelctl.digest import HEX_LENGTHS, SHA512, Digest, is_hex_prefix
 from modelctl.errors import NotFound, UsageError
 from modelctl.oci import descriptor
 from modelctl.oci.descriptor import Descriptor, Manifest
@@ -71,8 +71,10 @@ def drop_files(config: Config, manifest_digest: Digest) -> None:
 
 
 def _looks_like_id(text: str) -> bool:
-    raw = text.removeprefix(f"{SHA256}:")
-    return len(raw) >= 6 and is_hex_prefix(raw)
+    algorithm, _, raw = text.rpartition(":")
+    if algorithm and algorithm not in HEX_LENGTHS:
+        return False
+    return len(raw) >= 6 and is_hex_prefix(raw, algorithm or SHA512)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,6 +17,7 @@ from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.services import archive
 from modelctl.store import Layout
+from modelctl.store.directory import blob_files
 
 NAME = "docker.io/ai/tiny:1"
 GGUF = b"GGUF" + bytes(range(256)) * 64
@@ -122,7 +123,7 @@ def assert_untouched(cfg: Config) -> None:
     """Nothing tagged, nothing in blobs/, no staged file left behind."""
     store = Layout(cfg.store_dir)
     assert not store.index_path.exists() or store.entries() == []
-    assert not store.blobs_dir.exists() or list(store.blobs_dir.iterdir()) == []
+    assert list(blob_files(store.blobs_dir)) == []
     tmp = store.root / ".tmp"
     assert not tmp.exists() or [p.name for p in tmp.iterdir() if p.name.startswith("load.")] == []
 

@@ -18,6 +18,7 @@ from modelctl.errors import DigestMismatch, IntegrityError, InvalidReference, No
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.store import EMPTY_INDEX, LAYOUT_VERSION, Layout
+from modelctl.store.directory import blob_files
 
 NAME = "docker.io/ai/smollm2:135M-Q4_1"
 
@@ -61,7 +62,7 @@ def store(tmp_path: Path) -> Layout:
 
 
 def blobs(store: Layout) -> set[str]:
-    return {f"sha256:{p.name}" for p in store.blobs_dir.iterdir()}
+    return {d for d, _ in blob_files(store.blobs_dir)}
 
 
 # -- layout and blobs ----------------------------------------------------------------------------------------
@@ -145,7 +146,10 @@ def test_commit_blob_moves_a_verified_file(store: Layout, tmp_path: Path) -> Non
         "sha256:" + "A" * 64,
         "sha256:" + "a" * 63,
         "sha256:" + "a" * 64 + "/../x",
-        "sha512:" + "a" * 128,
+        "sha512:" + "a" * 64,
+        "sha512:" + "a" * 127 + "/",
+        "sha512:../" + "a" * 125,
+        "sha384:" + "a" * 96,
         "../" + "a" * 64,
         "a" * 64,
         "",

@@ -34,6 +34,7 @@ from modelctl.errors import DigestMismatch, NoSpace, NotFound, RegistryError
 from modelctl.oci.descriptor import Descriptor
 from modelctl.oci.transport import BlobReader
 from modelctl.store import Layout
+from modelctl.store.directory import blob_files
 from modelctl.transfer import Progress, check_space, download, plan, state
 
 MIB = 1 << 20
@@ -322,7 +323,7 @@ def partial_dir(ingest: Path, desc: Descriptor) -> Path:
 
 
 def blobs_in(store: Layout) -> list[str]:
-    return sorted(p.name for p in store.blobs_dir.iterdir())
+    return sorted(p.name for _, p in blob_files(store.blobs_dir))
 
 
 # -- the happy path -----------------------------------------------------------------------------------------
