@@ -118,7 +118,7 @@ class RegistryClient:
             content_type = _transport.media_type(response)
             _verify_manifest(ref, body, response.headers.get("Docker-Content-Digest"))
             known = content_type if content_type in _KNOWN_MANIFEST_TYPES else None
-            doc = _descriptor.parse(body, known)
+            doc = _descriptor.parse(body, known, algorithm=ref.digest.algorithm if ref.digest else _digest.SHA256)
             return doc, known or doc.media_type
 
         return self._walk(ref, fetch, retry=True, remember=True)
@@ -340,9 +340,12 @@ class RegistryClient:
             raise RegistryError(f"{what} was refused mid-stream (re-authentication)", temporary=True) from None
         _check_upload(digest, size, hashing)
 
-    def put_manifest(self, ref: Reference, data: bytes, media_type: str) -> Digest:
-        """Upload a manifest under ``ref``'s tag (or its digest); return the manifest's digest."""
-        digest = _digest.of_bytes(data)
+    def put_manifest(
+        self, ref: Reference, data: bytes, media_type: str, *, algorithm: str = _digest.SHA256
+    ) -> Digest:
+        """Upload a manifest under ``ref``'s tag (or its digest); return the manifest's digest, of ``ref``'s digest's
+        algorithm, else of ``algorithm``."""
+        digest = _digest.of_bytes(data, ref.digest.algorithm if ref.digest else algorithm)
         if ref.digest and ref.digest != digest:
             raise DigestMismatch(ref.digest, digest, what=f"manifest for {ref}")
 
@@ -360,7 +363,7 @@ class RegistryClient:
             )
             response.close()
             echoed = response.headers.get("Docker-Content-Digest")
-            if echoed and echoed != digest and _algorithm(echoed) == "sha256":
+            if echoed and echoed != digest and _algorithm(echoed) == digest.algorithm:
                 raise DigestMismatch(digest, echoed, what=f"manifest {ref} (as stored by the registry)")
             return digest
 

@@ -86,8 +86,9 @@ class Index:
     digest: Digest
 
 
-def parse(raw: bytes, media_type: str | None = None) -> Manifest | Index:
-    """Parse manifest or index bytes. The media type comes from the document, else from the HTTP header."""
+def parse(raw: bytes, media_type: str | None = None, *, algorithm: str = _digest.SHA256) -> Manifest | Index:
+    """Parse manifest or index bytes. The media type comes from the document, else from the HTTP header; the
+    document's digest is of ``algorithm`` (sha512 for one fetched or stored by a sha512 digest)."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -95,7 +96,7 @@ def parse(raw: bytes, media_type: str | None = None) -> Manifest | Index:
     if not isinstance(doc, dict):
         raise IntegrityError("malformed manifest: expected a JSON object")
     kind = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else media_type
-    digest = _digest.of_bytes(raw)
+    digest = _digest.of_bytes(raw, algorithm)
     if kind in mt.INDEXES or (kind is None and "manifests" in doc):
         items = doc.get("manifests")
         if not isinstance(items, list):

@@ -89,7 +89,8 @@ def _local_card(config: Config, text: str) -> tuple[FoundCard | None, bool]:
     for referrer in store.referrers(desc.digest):
         if referrer.artifact_type != mt.MODEL_CARD_ARTIFACT:
             continue
-        manifest = descriptor.parse(store.read_blob(referrer.digest, max_size=1 << 20))
+        raw = store.read_blob(referrer.digest, max_size=1 << 20)
+        manifest = descriptor.parse(raw, algorithm=referrer.digest.algorithm)
         if not isinstance(manifest, Manifest):
             continue
         for layer in manifest.layers:

@@ -69,10 +69,11 @@ def push(
 
         with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
             list(pool.map(one, blobs))
-        digest = client.put_manifest(ref, entry.manifest.raw, entry.manifest.media_type)
+        algorithm = entry.manifest.digest.algorithm  # a model pulled by a sha512 digest keeps that name
+        digest = client.put_manifest(ref, entry.manifest.raw, entry.manifest.media_type, algorithm=algorithm)
         for referrer in store.referrers(entry.manifest.digest):  # the model card travels with the model
             raw = store.read_blob(referrer.digest, max_size=4 << 20)
-            attached = descriptor.parse(raw, referrer.media_type)
+            attached = descriptor.parse(raw, referrer.media_type, algorithm=referrer.digest.algorithm)
             if isinstance(attached, Manifest):
                 with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
                     list(pool.map(one, [attached.config, *_unique(attached.layers)]))

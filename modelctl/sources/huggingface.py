@@ -298,7 +298,8 @@ class HubSource:
         desc = store.resolve(str(self._ref))
         if desc is None:
             return None
-        manifest = descriptor.parse(store.read_blob(desc.digest, max_size=4 << 20), desc.media_type)
+        raw = store.read_blob(desc.digest, max_size=4 << 20)
+        manifest = descriptor.parse(raw, desc.media_type, algorithm=desc.digest.algorithm)
         if not isinstance(manifest, Manifest) or not complete(store, manifest):
             return None
         return manifest, store.read_blob(manifest.config.digest)

@@ -84,7 +84,8 @@ class RegistrySource:
         assert self._ref.digest is not None
         if not store.has_blob(self._ref.digest):
             return None
-        doc = descriptor.parse(store.read_blob(self._ref.digest, max_size=MAX_MANIFEST))
+        raw = store.read_blob(self._ref.digest, max_size=MAX_MANIFEST)
+        doc = descriptor.parse(raw, algorithm=self._ref.digest.algorithm)
         return doc if isinstance(doc, Manifest) and complete(store, doc) else None
 
     def _pick_from_index(self, index: Index) -> Manifest:

@@ -102,7 +102,8 @@ class Tags(Blobs):
                 f"cannot tag {name}: manifest {desc.digest} ({desc.size} bytes) is not in the local store",
                 hint="write the manifest blob before tagging it",
             )
-        doc = descriptor.parse(self.read_blob(desc.digest, max_size=graph.MAX_MANIFEST), desc.media_type)
+        raw = self.read_blob(desc.digest, max_size=graph.MAX_MANIFEST)
+        doc = descriptor.parse(raw, desc.media_type, algorithm=desc.digest.algorithm)
         if isinstance(doc, descriptor.Manifest):
             for child in graph.children(doc):
                 if not self.has_blob(child.digest, child.size):

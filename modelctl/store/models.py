@@ -87,7 +87,8 @@ class LocalModel:
 
 
 def load(store: Layout, name: str, desc: Descriptor) -> LocalModel:
-    manifest = descriptor.parse(store.read_blob(desc.digest, max_size=4 << 20), desc.media_type)
+    raw = store.read_blob(desc.digest, max_size=4 << 20)
+    manifest = descriptor.parse(raw, desc.media_type, algorithm=desc.digest.algorithm)
     if not isinstance(manifest, Manifest):
         raise UsageError(f"{name} is an index, not a model manifest")
     config_bytes = store.read_blob(manifest.config.digest)

@@ -6,6 +6,7 @@ The archive is the OCI image layout spec's own shape, as ``skopeo copy ... oci-a
     index.json              one entry per saved reference (org.opencontainers.image.ref.name = full reference),
                             plus untagged entries for referrers (model cards) so that OCI tools see them
     blobs/sha256/<hex>      manifests, configs, layers and referrers
+    blobs/sha512/<hex>      the same, for those named by a sha512 digest
 
 Both directions walk the store's manifest graph (:mod:`modelctl.store.graph`): what a tag reaches is what
 ``save`` writes, what ``load`` keeps, and what ``rm`` and ``prune`` leave alone.

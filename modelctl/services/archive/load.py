@@ -1,10 +1,11 @@
 """load: import models from an OCI image layout tar (ours, skopeo's, any tool's), verifying every blob first.
 
-``load`` reads the tar in one pass (a file or a pipe): it never extracts by member name; each ``blobs/sha256/<hex>``
-member is streamed into a temp file in the store's ``.tmp/`` while its sha256 runs, and compared with the name.
-Only when every blob arrived intact, and every document the store's graph walk reaches from the tagged entries has
-its children present with the sizes their descriptors say, does anything enter ``blobs/`` (atomic renames), and only
-then are the references tagged. A hostile or damaged archive leaves the store as it was.
+``load`` reads the tar in one pass (a file or a pipe): it never extracts by member name; each
+``blobs/<algorithm>/<hex>`` member (sha256 or sha512) is streamed into a temp file in the store's ``.tmp/`` while
+that hash runs, and compared with the name. Only when every blob arrived intact, and every document the store's
+graph walk reaches from the tagged entries has its children present with the sizes their descriptors say, does
+anything enter ``blobs/`` (atomic renames), and only then are the references tagged. A hostile or damaged archive
+leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -164,17 +165,19 @@ def _read_archive(
                     index_raw = _small(tar, member, archive)
                 elif parts == ["oci-layout"]:
                     _check_layout_file(_small(tar, member, archive), archive)
-                elif len(parts) == 3 and parts[:2] == ["blobs", "sha256"]:
-                    digest = _digest.parse(f"{_digest.SHA256}:{parts[2]}")
+                elif len(parts) == 3 and parts[0] == "blobs" and parts[1] in _digest.HEX_LENGTHS:
+                    digest = _digest.parse(f"{parts[1]}:{parts[2]}")
                     if digest is None:
-                        raise IntegrityError(f"{archive}: refused member {member.name!r}: not a sha256 blob name")
+                        raise IntegrityError(
+                            f"{archive}: refused member {member.name!r}: not a {parts[1]} blob name"
+                        )
                     _stage(tar, member, digest, archive, store, staging)
                     if progress is not None:
                         progress(digest, member.size)
                 elif parts[:1] == ["blobs"]:
                     raise IntegrityError(
                         f"{archive}: unsupported blob {member.name!r}",
-                        hint="modelctl reads sha256 blobs only; nothing was loaded",
+                        hint="modelctl reads sha256 and sha512 blobs only; nothing was loaded",
                     )
                 else:
                     skipped.append(member.name)
@@ -214,7 +217,7 @@ def _check_layout_file(raw: bytes, archive: str) -> None:
 def _stage(
     tar: tarfile.TarFile, member: tarfile.TarInfo, digest: Digest, archive: str, store: Layout, staging: _Staging
 ) -> None:
-    """Stream one blob member through sha256: into a staged file, or nowhere when the store has it already."""
+    """Stream one blob member through its name's hash: into a staged file, or nowhere when the store has it already."""
     f = tar.extractfile(member)
     assert f is not None
     # A blob seen before in this archive, or already stored: verify it, write it nowhere.
@@ -298,7 +301,7 @@ def _plan(
         path = staged if staged is not None else store.blob_path(digest)
         with path.open("rb") as f:
             data = f.read(MAX_MANIFEST + 1)
-        if len(data) > MAX_MANIFEST or _digest.of_bytes(data) != digest:
+        if len(data) > MAX_MANIFEST or _digest.of_bytes(data, digest.algorithm) != digest:
             raise IntegrityError(f"{archive}: manifest {digest} is unreadable or larger than {MAX_MANIFEST} bytes")
         return data
 

@@ -65,7 +65,8 @@ def save(config: Config, texts: Iterable[str], out: BinaryIO, *, progress: Progr
         _add_bytes(tar, "oci-layout", LAYOUT_VERSION)
         _add_bytes(tar, "index.json", index_bytes)
         _add_dir(tar, "blobs/")
-        _add_dir(tar, "blobs/sha256/")
+        for algorithm in sorted({_digest.SHA256, *(desc.digest.algorithm for desc in order)}):
+            _add_dir(tar, f"blobs/{algorithm}/")
         for desc in order:
             total += _add_blob(tar, store, desc)
             if progress is not None:

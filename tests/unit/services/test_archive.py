@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelctl import config as _config
+from modelctl import digest
 from modelctl.config import Config
 from modelctl.errors import DigestMismatch, IntegrityError, NotFound
 from modelctl.oci import mediatypes as mt
@@ -28,10 +29,11 @@ def home_config(home: Path) -> Config:
     return _config.from_env({"MODELCTL_HOME": str(home)})
 
 
-def write_model(store: Layout, name: str = NAME, *, card: bool = True) -> str:
-    """A Docker v0.1 model with one GGUF layer, plus a model card attached as a referrer; returns its digest."""
+def write_model(store: Layout, name: str = NAME, *, card: bool = True, algorithm: str = "sha256") -> str:
+    """A Docker v0.1 model with one GGUF layer, plus a model card attached as a referrer; returns its digest.
+    The layer and the manifest are named by ``algorithm`` digests (the config by sha256 always)."""
     store.ensure()
-    layer = store.write_blob(GGUF)
+    layer = store.write_blob(GGUF, digest.of_bytes(GGUF, algorithm))
     cfg = json.dumps(
         {"config": {"format": "gguf", "quantization": "Q4_1", "parameters": "1M", "architecture": "llama"}}
     ).encode()
@@ -44,8 +46,8 @@ def write_model(store: Layout, name: str = NAME, *, card: bool = True) -> str:
             "layers": [{"mediaType": mt.DOCKER_GGUF, "digest": layer, "size": len(GGUF)}],
         }
     ).encode()
-    digest = store.write_blob(manifest)
-    desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=digest, size=len(manifest))
+    manifest_digest = store.write_blob(manifest, digest.of_bytes(manifest, algorithm))
+    desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=manifest_digest, size=len(manifest))
     store.tag(name, desc)
     if card:
         empty = store.write_blob(b"{}")
@@ -61,7 +63,7 @@ def write_model(store: Layout, name: str = NAME, *, card: bool = True) -> str:
             }
         ).encode()
         store.write_blob(referrer)
-    return digest
+    return manifest_digest
 
 
 @pytest.fixture()
@@ -154,6 +156,26 @@ def test_round_trip_keeps_model_and_card(saved: bytes, target: Config) -> None:
 
     again = archive.load(target, io.BytesIO(saved))  # idempotent; present blobs are verified but not rewritten
     assert again.new_blobs == 0 and [m.reference for m in again.models] == [NAME]
+
+
+def test_round_trip_of_a_sha512_model(tmp_path: Path, target: Config) -> None:
+    source = home_config(tmp_path / "source512")
+    manifest_digest = write_model(Layout(source.store_dir), algorithm="sha512")
+    out = io.BytesIO()
+    assert archive.save(source, ["ai/tiny:1"], out).blobs == 6
+    names = [m.name for m, _ in members(out.getvalue())]
+    assert names[:5] == ["oci-layout", "index.json", "blobs", "blobs/sha256", "blobs/sha512"]
+    assert f"blobs/sha512/{digest.Digest(manifest_digest).hex}" in names
+    assert f"blobs/sha512/{digest.of_bytes(GGUF, 'sha512').hex}" in names
+
+    result = archive.load(target, io.BytesIO(out.getvalue()))
+    assert [m.reference for m in result.models] == [NAME] and result.referrers == 1 and result.new_blobs == 6
+    store = Layout(target.store_dir)
+    desc = store.resolve(NAME)
+    assert desc is not None and desc.digest == manifest_digest
+    assert store.blob_path(desc.digest).parent.name == "sha512"
+    assert [c.artifact_type for c in store.referrers(desc.digest)] == [mt.MODEL_CARD_ARTIFACT]
+    assert store.prune(grace_seconds=0) == []
 
 
 def test_load_from_path_and_missing_file(saved: bytes, target: Config, tmp_path: Path) -> None:
@@ -341,6 +363,10 @@ def test_hostile_index_entries(saved: bytes, target: Config) -> None:
 def test_bad_blob_names(saved: bytes, target: Config) -> None:
     with pytest.raises(IntegrityError, match="not a sha256 blob name"):
         archive.load(target, io.BytesIO(_with_extra(saved, tarfile.TarInfo("blobs/sha256/XYZ"), b"x")))
-    with pytest.raises(IntegrityError, match="unsupported blob"):
+    with pytest.raises(IntegrityError, match="not a sha512 blob name"):
+        archive.load(target, io.BytesIO(_with_extra(saved, tarfile.TarInfo("blobs/sha512/" + "0" * 64), b"x")))
+    with pytest.raises(DigestMismatch):  # a sha512 name is checked with sha512
         archive.load(target, io.BytesIO(_with_extra(saved, tarfile.TarInfo("blobs/sha512/" + "0" * 128), b"x")))
+    with pytest.raises(IntegrityError, match="unsupported blob"):
+        archive.load(target, io.BytesIO(_with_extra(saved, tarfile.TarInfo("blobs/sha384/" + "0" * 96), b"x")))
     assert_untouched(target)
