@@ -9,7 +9,8 @@ conversion at every one of those places. Parsing happens at the edges (a manifes
 reference's ``@sha256:...``, a registry URL path, an archive member's name, a file name in the store);
 ``Digest(d)`` of a value that already is a ``Digest`` returns it without checking it again.
 
-The store and the registry keep only sha256 blobs (``blobs/sha256/<hex>``) for now; they refuse other algorithms.
+The local store keeps blobs of both algorithms (``blobs/sha256/<hex>``, ``blobs/sha512/<hex>``); what modelctl
+hashes itself (``package``, a manifest pulled by tag) is named by sha256, the default everywhere here.
 """
 
 from __future__ import annotations

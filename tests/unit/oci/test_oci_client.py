@@ -257,6 +257,21 @@ def test_get_manifest_by_digest(tmp_path: Path) -> None:
     assert registry.paths() == [f"https://reg.test/v2/ai/x/manifests/{digest}"]
 
 
+def test_get_manifest_by_sha512_digest_is_verified_with_sha512(tmp_path: Path) -> None:
+    registry = Registry()
+    data = manifest_bytes()
+    registry.add_manifest("ai/x", "latest", data)
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    registry.manifests[("ai/x", digest)] = (data, mt.OCI_MANIFEST)
+    with make_client(tmp_path, registry) as client:
+        doc, _ = client.get_manifest(REF.with_digest(digest))
+        assert doc.digest == digest
+        registry.manifests[("ai/x", digest)] = (data + b" ", mt.OCI_MANIFEST)
+        with pytest.raises(DigestMismatch):
+            client.get_manifest(REF.with_digest(digest))
+    assert registry.paths()[0] == f"https://reg.test/v2/ai/x/manifests/{digest}"
+
+
 def test_get_index(tmp_path: Path) -> None:
     registry = Registry()
     child = manifest_bytes()

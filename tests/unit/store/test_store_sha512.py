@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelctl import digest
 from modelctl.errors import DigestMismatch, IntegrityError
@@ -176,3 +178,20 @@ def test_hostile_sha512_digests_never_build_a_path(store: Layout, bad: str) -> N
     with pytest.raises(IntegrityError):
         store.write_blob(b"x", bad)  # type: ignore[arg-type]
     assert stored(store) == set()
+
+
+@given(
+    text=st.one_of(
+        st.text(max_size=140),
+        st.builds(lambda a, h: f"{a}:{h}", st.sampled_from(["sha256", "sha512", "sha384", ""]), st.text(max_size=130)),
+        st.builds(lambda h: f"sha512:{h}", st.text(alphabet="0123456789abcdef./", min_size=126, max_size=130)),
+    )
+)
+def test_blob_paths_never_escape_their_algorithm_directory(text: str) -> None:
+    layout = Layout(Path("/nonexistent/store"))
+    try:
+        path = layout.blob_path(text)  # type: ignore[arg-type]
+    except IntegrityError:
+        return
+    assert path.parent in {layout.root / "blobs" / "sha256", layout.root / "blobs" / "sha512"}
+    assert f"{path.parent.name}:{path.name}" == text
