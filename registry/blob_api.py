@@ -78,12 +78,12 @@ async def start_upload(request: web.Request, ctx: Context, route: names.Route) -
                 ctx.storage.link_blob(name, mount)
                 return _created(name, mount)
         # Not mountable: fall back to an upload session, as the spec asks (202).
-    upload = ctx.uploads.create(name)
     claimed = query.get("digest")
     if claimed is None or mount is not None:
-        return web.Response(status=202, headers=_upload_headers(upload))
+        return web.Response(status=202, headers=_upload_headers(ctx.uploads.create(name)))
+    digest = names.check_digest(claimed)
+    upload = ctx.uploads.create(name, digest.algorithm)
     try:
-        digest = names.check_digest(claimed)
         await ctx.uploads.append(upload, request.content, expected=request.content_length)
         await ctx.uploads.complete(upload, digest)
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from modelctl.digest import Digest
-from registry import manifests, names
+from registry import manifests
 from registry.storage import Storage
 
 STALE_UPLOAD_S: Final = 24 * 3600.0
@@ -46,11 +46,9 @@ def gc(root: Path, *, grace_seconds: float = 0.0, dry_run: bool = False) -> list
     marked = _mark(storage)
     now = time.time()
     removed: list[Digest] = []
-    for entry in sorted(os.listdir(storage.blobs_dir)):
-        digest = names.stored_name(entry)
-        if digest is None or digest in marked:
+    for digest, path in list(storage.iter_blobs()):
+        if digest in marked:
             continue
-        path = storage.blobs_dir / entry
         try:
             if now - path.stat().st_mtime < grace_seconds:
                 continue
@@ -72,4 +70,4 @@ def gc(root: Path, *, grace_seconds: float = 0.0, dry_run: bool = False) -> list
                 continue
             if idle > STALE_UPLOAD_S:
                 shutil.rmtree(d, ignore_errors=True)
-    return removed
+    return sorted(removed)

@@ -49,8 +49,10 @@ async def put(request: web.Request, ctx: Context, route: names.Route) -> web.Str
     if length is not None and length > manifests.MAX_MANIFEST_BYTES:
         raise RegistryHTTPError("SIZE_INVALID", f"manifest exceeds {manifests.MAX_MANIFEST_BYTES} bytes", status=413)
     raw = await manifests.read_limited(request.content.iter_any())
-    info = manifests.parse(raw, request.headers.get("Content-Type"))
-    if names.is_digest(reference) and reference != info.digest:
+    by_digest = names.stored_digest(reference)
+    algorithm = by_digest.algorithm if by_digest is not None else names.STORED_ALGORITHM
+    info = manifests.parse(raw, request.headers.get("Content-Type"), algorithm)
+    if by_digest is not None and by_digest != info.digest:
         raise RegistryHTTPError("DIGEST_INVALID", detail={"reference": reference, "actual": info.digest})
     storage = ctx.storage
     missing = [d for d in info.blobs if not storage.blob_linked(name, d)]
@@ -61,7 +63,7 @@ async def put(request: web.Request, ctx: Context, route: names.Route) -> web.Str
             f"manifest references {len(missing)} blob(s) or manifest(s) unknown to {name}",
             detail={"digests": sorted(set(missing))},
         )
-    tag = None if names.is_digest(reference) else reference
+    tag = None if by_digest is not None else reference
     await asyncio.get_running_loop().run_in_executor(None, storage.put_manifest, name, raw, info, tag)
     headers = {"Location": f"/v2/{name}/manifests/{info.digest}", "Docker-Content-Digest": info.digest}
     if info.subject is not None:

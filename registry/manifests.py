@@ -135,8 +135,11 @@ def media_type_of(content_type: str | None, doc: Mapping[str, Any]) -> str:
     return header
 
 
-def parse(raw: bytes, content_type: str | None) -> ManifestInfo:
-    """Validate a pushed manifest (JSON, schemaVersion 2, a supported media type, well-formed descriptors)."""
+def parse(raw: bytes, content_type: str | None, algorithm: str = names.STORED_ALGORITHM) -> ManifestInfo:
+    """Validate a pushed manifest (JSON, schemaVersion 2, a supported media type, well-formed descriptors).
+
+    ``digest`` is the body's digest by ``algorithm``: that of the digest reference it was pushed or fetched by
+    (sha256 or sha512), sha256 for a tag."""
     doc = _load(raw)
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
@@ -149,7 +152,7 @@ def parse(raw: bytes, content_type: str | None) -> ManifestInfo:
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise _invalid("artifactType must be a string")
     subject = _descriptor(doc["subject"], "subject")[1] if doc.get("subject") is not None else None
-    digest, annotations = _digest.of_bytes(raw), _annotations(doc)
+    digest, annotations = _digest.of_bytes(raw, algorithm), _annotations(doc)
     if media_type in mt.INDEXES:
         children = doc.get("manifests")
         if not isinstance(children, list):

@@ -18,7 +18,7 @@ MAX_NAME_LENGTH: Final = 255
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
-# The general digest grammar (algorithm:encoded); only sha256 is supported for storage.
+# The general digest grammar (algorithm:encoded); sha256 and sha512 are supported for storage.
 _ANY_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -43,21 +43,31 @@ def is_tag(tag: str) -> bool:
 
 
 STORED_ALGORITHM: Final = _digest.SHA256
+"""The default algorithm: what the registry names a manifest pushed by tag with."""
+ALGORITHMS: Final = tuple(_digest.HEX_LENGTHS)
+"""Every algorithm this registry stores (``blobs/<algorithm>/<hex>``), as the client's store does."""
 
 
 def stored_digest(text: object) -> Digest | None:
-    """The digest ``text`` is when this registry can store it (sha256, lowercase hex); None otherwise."""
-    parsed = _digest.parse(text)
-    return parsed if parsed is not None and parsed.algorithm == STORED_ALGORITHM else None
+    """The digest ``text`` is when this registry can store it (sha256 or sha512, lowercase hex); None otherwise."""
+    return _digest.parse(text)
 
 
-def stored_name(hex_name: str) -> Digest | None:
-    """The digest a file name under a ``sha256/`` directory stands for; None for any other name."""
-    return stored_digest(f"{STORED_ALGORITHM}:{hex_name}")
+def stored_name(hex_name: str, algorithm: str = STORED_ALGORITHM) -> Digest | None:
+    """The digest a file name under an ``<algorithm>/`` directory stands for; None for any other name."""
+    return stored_digest(f"{algorithm}:{hex_name}")
+
+
+def from_hex(hex_name: str) -> Digest | None:
+    """The digest a bare hex file name stands for, its algorithm told by its length (64: sha256, 128: sha512)."""
+    for algorithm, length in _digest.HEX_LENGTHS.items():
+        if len(hex_name) == length:
+            return stored_name(hex_name, algorithm)
+    return None
 
 
 def is_digest(digest: str) -> bool:
-    """True for a digest this registry can store (sha256, lowercase hex)."""
+    """True for a digest this registry can store (sha256 or sha512, lowercase hex)."""
     return stored_digest(digest) is not None
 
 
@@ -75,8 +85,10 @@ def check_digest(digest: str) -> Digest:
     parsed = stored_digest(digest)
     if parsed is not None:
         return parsed
-    if _ANY_DIGEST.fullmatch(digest) and not digest.startswith(f"{STORED_ALGORITHM}:"):
-        raise GrammarError("DIGEST_INVALID", f"unsupported digest algorithm in {digest[:200]!r}: only sha256")
+    if _ANY_DIGEST.fullmatch(digest) and digest.partition(":")[0] not in ALGORITHMS:
+        raise GrammarError(
+            "DIGEST_INVALID", f"unsupported digest algorithm in {digest[:200]!r}: only {' and '.join(ALGORITHMS)}"
+        )
     raise GrammarError("DIGEST_INVALID", f"invalid digest {digest[:200]!r}")
 
 

@@ -176,11 +176,13 @@ class PullThrough:
             raise _unavailable(f"upstream {path}: {exc!r}") from None
         finally:
             resp.release()
-        info = manifests.parse(raw, resp.headers.get("Content-Type"))
-        claimed = reference if names.is_digest(reference) else resp.headers.get("Docker-Content-Digest")
+        pinned = names.stored_digest(reference)
+        claimed = reference if pinned is not None else resp.headers.get("Docker-Content-Digest")
+        algorithm = pinned.algorithm if pinned is not None else names.STORED_ALGORITHM
+        info = manifests.parse(raw, resp.headers.get("Content-Type"), algorithm)
         if claimed and claimed != info.digest:
             raise _unavailable(f"upstream manifest {path} does not match its digest {claimed}")
-        tag = None if names.is_digest(reference) else reference
+        tag = None if pinned is not None else reference
         await asyncio.get_running_loop().run_in_executor(None, self.storage.put_manifest, name, raw, info, tag)
         return info.digest
 
@@ -224,7 +226,7 @@ class PullThrough:
                 return
             if resp.status != 200:
                 raise _unavailable(f"upstream answered {resp.status} for {path}")
-            upload = self.uploads.create(name)
+            upload = self.uploads.create(name, digest.algorithm)
             try:
                 await self.uploads.append(upload, resp.content, expected=resp.content_length)
                 await self.uploads.complete(upload, digest)

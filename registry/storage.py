@@ -1,11 +1,15 @@
 """The registry's filesystem layout: content-addressed blobs shared by all repositories, per-repository links.
 
-    ROOT/blobs/sha256/<hex>                                   blob and manifest bytes, complete and verified
+    ROOT/blobs/<alg>/<hex>                                    blob and manifest bytes, complete and verified
     ROOT/uploads/<id>/{data,repository}                       uploads in progress (never served)
-    ROOT/repositories/<name>/_layers/sha256/<hex>             empty link: the blob is readable in <name>
-    ROOT/repositories/<name>/_manifests/revisions/sha256/<hex>  the manifest's media type
+    ROOT/repositories/<name>/_layers/<alg>/<hex>              empty link: the blob is readable in <name>
+    ROOT/repositories/<name>/_manifests/revisions/<alg>/<hex>  the manifest's media type
     ROOT/repositories/<name>/_manifests/tags/<tag>            the tag's manifest digest
-    ROOT/repositories/<name>/_referrers/sha256/<subject hex>/<hex>  referrer descriptor (JSON)
+    ROOT/repositories/<name>/_referrers/<alg>/<subject hex>/<hex>  referrer descriptor (JSON)
+
+``<alg>`` is ``sha256`` or ``sha512``: content is stored under the algorithm it was pushed by, as the client's
+store keeps it. The same bytes pushed by both digests are two entries; each is verified with its own algorithm.
+A referrer entry's name is its bare hex, whose length tells the algorithm (64 or 128 digits).
 
 A file enters ``blobs/`` only by ``os.replace`` after its digest was verified; every small file is written to
 a temporary name, fsynced and renamed, so a kill -9 never leaves a torn file where a reader looks.
@@ -55,11 +59,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def _hex(digest: Digest) -> str:
+def _parts(digest: Digest) -> tuple[str, str]:
+    """(algorithm, hex) of a validated digest: both are safe path components (a known name, lowercase hex)."""
     parsed = names.stored_digest(digest)
-    if parsed is None:
+    if parsed is None or parsed.algorithm not in names.ALGORITHMS:
         raise ValueError(f"refusing unvalidated digest {digest!r}")
-    return parsed.hex
+    return parsed.algorithm, parsed.hex
 
 
 class Storage:
@@ -67,17 +72,23 @@ class Storage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.blobs_dir = root / "blobs" / names.STORED_ALGORITHM
+        self.blobs_root = root / "blobs"
         self.uploads_dir = root / "uploads"
         self.repos_dir = root / "repositories"
-        for d in (self.blobs_dir, self.uploads_dir, self.repos_dir):
+        for d in (*map(self.blobs_dir, names.ALGORITHMS), self.uploads_dir, self.repos_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._manifest_cache: OrderedDict[str, bytes] = OrderedDict()
         self._manifest_cache_size = 0
 
     # -- paths ---------------------------------------------------------------------------------------
+    def blobs_dir(self, algorithm: str) -> Path:
+        if algorithm not in names.ALGORITHMS:
+            raise ValueError(f"refusing unsupported algorithm {algorithm!r}")
+        return self.blobs_root / algorithm
+
     def blob_path(self, digest: Digest) -> Path:
-        return self.blobs_dir / _hex(digest)
+        algorithm, hex_digits = _parts(digest)
+        return self.blobs_root / algorithm / hex_digits
 
     def repo_dir(self, name: str) -> Path:
         if not names.is_name(name):
@@ -85,10 +96,10 @@ class Storage:
         return self.repos_dir / name
 
     def _layer_link(self, name: str, digest: Digest) -> Path:
-        return self.repo_dir(name) / "_layers" / names.STORED_ALGORITHM / _hex(digest)
+        return self.repo_dir(name) / "_layers" / "/".join(_parts(digest))
 
     def _revision(self, name: str, digest: Digest) -> Path:
-        return self.repo_dir(name) / "_manifests" / "revisions" / names.STORED_ALGORITHM / _hex(digest)
+        return self.repo_dir(name) / "_manifests" / "revisions" / "/".join(_parts(digest))
 
     def _tags_dir(self, name: str) -> Path:
         return self.repo_dir(name) / "_manifests" / "tags"
@@ -99,7 +110,7 @@ class Storage:
         return self._tags_dir(name) / tag
 
     def _referrers_dir(self, name: str, subject: Digest) -> Path:
-        return self.repo_dir(name) / "_referrers" / names.STORED_ALGORITHM / _hex(subject)
+        return self.repo_dir(name) / "_referrers" / "/".join(_parts(subject))
 
     # -- blobs ---------------------------------------------------------------------------------------
     def has_blob(self, digest: Digest) -> bool:
@@ -159,7 +170,7 @@ class Storage:
         self.put_blob_bytes(info.digest, raw)
         write_atomic(self._revision(name, info.digest), info.media_type.encode())
         if info.subject is not None:
-            entry = self._referrers_dir(name, info.subject) / _hex(info.digest)
+            entry = self._referrers_dir(name, info.subject) / _parts(info.digest)[1]
             write_atomic(entry, json.dumps(info.referrer_descriptor()).encode())
         if tag is not None:
             write_atomic(self._tag(name, tag), info.digest.encode())
@@ -194,7 +205,7 @@ class Storage:
             with contextlib.suppress(RegistryHTTPError):
                 info = manifests.parse(raw, revision.read_text())
                 if info.subject is not None:
-                    (self._referrers_dir(name, info.subject) / _hex(digest)).unlink(missing_ok=True)
+                    (self._referrers_dir(name, info.subject) / _parts(digest)[1]).unlink(missing_ok=True)
         revision.unlink(missing_ok=True)
         return True
 
@@ -225,7 +236,7 @@ class Storage:
                 descriptor = json.loads((d / entry).read_bytes())
             except (FileNotFoundError, ValueError):
                 continue
-            digest = names.stored_name(entry)
+            digest = names.from_hex(entry)
             if isinstance(descriptor, dict) and digest is not None and self.revision_media_type(name, digest):
                 out.append(descriptor)
         return out
@@ -239,21 +250,31 @@ class Storage:
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
         return sorted(n for n in found if names.is_name(n))
 
+    def iter_blobs(self) -> Iterator[tuple[Digest, Path]]:
+        """(digest, path) of every file named like a blob in the shared store, every algorithm, sorted."""
+        yield from _iter_named(self.blobs_root)
+
     def iter_revisions(self) -> Iterator[tuple[str, Digest]]:
         """(repository, manifest digest) for every stored manifest; used by garbage collection."""
         for name in self.repositories():
-            d = self.repo_dir(name) / "_manifests" / "revisions" / names.STORED_ALGORITHM
-            with contextlib.suppress(FileNotFoundError):
-                for entry in os.listdir(d):
-                    digest = names.stored_name(entry)
-                    if digest is not None:
-                        yield name, digest
+            for digest, _ in _iter_named(self.repo_dir(name) / "_manifests" / "revisions"):
+                yield name, digest
 
     def iter_layer_links(self) -> Iterator[tuple[str, Digest, Path]]:
         for name in self.repositories():
-            d = self.repo_dir(name) / "_layers" / names.STORED_ALGORITHM
-            with contextlib.suppress(FileNotFoundError):
-                for entry in os.listdir(d):
-                    digest = names.stored_name(entry)
-                    if digest is not None:
-                        yield name, digest, d / entry
+            for digest, path in _iter_named(self.repo_dir(name) / "_layers"):
+                yield name, digest, path
+
+
+def _iter_named(base: Path) -> Iterator[tuple[Digest, Path]]:
+    """(digest, path) of every ``base/<algorithm>/<hex>`` whose name is a well-formed digest of that algorithm."""
+    for algorithm in names.ALGORITHMS:
+        d = base / algorithm
+        try:
+            entries = sorted(os.listdir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            digest = names.stored_name(entry, algorithm)
+            if digest is not None:
+                yield digest, d / entry

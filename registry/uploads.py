@@ -4,6 +4,13 @@ An upload lives in ``ROOT/uploads/<id>/`` until its digest is checked; then its 
 into the shared blob store. Each append is all-or-nothing: a failed or short request is rolled back (file
 truncated, hash state restored), so the upload's size is always the number of bytes acknowledged. The hash
 state lives in memory; after a restart the session is re-read from disk and hashed once at completion.
+
+A session hashes with one algorithm: the one the POST named (``?digest=`` of a monolithic upload, a proxied
+blob's digest), else sha256. Its final PUT may name sha512 only then; such an upload is re-hashed once from the
+staged file at completion. That is cheaper than hashing every upload with both algorithms while receiving: the
+dual hash would cost a sha512 pass over every byte of every (overwhelmingly sha256) upload, the re-hash costs one
+read of the staged file (mostly from the page cache) for the rare sha512 session upload only. Either is correct:
+the published digest is always computed from the bytes, with the algorithm the PUT names.
 """
 
 from __future__ import annotations
@@ -70,9 +77,9 @@ def _write(fd: int, hasher: Hasher | None, chunks: list[bytes]) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _hash_file(path: Path) -> Digest:
+def _hash_file(path: Path, algorithm: str) -> Digest:
     with open(path, "rb", buffering=0) as f:
-        return _digest.of_file(f, _HASH_BLOCK, names.STORED_ALGORITHM)
+        return _digest.of_file(f, _HASH_BLOCK, algorithm)
 
 
 class Uploads:
@@ -82,13 +89,14 @@ class Uploads:
         self.storage = storage
         self._sessions: dict[str, Upload] = {}
 
-    def create(self, name: str) -> Upload:
+    def create(self, name: str, algorithm: str = names.STORED_ALGORITHM) -> Upload:
+        """A new session of ``name`` hashing with ``algorithm`` as bytes arrive (see the module docstring)."""
         upload_id = uuid.uuid4().hex
         d = self.storage.uploads_dir / upload_id
         d.mkdir()
         (d / "repository").write_text(name)
         (d / "data").touch()
-        upload = Upload(id=upload_id, name=name, dir=d, hasher=_digest.new_hasher(names.STORED_ALGORITHM))
+        upload = Upload(id=upload_id, name=name, dir=d, hasher=_digest.new_hasher(algorithm))
         self._sessions[upload_id] = upload
         return upload
 
@@ -160,7 +168,10 @@ class Uploads:
 
     def _publish(self, upload: Upload, digest: Digest) -> None:
         """Runs in a worker thread: hashing a reloaded session, fsync and rename may take a while."""
-        actual = _digest.of_hasher(upload.hasher) if upload.hasher else _hash_file(upload.data)
+        if upload.hasher is not None and upload.hasher.name == digest.algorithm:
+            actual = _digest.of_hasher(upload.hasher)
+        else:  # reloaded after a restart, or the PUT names another algorithm than the session hashed with
+            actual = _hash_file(upload.data, digest.algorithm)
         try:
             if actual != digest:
                 raise RegistryHTTPError(
