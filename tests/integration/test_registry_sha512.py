@@ -359,3 +359,23 @@ def test_modelctl_push_then_pull_by_sha512_digest(reg: Ours, tiny_gguf: Path, tm
     store512 = other / "store" / "blobs" / "sha512"
     assert (store512 / digest.removeprefix("sha512:")).read_bytes() == manifest
     assert (store512 / layer.removeprefix("sha512:")).read_bytes() == gguf
+
+
+def test_upload_resumed_after_restart_completes_as_sha512(tmp_path: Path) -> None:
+    """A session reloaded from disk has no hash state: the staged file is hashed once with the PUT's algorithm."""
+    root, data = tmp_path / "root", os.urandom(200_000)
+    server = Ours(root)
+    try:
+        r = server.client.post("/v2/s512/restart/blobs/uploads/")
+        r = server.client.patch(r.headers["Location"], content=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+        assert r.status_code == 202
+        loc = r.headers["Location"]
+    finally:
+        server.stop()
+    server = Ours(root)
+    try:
+        r = server.client.put(with_digest(loc, sha512(data)))
+        assert r.status_code == 201, r.text
+        check_blob(server.client, "s512/restart", sha512(data), data)
+    finally:
+        server.stop()
