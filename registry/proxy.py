@@ -9,6 +9,7 @@ upstream URL, ``https://user:password@host``).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -27,6 +28,8 @@ from registry.uploads import Uploads
 _ACCEPT: Final = ", ".join(mt.MANIFEST_ACCEPT)
 _CHALLENGE_PARAM: Final = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^,\s]*))')
 _TOKEN_LEEWAY_S: Final = 10.0
+MAX_TOKEN_BODY: Final = 1 << 20
+"""A token answer is a few KiB; a larger one is refused instead of read into memory."""
 
 
 class UpstreamUnavailable(Exception):
@@ -105,7 +108,10 @@ class Upstream:
             async with self._session.get(params["realm"], params=query, auth=self._basic) as resp:
                 if resp.status != 200:
                     return
-                body = await resp.json(content_type=None)
+                raw = await resp.content.read(MAX_TOKEN_BODY + 1)
+            if len(raw) > MAX_TOKEN_BODY or manifests.too_deep(raw):  # json.loads would recurse on a deep body
+                raise ValueError(f"the token answer is over {MAX_TOKEN_BODY} bytes or nested too deep")
+            body = json.loads(raw)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             raise UpstreamUnavailable(f"token service {params['realm']}: {exc!r}") from None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None

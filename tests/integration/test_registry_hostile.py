@@ -319,3 +319,45 @@ def test_random_requests_with_auth_on_never_5xx(
     auth_server: Server, method: str, path: str, headers: dict[str, str], body: bytes
 ) -> None:
     check(auth_server, method, path, headers, body)
+
+
+def test_a_hostile_upstream_token_service_is_an_unavailable_upstream_not_a_crash(tmp_path: Path) -> None:
+    """The pull-through cache asks the upstream's token realm; a deeply nested answer must not crash it."""
+    import http.server
+    import threading
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            host = f"127.0.0.1:{self.server.server_address[1]}"
+            if self.path.startswith("/token"):
+                body = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+                self.send_response(200)
+            else:
+                body = b'{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}'
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token",service="hostile"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    proc, url, log = servers.start_ours(tmp_path / "cache", "--proxy", f"http://127.0.0.1:{upstream.server_address[1]}")
+    try:
+        for _ in range(2):
+            answer = httpx.get(f"{url}/v2/library/x/manifests/latest", timeout=30)
+            assert answer.status_code != 500, answer.text
+            assert answer.status_code in (401, 404, 502, 503), answer.status_code
+        assert proc.poll() is None, log.read_text()
+        assert "RecursionError" not in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        upstream.shutdown()
