@@ -21,42 +21,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from modelctl import atomic
 from modelctl.digest import Digest
 from registry import manifests, names
 from registry.errors import RegistryHTTPError
 
 _MANIFEST_CACHE_BYTES: Final = 64 * 1024 * 1024
-_TMP_PREFIX: Final = ".tmp-"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _parts(digest: Digest) -> tuple[str, str]:
@@ -126,7 +101,7 @@ class Storage:
             return
         link.parent.mkdir(parents=True, exist_ok=True)
         link.touch()
-        fsync_dir(link.parent)
+        atomic.fsync_dir(link.parent)
 
     def unlink_blob(self, name: str, digest: Digest) -> bool:
         try:
@@ -139,7 +114,7 @@ class Storage:
         """Store small verified content (manifests) in the shared store."""
         path = self.blob_path(digest)
         if not path.exists():
-            write_atomic(path, data)
+            atomic.write(path, data)
 
     # -- manifests -----------------------------------------------------------------------------------
     def revision_media_type(self, name: str, digest: Digest) -> str | None:
@@ -168,12 +143,12 @@ class Storage:
     def put_manifest(self, name: str, raw: bytes, info: manifests.ManifestInfo, tag: str | None) -> None:
         """Store the bytes, then the revision link, the referrer entry and the tag, in that order."""
         self.put_blob_bytes(info.digest, raw)
-        write_atomic(self._revision(name, info.digest), info.media_type.encode())
+        atomic.write(self._revision(name, info.digest), info.media_type.encode())
         if info.subject is not None:
             entry = self._referrers_dir(name, info.subject) / _parts(info.digest)[1]
-            write_atomic(entry, json.dumps(info.referrer_descriptor()).encode())
+            atomic.write(entry, json.dumps(info.referrer_descriptor()).encode())
         if tag is not None:
-            write_atomic(self._tag(name, tag), info.digest.encode())
+            atomic.write(self._tag(name, tag), info.digest.encode())
 
     def resolve_tag(self, name: str, tag: str) -> Digest | None:
         try:
@@ -183,7 +158,7 @@ class Storage:
         return names.stored_digest(digest)
 
     def tag_manifest(self, name: str, tag: str, digest: Digest) -> None:
-        write_atomic(self._tag(name, tag), digest.encode())
+        atomic.write(self._tag(name, tag), digest.encode())
 
     def delete_tag(self, name: str, tag: str) -> bool:
         try:
@@ -230,7 +205,7 @@ class Storage:
             return []
         out: list[dict[str, Any]] = []
         for entry in entries:
-            if entry.startswith(_TMP_PREFIX):
+            if atomic.is_temp(entry):
                 continue
             try:
                 descriptor = json.loads((d / entry).read_bytes())

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
+from modelctl import atomic
 from modelctl import digest as _digest
 from modelctl.digest import Digest
 from registry import names
 from registry.errors import RegistryHTTPError
-from registry.storage import Storage, fsync_dir
+from registry.storage import Storage
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hasher
@@ -185,7 +186,7 @@ class Uploads:
                 finally:
                     os.close(fd)
                 os.replace(upload.data, target)
-                fsync_dir(target.parent)
+                atomic.fsync_dir(target.parent)
             self.storage.link_blob(upload.name, digest)
         finally:
             shutil.rmtree(upload.dir, ignore_errors=True)

@@ -46,6 +46,23 @@ class LoadSpec:
     files: tuple[Path, ...] = ()
     """Every shard of the model (``model_path`` is the first), for the buffer choice's tensor overrides."""
 
+    def llama_kwargs(self) -> dict[str, Any]:
+        """What both ``llama_cpp.Llama`` and its server's ``ModelSettings`` take from this spec (the model path and
+        ``swa_full``, which only ``Llama`` takes, aside)."""
+        kwargs: dict[str, Any] = {
+            "n_ctx": self.n_ctx,
+            "n_batch": self.n_batch,
+            "n_ubatch": self.n_ubatch,
+            "n_gpu_layers": self.n_gpu_layers,
+            "type_k": self.type_k,
+            "type_v": self.type_v,
+            "flash_attn": self.flash_attn,
+            "verbose": self.verbose,
+        }
+        if self.n_threads is not None:
+            kwargs["n_threads"] = kwargs["n_threads_batch"] = self.n_threads
+        return kwargs
+
     def describe(self) -> str:
         """The settings in one phrase, for crash reports."""
         cache = {1: "f16", 8: "q8_0", 2: "q4_0"}.get(self.type_k, str(self.type_k))
@@ -53,13 +70,6 @@ class LoadSpec:
             f"ctx {self.n_ctx}, gpu layers {self.n_gpu_layers}, cache {cache}, "
             f"flash attention {'on' if self.flash_attn else 'off'}, cpu buffers {self.cpu_buffers}"
         )
-
-
-def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build can place layers on a GPU (CPU-only builds cannot)."""
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 class Engine:
@@ -279,25 +289,9 @@ def load(spec: LoadSpec) -> Engine:
             hint="install modelctl with its dependencies: pip install modelctl",
         ) from None
 
-    kwargs: dict[str, Any] = {}
-    if spec.n_threads is not None:
-        kwargs["n_threads"] = spec.n_threads
-        kwargs["n_threads_batch"] = spec.n_threads
     try:
         with weight_buffers(spec):
-            llm = llama_cpp.Llama(
-                model_path=str(spec.model_path),
-                n_ctx=spec.n_ctx,
-                n_batch=spec.n_batch,
-                n_ubatch=spec.n_ubatch,
-                n_gpu_layers=spec.n_gpu_layers,
-                type_k=spec.type_k,
-                type_v=spec.type_v,
-                flash_attn=spec.flash_attn,
-                swa_full=spec.swa_full,
-                verbose=spec.verbose,
-                **kwargs,
-            )
+            llm = llama_cpp.Llama(model_path=str(spec.model_path), swa_full=spec.swa_full, **spec.llama_kwargs())
     except (ValueError, RuntimeError) as exc:
         raise ModelctlError(
             f"llama.cpp could not load {spec.model_path.name}: {exc}",

@@ -52,27 +52,16 @@ def create_app(spec: ServeSpec) -> Any:
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     load = spec.load
-    threads: dict[str, Any] = {}
-    if load.n_threads is not None:
-        threads = {"n_threads": load.n_threads, "n_threads_batch": load.n_threads}
     overrides = [f"{spec.mean_pooling_key}=int:1"] if spec.embeddings and spec.mean_pooling_key else None
     model = ModelSettings(
         model=str(load.model_path),
         model_alias=spec.model_name,
-        n_ctx=load.n_ctx,
-        n_batch=load.n_batch,
-        n_ubatch=load.n_ubatch,
-        n_gpu_layers=load.n_gpu_layers,
-        type_k=load.type_k,
-        type_v=load.type_v,
-        flash_attn=load.flash_attn,
         logits_all=False,  # the server's default keeps n_ctx x n_vocab floats of logits in RAM
         embedding=spec.embeddings,
         kv_overrides=overrides,
         chat_format=None,
         cache=False,
-        verbose=load.verbose,
-        **threads,
+        **load.llama_kwargs(),
     )
     server = ServerSettings(host=spec.host, port=spec.port)
     try:

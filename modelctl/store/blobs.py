@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 from modelctl import digest as _digest
+from modelctl.atomic import fsync_dir, fsync_file
 from modelctl.digest import Digest
 from modelctl.errors import DigestMismatch, IntegrityError, NotFound
 from modelctl.store import journal
-from modelctl.store.directory import DEFAULT_ALGORITHM, Directory, fsync_dir, fsync_file, is_regular, stored
+from modelctl.store.directory import DEFAULT_ALGORITHM, Directory, is_regular, stored
 
 
 class Blobs(Directory):

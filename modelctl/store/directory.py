@@ -102,26 +102,10 @@ class Directory:
     def write_atomic(self, target: Path, data: bytes) -> None:
         tmp_dir = self.root / TMP_DIR
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        with atomic.replacing(target, tmp_dir=tmp_dir) as f:
-            f.write(data)
-        fsync_dir(target.parent)
+        atomic.write(target, data, tmp_dir=tmp_dir)
 
 
 def is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

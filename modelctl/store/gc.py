@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from modelctl.atomic import fsync_dir
 from modelctl.digest import Digest
 from modelctl.errors import NotFound
 from modelctl.store import graph
-from modelctl.store.directory import TMP_DIR, blob_files, fsync_dir, is_regular
+from modelctl.store.directory import TMP_DIR, blob_files, is_regular
 from modelctl.store.index import Tags
 
 

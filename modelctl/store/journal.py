@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from modelctl import digest as _digest
+from modelctl.atomic import fsync_dir, fsync_file
 from modelctl.digest import Digest
 from modelctl.errors import IntegrityError
-from modelctl.store.directory import fsync_dir, fsync_file
 
 
 class Blobs(Protocol):
