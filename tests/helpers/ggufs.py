@@ -199,3 +199,38 @@ def big_blob(path: Path, size: int, *, seed: bytes | None = None) -> str:
             written += len(piece)
             index += 1
     return f"sha256:{digest.hexdigest()}"
+
+
+def small_gguf(
+    path: Path, *, n_vocab: int = 2000, split: tuple[int, int] | None = None, tensors: bool = True
+) -> Path:
+    """A small llama header with per-layer KV heads, a sliding window and a token list (header-reader and shape
+    tests); ``split`` makes it shard ``split[0]`` of ``split[1]``, ``tensors=False`` a header with no tensors."""
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(3)
+    w.add_context_length(4096)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv([2, 1, 2])
+    w.add_sliding_window(512)
+    w.add_file_type(7)
+    w.add_chat_template("{{ messages }}")
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_scores([0.5] * n_vocab)
+    if split:
+        w.add_uint16("split.no", split[0])
+        w.add_uint16("split.count", split[1])
+    if tensors:
+        q8 = GGMLQuantizationType.Q8_0
+        suffix = "" if not split else str(split[0])
+        embd = quantize(np.zeros((n_vocab, 64), dtype=np.float32), q8)
+        w.add_tensor(f"token_embd.weight{suffix}", embd, raw_dtype=q8)
+        w.add_tensor(f"blk.0.attn_q.weight{suffix}", np.zeros((64, 64), dtype=np.float16))
+        w.add_tensor(f"output_norm.weight{suffix}", np.ones(64, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -408,3 +408,25 @@ class _RegistryAuth(httpx.Auth):
             self.header = f"Bearer {body.get('token') or body['access_token']}"
         request.headers["Authorization"] = self.header
         yield request
+
+
+TINY_MODEL_CONFIG = json.dumps(
+    {"config": {"format": "gguf", "quantization": "F32", "parameters": "1M", "architecture": "llama"}}
+).encode()
+"""The Docker v0.1 model config of a tiny test model."""
+
+
+def model_manifest(config_digest: str, config_size: int, layer_digest: str, layer_size: int) -> bytes:
+    """A Docker v0.1 model manifest (one GGUF layer) naming blobs by any digest the caller computed."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.docker.ai.model.config.v0.1+json",
+                "digest": config_digest,
+                "size": config_size,
+            },
+            "layers": [{"mediaType": "application/vnd.docker.ai.gguf.v3", "digest": layer_digest, "size": layer_size}],
+        }
+    ).encode()

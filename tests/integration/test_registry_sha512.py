@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import servers
-
-from modelctl.oci import mediatypes as mt
+from helpers.oci_layout import TINY_MODEL_CONFIG, model_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -327,18 +326,9 @@ def test_modelctl_push_then_pull_by_sha512_digest(reg: Ours, tiny_gguf: Path, tm
     """A sha512-named model (raw HTTP, manifest PUT by its sha512 digest) pulled ``@sha512:`` by modelctl, pushed
     by modelctl to another repository (sha512 blobs, manifest by digest), then pulled ``@sha512:`` from there."""
     c, gguf = reg.client, tiny_gguf.read_bytes()
-    config = json.dumps(
-        {"config": {"format": "gguf", "quantization": "F32", "parameters": "1M", "architecture": "llama"}}
-    ).encode()
+    config = TINY_MODEL_CONFIG
     layer, config_digest = push_blob(c, "ai/tiny512", gguf), push_blob(c, "ai/tiny512", config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "config": {"mediaType": mt.DOCKER_MODEL_CONFIG_V01, "digest": config_digest, "size": len(config)},
-            "layers": [{"mediaType": mt.DOCKER_GGUF, "digest": layer, "size": len(gguf)}],
-        }
-    ).encode()
+    manifest = model_manifest(config_digest, len(config), layer, len(gguf))
     digest = sha512(manifest)
     assert put_manifest(c, "ai/tiny512", digest, manifest).status_code == 201
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from helpers.oci_layout import TINY_MODEL_CONFIG, model_manifest
 from helpers.servers import RegistryServer, free_port
 
 from modelctl.oci import mediatypes as mt
@@ -61,18 +62,9 @@ def push_sha512_model(registry: RegistryServer, gguf: bytes, repo: str = REPO, t
         assert done.status_code == 201, done.text
         return digest
 
-    config = json.dumps(
-        {"config": {"format": "gguf", "quantization": "F32", "parameters": "1M", "architecture": "llama"}}
-    ).encode()
+    config = TINY_MODEL_CONFIG
     layer, config_digest = blob(gguf), blob(config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "config": {"mediaType": mt.DOCKER_MODEL_CONFIG_V01, "digest": config_digest, "size": len(config)},
-            "layers": [{"mediaType": mt.DOCKER_GGUF, "digest": layer, "size": len(gguf)}],
-        }
-    ).encode()
+    manifest = model_manifest(config_digest, len(config), layer, len(gguf))
     put = client.put(f"/v2/{repo}/manifests/{tag}", content=manifest, headers={"Content-Type": mt.OCI_MANIFEST})
     assert put.status_code == 201, put.text
     assert put.headers["Docker-Content-Digest"] == of(manifest, "sha256")

@@ -4,35 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gguf
-import numpy as np
+from helpers.ggufs import small_gguf as write
 
 from modelctl.fit.shapes import parameter_count, quantization, shape_of
 from modelctl.gguf import FileSource, GGUFHeader, TensorInfo, read_header
-
-
-def write(path: Path, *, n_vocab: int = 2000) -> Path:
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(3)
-    w.add_context_length(4096)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(128)
-    w.add_head_count(4)
-    w.add_head_count_kv([2, 1, 2])
-    w.add_sliding_window(512)
-    w.add_file_type(7)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"t{i}" for i in range(n_vocab)])
-    q8 = gguf.GGMLQuantizationType.Q8_0
-    embd = gguf.quants.quantize(np.zeros((n_vocab, 64), dtype=np.float32), q8)
-    w.add_tensor("token_embd.weight", embd, raw_dtype=q8)
-    w.add_tensor("blk.0.attn_q.weight", np.zeros((64, 64), dtype=np.float16))
-    w.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def test_shape_of_what_the_gguf_package_writes(tmp_path: Path) -> None:
