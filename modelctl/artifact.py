@@ -65,8 +65,10 @@ class Model:
     architecture: str | None = None
     context_size: int | None = None
     """The packaged default context (Docker ``context_size``); the GGUF's own maximum is in its header."""
+    foreign: tuple[Descriptor, ...] = ()
+    """Non-distributable layers: only at their ``urls``, never fetched, not in the store."""
     size: int = 0
-    """Sum of all layer sizes."""
+    """Sum of the sizes of the layers a registry holds (non-distributable ones left out)."""
     weights_size: int = 0
     """Sum of the GGUF shards' sizes."""
     created: str | None = None
@@ -123,7 +125,8 @@ def from_manifest(manifest: Manifest, config: bytes) -> Model:
         format=kind,
         manifest_digest=manifest.digest,
         gguf=gguf,
-        size=sum(layer.size for layer in manifest.layers),
+        foreign=tuple(layer for layer in manifest.layers if not layer.distributable),
+        size=sum(layer.size for layer in manifest.blobs[1:]),
         weights_size=sum(layer.size for layer in gguf),
         config=doc,
         **fields,

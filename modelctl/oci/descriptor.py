@@ -21,6 +21,13 @@ class Descriptor:
     annotations: Mapping[str, str] = field(default_factory=dict)
     artifact_type: str | None = None
     platform: Mapping[str, Any] | None = None
+    urls: tuple[str, ...] = ()
+    """Where else the blob may be fetched from (OCI ``urls``); modelctl never follows them."""
+
+    @property
+    def distributable(self) -> bool:
+        """False for a non-distributable (foreign) layer: its blob is not expected in any registry or store."""
+        return self.media_type not in mt.NONDISTRIBUTABLE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "digest", Digest(self.digest))  # free for a Digest; validates anything else
@@ -33,6 +40,8 @@ class Descriptor:
             out["annotations"] = dict(self.annotations)
         if self.platform:
             out["platform"] = dict(self.platform)
+        if self.urls:
+            out["urls"] = list(self.urls)
         return out
 
     @classmethod
@@ -52,6 +61,9 @@ class Descriptor:
             raise IntegrityError(f"malformed {where}: annotations must map strings to strings")
         artifact_type = obj.get("artifactType")
         platform = obj.get("platform")
+        urls = obj.get("urls") or []
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise IntegrityError(f"malformed {where}: urls must be a list of strings")
         return cls(
             media_type=media_type,
             digest=parsed,
@@ -59,6 +71,7 @@ class Descriptor:
             annotations=annotations,
             artifact_type=artifact_type if isinstance(artifact_type, str) else None,
             platform=platform if isinstance(platform, dict) else None,
+            urls=tuple(urls),
         )
 
 
@@ -74,6 +87,11 @@ class Manifest:
     artifact_type: str | None = None
     subject: Descriptor | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def blobs(self) -> tuple[Descriptor, ...]:
+        """The config and the layers a registry or a store holds (non-distributable layers left out)."""
+        return (self.config, *(layer for layer in self.layers if layer.distributable))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

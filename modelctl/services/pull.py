@@ -107,7 +107,7 @@ def _store_manifest(store: Layout, resolved: sources.Resolved) -> Descriptor:
 
 
 def _size(manifest: Manifest) -> int:
-    return sum(layer.size for layer in manifest.layers) + manifest.config.size + len(manifest.raw)
+    return sum(blob.size for blob in manifest.blobs) + len(manifest.raw)
 
 
 def _warn_if_too_big(config: Config, source: sources.Source, resolved: sources.Resolved, reporter: Reporter) -> None:

@@ -49,7 +49,7 @@ def push(
     store = local.layout(config)
     entry = local.resolve(store, text)
     ref = reference.parse(target) if target else reference.parse(entry.name)
-    blobs = [entry.manifest.config, *_unique(entry.manifest.layers)]
+    blobs = _unique(entry.manifest.blobs)  # a registry takes a manifest without its non-distributable blobs
     counts = {"uploaded": 0, "skipped": 0, "mounted": 0}
     with RegistryClient(config) as client:
 
@@ -76,7 +76,7 @@ def push(
             attached = descriptor.parse(raw, referrer.media_type, algorithm=referrer.digest.algorithm)
             if isinstance(attached, Manifest):
                 with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
-                    list(pool.map(one, [attached.config, *_unique(attached.layers)]))
+                    list(pool.map(one, _unique(attached.blobs)))
                 client.put_manifest(
                     Reference(ref.registry, ref.repository, None, referrer.digest), raw, referrer.media_type
                 )
@@ -115,7 +115,7 @@ def _mount_sources(store: Layout, ref: Reference, digest: Digest) -> list[str]:
         if other.registry != ref.registry or other.repository == ref.repository or other.repository in out:
             continue
         entry = local.load(store, name, desc)
-        if digest in {entry.manifest.config.digest, *(layer.digest for layer in entry.manifest.layers)}:
+        if digest in {blob.digest for blob in entry.manifest.blobs}:
             out.append(other.repository)
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from urllib.parse import urlsplit
 
 from modelctl import artifact
 from modelctl.cards import MAX_CARD
@@ -70,11 +71,14 @@ class RegistrySource:
         ref = self._ref
         # name:tag@digest is stored as name:tag (the content was verified to be that digest); name@digest as is.
         name = str(Reference(ref.registry, ref.repository, ref.tag, None)) if ref.tag else str(ref)
+        model = artifact.from_manifest(manifest, config_bytes)
+        if not model.gguf and model.foreign:
+            raise _only_foreign(ref, model.foreign)
         return Resolved(
             reference=ref,
             tags=(name,),
             layers=tuple(_unique(manifest)),
-            model=artifact.from_manifest(manifest, config_bytes),
+            model=model,
             manifest=manifest,
             config=config_bytes,
             local=local,
@@ -105,9 +109,33 @@ class RegistrySource:
         )
 
 
+def _only_foreign(ref: Reference, foreign: tuple[Descriptor, ...]) -> UnsupportedFormat:
+    """The one-line refusal for a model whose weights the registry does not hold (non-distributable layers)."""
+    where = next((_printable_url(url) for layer in foreign for url in layer.urls), None)
+    at = f", only at {where}" if where else ", and the manifest names no URL for them"
+    return UnsupportedFormat(
+        f"the weights of {ref} are not in its registry: {len(foreign)} non-distributable layer(s){at}",
+        hint="modelctl downloads only from registries; fetch the file yourself and run it by path or package it "
+        "(modelctl package), or ask the publisher to push the weights as ordinary layers",
+    )
+
+
+def _printable_url(url: str) -> str:
+    """``scheme://host/path`` of a foreign layer's URL: user info and the query (a pre-signed token) are never
+    printed."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    text = f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else "a URL"
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+
+
 def _unique(manifest: Manifest) -> Iterator[Descriptor]:
     seen: set[str] = set()
-    for layer in manifest.layers:
+    for layer in manifest.blobs[1:]:  # a non-distributable layer is never fetched from the registry
         if layer.digest not in seen:
             seen.add(layer.digest)
             yield layer

@@ -113,4 +113,4 @@ def complete(store: Layout, manifest: Manifest) -> bool:
     """Whether the store holds the manifest's config and every layer (at its size)."""
     if not store.has_blob(manifest.config.digest):
         return False
-    return all(store.has_blob(layer.digest, layer.size) for layer in manifest.layers)
+    return all(store.has_blob(layer.digest, layer.size) for layer in manifest.blobs[1:])

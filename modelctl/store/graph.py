@@ -50,9 +50,9 @@ class Step:
 
 
 def children(doc: Manifest | Index) -> tuple[Descriptor, ...]:
-    """What a manifest (config, then layers) or an index (its manifests) points at."""
+    """What a manifest (config, then its distributable layers) or an index (its manifests) points at."""
     if isinstance(doc, Manifest):
-        return (doc.config, *doc.layers)
+        return doc.blobs
     return doc.manifests
 
 

@@ -127,7 +127,7 @@ def file_names(local: LocalModel) -> dict[Digest, str]:
         names[desc.digest] = "model.gguf" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.gguf"
     taken = set(names.values())
     for index, layer in enumerate(local.manifest.layers):
-        if layer.digest in names:
+        if layer.digest in names or not layer.distributable:
             continue
         name = artifact.file_name(layer, index)
         if name in taken:

@@ -79,6 +79,13 @@ def _config(root: Path, port: int, htpasswd: Path | None, token: TokenAuthority 
         "http:",
         f"  addr: 127.0.0.1:{port}",
         f"  secret: {secrets.token_hex(16)}",
+        # distribution refuses manifests whose layers carry ``urls`` unless allowed; the OCI conformance suite
+        # (non-distributable layers) and a model with foreign layers need them accepted
+        "validation:",
+        "  manifests:",
+        "    urls:",
+        "      allow:",
+        "        - ^https?://",
     ]
     if htpasswd is not None:
         lines += ["auth:", "  htpasswd:", "    realm: modelctl-test", f"    path: {htpasswd}"]
