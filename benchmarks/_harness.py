@@ -7,10 +7,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +38,8 @@ def free_port() -> int:
 class Registry:
     host: str
     root: Path
+    pid: int
+    """The server process (its memory and CPU are read from /proc)."""
 
 
 @contextlib.contextmanager
@@ -53,10 +57,34 @@ def docker_registry() -> Iterator[Registry]:
         proc = subprocess.Popen(["docker-registry", "serve", str(config)], stderr=subprocess.DEVNULL)
         try:
             wait_http(f"http://127.0.0.1:{port}/v2/")
-            yield Registry(f"127.0.0.1:{port}", root)
+            yield Registry(f"127.0.0.1:{port}", root, proc.pid)
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def our_registry(root: Path) -> Iterator[Registry]:
+    """Our registry (``python -m registry``) over ``root`` on a free port; its log is ``root`` + ``.log``."""
+    log = root.with_suffix(".log")
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", "--root", str(root), "--addr", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        for _ in range(400):
+            found = re.search(r"listening on http://(\S+)", log.read_text())
+            if found:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(log.read_text())
+        yield Registry(found.group(1), root, proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def wait_http(url: str, timeout: float = 20) -> None:

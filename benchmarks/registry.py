@@ -8,40 +8,14 @@ Usage: .venv/bin/python benchmarks/registry.py [--size-mib 2048] [--requests 400
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from _harness import docker_registry, make_blob, median, push_model, rmtree
-
-
-@contextlib.contextmanager
-def ours(root: Path) -> Iterator[str]:
-    log = root.with_suffix(".log")
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "registry", "--root", str(root), "--addr", "127.0.0.1:0"],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        for _ in range(400):
-            found = re.search(r"listening on http://(\S+)", log.read_text())
-            if found:
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(log.read_text())
-        yield found.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+from _harness import docker_registry, make_blob, median, our_registry, push_model, rmtree
 
 
 def blob_get(host: str, digest: str, out: Path) -> float:
@@ -99,8 +73,8 @@ def main() -> None:
                 [sys.executable, "-m", "modelctl", "tag", f"{seed.host}/ai/big:2g", "local/big:2g"], env=env, check=True
             )
         results: dict[str, dict[str, list[float]]] = {}
-        with docker_registry() as theirs, ours(work / "ours") as our_host:
-            servers = {"docker-registry 2.8": theirs.host, "modelctl registry": our_host}
+        with docker_registry() as theirs, our_registry(work / "ours") as ours:
+            servers = {"docker-registry 2.8": theirs.host, "modelctl registry": ours.host}
             for label, host in servers.items():
                 push_model(host, "ai/big:2g", blob, digest)
                 results[label] = {"get": [], "manifests": [], "push": []}
