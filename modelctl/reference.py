@@ -85,6 +85,15 @@ class Reference:
         return text[len(prefix) :] if text.startswith(prefix) else text
 
 
+FILE_PREFIXES = ("/", "./", "../", "~", "file://")
+
+
+def is_file(text: str) -> bool:
+    """Whether ``text`` names a local GGUF file instead of a model (:mod:`modelctl.sources.local` reads it): it
+    starts like a path (``/``, ``./``, ``../``, ``~``) or with ``file://``, or ends in ``.gguf``."""
+    return text.startswith(FILE_PREFIXES) or text.lower().endswith(".gguf")
+
+
 def parse(text: str) -> Reference:
     """Parse and normalise ``text``; raise :class:`InvalidReference` with a hint on bad input."""
     original = text

@@ -14,7 +14,7 @@ from modelctl.cli.context import settings
 
 
 def fit(
-    ref: str = typer.Argument(..., metavar="REF"),
+    ref: str = typer.Argument(..., metavar="SOURCE", help="A model reference, or a GGUF file: ./x.gguf, file://..."),
     ctx_size: int | None = typer.Option(None, "--ctx-size", min=16, help="Context window (default: what run uses)."),
     cache_type: str = typer.Option("f16", "--cache-type", help="KV cache type: f16, q8_0 or q4_0."),
     gpu_layers: str = typer.Option("auto", "--gpu-layers", metavar="N|auto"),

@@ -96,7 +96,7 @@ THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: lla
 
 
 def run(
-    ref: str = typer.Argument(..., metavar="REF", help="Model reference, e.g. ai/smollm2."),
+    ref: str = typer.Argument(..., metavar="REF", help="Model reference (ai/smollm2) or GGUF file (./x.gguf)."),
     prompt: str | None = typer.Argument(None, metavar="[PROMPT]", help="Answer this and exit (no chat)."),
     ctx_size: int | None = CTX_SIZE,
     gpu_layers: str = GPU_LAYERS,
@@ -345,7 +345,7 @@ class _Chat:
 
 
 def serve(
-    ref: str = typer.Argument(..., metavar="REF", help="Model reference, e.g. ai/smollm2."),
+    ref: str = typer.Argument(..., metavar="REF", help="Model reference (ai/smollm2) or GGUF file (./x.gguf)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
     ctx_size: int | None = CTX_SIZE,

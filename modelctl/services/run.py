@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelctl import reference
+from modelctl import artifact, reference
 from modelctl.config import Config
 from modelctl.errors import DoesNotFit, NotFound, UsageError
 from modelctl.fit.report import fit_local
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from modelctl.oci.descriptor import Descriptor
     from modelctl.runtime.process import Worker, WorkerEngine
     from modelctl.services.pull import Reporter
+    from modelctl.sources.local import LocalGGUF
     from modelctl.store import Layout
 
 MIN_AUTO_CTX = 256
@@ -58,8 +59,10 @@ class Prepared:
     """A model ready to load: where it is, what the fit check said, and the settings it will load with."""
 
     name: str
-    """The full normalised reference, e.g. ``docker.io/ai/smollm2:135M-Q4_1``."""
-    entry: local.LocalModel
+    """The full normalised reference, e.g. ``docker.io/ai/smollm2:135M-Q4_1``, or a local file's absolute path."""
+    entry: local.LocalModel | None
+    """The model in the store; None for a GGUF file run in place (:mod:`modelctl.sources.local`)."""
+    model: artifact.Model
     paths: tuple[Path, ...]
     fit: FitReport
     load: LoadSpec
@@ -78,14 +81,15 @@ class Prepared:
 
     @property
     def short(self) -> str:
-        return reference.parse(self.name).short
+        """``ai/smollm2:135M-Q4_1``, or a local file's name."""
+        return reference.parse(self.name).short if self.entry is not None else self.paths[0].name
 
     def info(self) -> dict[str, Any]:
         """What ``/show info`` prints."""
-        model = self.entry.model
+        model = self.model
         return {
             "model": self.name,
-            "id": self.entry.desc.digest.hex[:12],
+            "id": self.entry.desc.digest.hex[:12] if self.entry is not None else None,
             "architecture": model.architecture,
             "parameters": model.parameters,
             "quantization": model.quantization,
@@ -113,17 +117,23 @@ def prepare(config: Config, text: str, options: RunOptions, reporter: Reporter) 
 
 
 def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter, worker: Worker) -> Prepared:
-    store = local.layout(config)
-    entry = _resolve_or_pull(config, text, options, reporter)
-    paths = tuple(local.materialise(config, store, entry))
+    file = _local_file(text)
+    store: Layout | None = None
+    entry: local.LocalModel | None = None
+    if file is not None:  # read in place: not pulled, not stored
+        name, model, paths, short = file.name, file.model(), file.shards, file.short
+    else:
+        store = local.layout(config)
+        entry = _resolve_or_pull(config, text, options, reporter)
+        name, model, short = entry.name, entry.model, reference.parse(entry.name).short
+        paths = tuple(local.materialise(config, store, entry))
     if not paths:
-        raise UsageError(f"{entry.name} has no GGUF file", hint="modelctl runs GGUF models only")
+        raise UsageError(f"{name} has no GGUF file", hint="modelctl runs GGUF models only")
     notes: list[str] = []
     gpu_ok = bool(worker.hello()["gpu_offload"])
-    settings = _settings(config, entry, options, gpu_ok)
-    report = _fit(paths, settings, entry.name)
+    settings = _settings(config, model, options, gpu_ok)
+    report = _fit(paths, settings, name)
     if not gpu_ok:
-
         unused = gpu_notice(report.devices, gpu_ok)
         if unused:
             notes.append(unused)
@@ -131,12 +141,12 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
         wanted = _effective_ctx(settings, report)
         smaller = _shrunk(report, settings, wanted)
         if smaller is not None:
-            retry = _fit(paths, smaller, entry.name)
+            retry = _fit(paths, smaller, name)
             if retry.verdict != "does_not_fit":
                 notes.append(f"context reduced from {wanted} to {smaller.n_ctx} tokens to fit in memory")
                 settings, report = smaller, retry
     if report.verdict == "does_not_fit":
-        message = f"{reference.parse(entry.name).short} does not fit in this machine's memory"
+        message = f"{short} does not fit in this machine's memory"
         if not options.force:
             raise DoesNotFit(message, hint=_hint(report))
         notes.append(f"{message}; loading anyway (--force)")
@@ -155,19 +165,20 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
         flash_attn=settings.flash_attention,
         swa_full=settings.swa_full,
         n_threads=options.n_threads,
-        chat_template=_text_layer(store, entry.model.chat_template),
+        chat_template=_text_layer(store, model.chat_template),
         verbose=options.debug,
         cpu_buffers=config.cpu_buffers,
         files=paths,
     )
     return Prepared(
-        name=entry.name,
+        name=name,
         entry=entry,
+        model=model,
         paths=paths,
         fit=report,
         load=load,
-        system=_text_layer(store, entry.model.system),
-        sampling=sampling_from_params(store, entry.model.params, notes),
+        system=_text_layer(store, model.system),
+        sampling=sampling_from_params(store, model.params, notes),
         notes=tuple(notes),
         worker=[worker],
     )
@@ -181,6 +192,15 @@ def start(prepared: Prepared) -> WorkerEngine:
     """
 
     return start_worker(prepared.load, name=prepared.short, worker=prepared.take_worker())
+
+
+def _local_file(text: str) -> LocalGGUF | None:
+    """The GGUF file ``text`` names, read in place; None for a model reference."""
+    if not reference.is_file(text):
+        return None
+    from modelctl.sources import local as local_files  # the sources package (httpx) only for a file path
+
+    return local_files.open_file(text)
 
 
 def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: Reporter) -> local.LocalModel:
@@ -200,10 +220,10 @@ def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: R
     return local.resolve(store, result.reference)
 
 
-def _settings(config: Config, entry: local.LocalModel, options: RunOptions, gpu_ok: bool) -> RunSettings:
+def _settings(config: Config, model: artifact.Model, options: RunOptions, gpu_ok: bool) -> RunSettings:
 
     changes: dict[str, Any] = {"cpu_buffers": config.cpu_buffers}
-    n_ctx = options.ctx_size or entry.model.context_size
+    n_ctx = options.ctx_size or model.context_size
     if n_ctx:
         changes["n_ctx"] = n_ctx
     if options.cache_type != "f16":
@@ -248,12 +268,12 @@ def _default_sampling() -> Sampling:
     return Sampling()
 
 
-def sampling_from_params(store: Layout, desc: Descriptor | None, notes: list[str]) -> Sampling:
+def sampling_from_params(store: Layout | None, desc: Descriptor | None, notes: list[str]) -> Sampling:
     """Sampling defaults from an Ollama ``params`` layer (JSON): temperature, top_p, top_k, seed, num_predict,
     stop. Values of the wrong type or range are ignored with a note, never fatal: the model still runs."""
 
     sampling = Sampling()
-    if desc is None:
+    if desc is None or store is None:
         return sampling
     try:
         doc = json.loads(store.read_blob(desc.digest, max_size=1 << 20))
@@ -297,9 +317,9 @@ _PARAMS: tuple[tuple[str, str, bool, float, float], ...] = (
 """Ollama parameter -> Sampling field, whether it must be a whole number, and its range."""
 
 
-def _text_layer(store: Layout, desc: Descriptor | None) -> str | None:
+def _text_layer(store: Layout | None, desc: Descriptor | None) -> str | None:
     """A small text layer (chat template, system prompt) of the model, or None."""
-    if desc is None:
+    if desc is None or store is None:
         return None
     text: str = store.read_blob(desc.digest, max_size=1 << 20).decode("utf-8", errors="replace")
     return text.strip() or None

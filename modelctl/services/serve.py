@@ -19,7 +19,7 @@ def serve(
 ) -> None:
     """Serve ``prepared`` until interrupted; ``on_ready`` gets the API's base URL once the model is loaded."""
 
-    model = prepared.entry.model
+    model = prepared.model
     pooling = f"{model.architecture}.pooling_type" if model.architecture else None
     if pooling is not None and pooling in model.gguf_metadata:
         pooling = None  # an embedding model: it pools the way it was trained to
