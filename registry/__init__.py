@@ -2,8 +2,10 @@
 
 Public API (used by ``modelctl registry serve`` / ``modelctl registry gc`` and ``python -m registry``)::
 
-    serve(*, root, host, port, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0) -> None
-    create_app(*, root, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0) -> Application
+    serve(*, root, host, port, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0,
+          allow_sparse=False) -> None
+    create_app(*, root, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0,
+               allow_sparse=False) -> Application
     gc(root, *, grace_seconds=0.0, dry_run=False) -> list[str]        (digests of the removed blobs)
 
 Imports are deferred so that importing ``registry`` costs nothing until a server is wanted. (The collector lives

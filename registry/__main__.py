@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tag-ttl", type=float, default=30.0, help="with --proxy: seconds an upstream tag answer is trusted"
     )
+    parser.add_argument(
+        "--allow-sparse",
+        action="store_true",
+        help="accept manifests whose blobs or child manifests were not pushed (default: MANIFEST_BLOB_UNKNOWN)",
+    )
     ns = parser.parse_args(args)
     host, port = ns.addr
     try:
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             proxy=ns.proxy,
             allow_anonymous_pull=ns.allow_anonymous_pull,
             tag_ttl=ns.tag_ttl,
+            allow_sparse=ns.allow_sparse,
         )
     except ModelctlError as exc:
         print(f"registry: error: {exc}", file=sys.stderr)

@@ -86,9 +86,11 @@ def create_app(
     proxy: str | None = None,
     allow_anonymous_pull: bool = False,
     tag_ttl: float = 30.0,
+    allow_sparse: bool = False,
 ) -> web.Application:
     """Build the registry application over the storage root ``root`` (created if missing).
 
+    ``allow_sparse`` accepts manifests whose blobs or child manifests were not pushed (see ``Context``).
     Start-up mistakes (a root that is a file, an unreadable or non-bcrypt htpasswd) raise UsageError."""
     try:
         storage = Storage(root)
@@ -105,7 +107,9 @@ def create_app(
     upstream = Upstream(proxy) if proxy else None
     pull_through = PullThrough(upstream, storage, uploads, tag_ttl=tag_ttl) if upstream else None
     app = web.Application(handler_args={"max_field_size": 16384})
-    app[CONTEXT] = Context(storage=storage, uploads=uploads, auth=authenticator, proxy=pull_through)
+    app[CONTEXT] = Context(
+        storage=storage, uploads=uploads, auth=authenticator, proxy=pull_through, allow_sparse=allow_sparse
+    )
     app.router.add_route("*", "/v2", _dispatch)
     app.router.add_route("*", "/v2/{tail:.*}", _dispatch)
     app.on_response_prepare.append(_add_version_header)
@@ -166,10 +170,16 @@ def serve(
     proxy: str | None = None,
     allow_anonymous_pull: bool = False,
     tag_ttl: float = 30.0,
+    allow_sparse: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM. Prints ``listening on http://HOST:PORT`` to stderr once bound
     (port 0 picks a free port, and the line shows which)."""
     app = create_app(
-        root=root, htpasswd=htpasswd, proxy=proxy, allow_anonymous_pull=allow_anonymous_pull, tag_ttl=tag_ttl
+        root=root,
+        htpasswd=htpasswd,
+        proxy=proxy,
+        allow_anonymous_pull=allow_anonymous_pull,
+        tag_ttl=tag_ttl,
+        allow_sparse=allow_sparse,
     )
     asyncio.run(_serve(app, host, port))

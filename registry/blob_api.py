@@ -74,9 +74,11 @@ async def start_upload(request: web.Request, ctx: Context, route: names.Route) -
         source = query.get("from")
         if source is not None:
             names.check_name(source)
-            if ctx.storage.blob_linked(source, mount):
-                ctx.storage.link_blob(name, mount)
-                return _created(name, mount)
+        # Without ``from`` any stored blob mounts: access is registry-wide (one htpasswd), so naming a digest
+        # reveals nothing a pull of the repository holding it would not.
+        if ctx.storage.blob_linked(source, mount) if source is not None else ctx.storage.has_blob(mount):
+            ctx.storage.link_blob(name, mount)
+            return _created(name, mount)
         # Not mountable: fall back to an upload session, as the spec asks (202).
     claimed = query.get("digest")
     if claimed is None or mount is not None:

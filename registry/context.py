@@ -16,3 +16,6 @@ class Context:
     uploads: Uploads
     auth: Authenticator | None = None
     proxy: PullThrough | None = None
+    allow_sparse: bool = False
+    """Accept manifests that reference blobs or child manifests not pushed here (the spec lets a registry
+    refuse them, which is the default: a push that forgot a layer fails at once, not at the next pull)."""

@@ -23,8 +23,9 @@ _GENERIC_TYPES: Final = ("", "application/json", "application/octet-stream", "te
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ManifestInfo:
-    """The parts of a manifest the registry acts on. ``blobs`` must be linked in the repository,
-    ``manifests`` (an index's children) must be manifests of the repository; the subject need not exist."""
+    """The parts of a manifest the registry acts on. ``blobs`` must be linked in the repository (a
+    non-distributable layer with ``urls`` is not among them), ``manifests`` (an index's children) must be
+    manifests of the repository, unless the server accepts sparse manifests; the subject need not exist."""
 
     media_type: str
     digest: Digest
@@ -109,6 +110,18 @@ def _descriptor(obj: Any, where: str) -> tuple[str, Digest]:
     return media_type, parsed
 
 
+def _layer_blob(obj: Any, where: str) -> Digest | None:
+    """A layer's digest when the registry must hold its blob; None for a non-distributable layer with ``urls``
+    (its blob lives at those URLs and is never pushed here, so it is not required)."""
+    media_type, digest = _descriptor(obj, where)
+    urls = obj.get("urls")
+    if urls is None:
+        return digest
+    if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
+        raise _invalid(f"{where}: urls must be a list of non-empty strings")
+    return None if urls and media_type in mt.NONDISTRIBUTABLE else digest
+
+
 def _annotations(doc: Mapping[str, Any]) -> dict[str, str]:
     annotations = doc.get("annotations")
     if annotations is None:
@@ -170,11 +183,12 @@ def parse(raw: bytes, content_type: str | None, algorithm: str = names.STORED_AL
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise _invalid("a manifest needs a layers list")
+    held = (_layer_blob(layer, f"layers[{i}]") for i, layer in enumerate(layers))
     return ManifestInfo(
         media_type=media_type,
         digest=digest,
         size=len(raw),
-        blobs=(config_digest, *(_descriptor(layer, f"layers[{i}]")[1] for i, layer in enumerate(layers))),
+        blobs=(config_digest, *(d for d in held if d is not None)),
         subject=subject,
         artifact_type=artifact_type or config_type,
         annotations=annotations,
