@@ -36,7 +36,7 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import archive, auth, catalog, fit, models, publish, pull, run, system
+    from modelctl.cli import archive, auth, catalog, fit, models, publish, pull, run, system, verify
 
     pull.register(app)
     run.register(app)
@@ -47,6 +47,7 @@ def _register() -> None:
     archive.register(app)
     catalog.register(app)
     system.register(app)
+    verify.register(app)
 
 
 def hoist_debug(args: list[str]) -> tuple[list[str], bool]:

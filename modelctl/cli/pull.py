@@ -21,6 +21,7 @@ def pull(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document describing the pulled models."),
     lock: Path | None = typer.Option(None, "--lock", help="Record each reference and its digest in this lockfile."),
     locked: Path | None = typer.Option(None, "--locked", help="Pull exactly the digests of this lockfile."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash the blobs already present; fetch damaged ones again."),
 ) -> None:
     """Pull models: parallel, resumable, every byte verified."""
     from modelctl import reference
@@ -37,7 +38,7 @@ def pull(
         parsed = [reference.parse(r) for r in refs]
     out = reporter(quiet=quiet or json_out)
     try:
-        results = pull_models(settings(), parsed, out)
+        results = pull_models(settings(), parsed, out, verify=verify)
     finally:
         out.close()
     if lock is not None:

@@ -24,6 +24,7 @@ from modelctl.services import package
 from modelctl.sources import headers
 from modelctl.store import Layout
 from modelctl.store import models as local
+from modelctl.store import verify as store_verify
 
 MAX_PARALLEL_BLOBS = 3
 
@@ -54,17 +55,22 @@ class PullResult:
         }
 
 
-def pull(config: Config, refs: Sequence[Reference], reporter: Reporter) -> list[PullResult]:
+def pull(config: Config, refs: Sequence[Reference], reporter: Reporter, *, verify: bool = False) -> list[PullResult]:
+    """Pull ``refs``. Layers already present are checked by size (a ``stat``), and with ``verify`` by content too;
+    a damaged one is fetched again."""
     store = local.layout(config)
     store.ensure()
     with sources.Sources(config) as found:
-        return [_pull_one(config, store, found.for_reference(ref), reporter) for ref in refs]
+        return [_pull_one(config, store, found.for_reference(ref), reporter, verify) for ref in refs]
 
 
-def _pull_one(config: Config, store: Layout, source: sources.Source, reporter: Reporter) -> PullResult:
+def _pull_one(config: Config, store: Layout, source: sources.Source, reporter: Reporter, verify: bool) -> PullResult:
     resolved = source.resolve(store)
     if resolved.warning:
         reporter.warning(resolved.warning)
+    damaged = store_verify.recheck(store, resolved.layers, reporter.warning, full=verify, progress=hashing(reporter))
+    if damaged and resolved.local:
+        resolved = source.resolve(store)  # a damaged layer was removed: the local copy no longer stands alone
     fetched = 0
     if not resolved.local:
         work = transfer.plan(list(_unique(resolved.layers)), store, ingest_dir=config.ingest_dir)
@@ -158,6 +164,15 @@ def _download_all(
                 error = error or exc
         if error is not None:
             raise error
+
+
+def hashing(reporter: Reporter) -> store_verify.Progress:
+    """The progress of a re-hash of stored blobs (``pull --verify``, ``verify``), shown like a download's."""
+
+    def report(digest: Digest, total: int, done: int) -> None:
+        reporter.progress(transfer.Progress(digest=digest, total=total, done=done, fetched_this_run=done))
+
+    return report
 
 
 def _unique(layers: Sequence[Descriptor]) -> Iterator[Descriptor]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelctl import artifact, reference
 from modelctl.config import Config
-from modelctl.errors import DoesNotFit, NotFound, UsageError
+from modelctl.errors import DoesNotFit, IntegrityError, NotFound, UsageError
 from modelctl.fit.report import fit_local
 from modelctl.fit.settings import CACHE_TYPES, RunSettings
 from modelctl.fit.synthetic import card_variants
@@ -23,10 +23,12 @@ from modelctl.runtime.process import spawn
 from modelctl.runtime.process import start as start_worker
 from modelctl.services.system import gpu_notice
 from modelctl.store import models as local
+from modelctl.store import verify as store_verify
 
 # The pull (httpx, the download engine) is imported only when the model is not in the store yet.
 
 if TYPE_CHECKING:
+    from modelctl.fit.devices import Device
     from modelctl.fit.report import FitReport
     from modelctl.oci.descriptor import Descriptor
     from modelctl.runtime.process import Worker, WorkerEngine
@@ -52,6 +54,8 @@ class RunOptions:
     force: bool = False
     debug: bool = False
     n_threads: int | None = None
+    devices: tuple[Device, ...] | None = None
+    """What the fit check judges against (None: this machine's free memory now); ``serve`` passes its budget."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -132,7 +136,7 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
     notes: list[str] = []
     gpu_ok = bool(worker.hello()["gpu_offload"])
     settings = _settings(config, model, options, gpu_ok)
-    report = _fit(paths, settings, name)
+    report = _fit(paths, settings, name, options.devices)
     if not gpu_ok:
         unused = gpu_notice(report.devices, gpu_ok)
         if unused:
@@ -141,7 +145,7 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
         wanted = _effective_ctx(settings, report)
         smaller = _shrunk(report, settings, wanted)
         if smaller is not None:
-            retry = _fit(paths, smaller, name)
+            retry = _fit(paths, smaller, name, options.devices)
             if retry.verdict != "does_not_fit":
                 notes.append(f"context reduced from {wanted} to {smaller.n_ctx} tokens to fit in memory")
                 settings, report = smaller, retry
@@ -206,7 +210,7 @@ def _local_file(text: str) -> LocalGGUF | None:
 def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: Reporter) -> local.LocalModel:
     store = local.layout(config)
     try:
-        return local.resolve(store, text)
+        return _intact(store, local.resolve(store, text))
     except NotFound:
         if options.no_pull:
             raise NotFound(
@@ -218,6 +222,19 @@ def _resolve_or_pull(config: Config, text: str, options: RunOptions, reporter: R
     ref = reference.parse(text)
     result = pull(config, [ref], reporter)[0]
     return local.resolve(store, result.reference)
+
+
+def _intact(store: Layout, entry: local.LocalModel) -> local.LocalModel:
+    """``entry``, once each of its blobs has the size its descriptor gives (a ``stat`` each, no hashing): a truncated
+    GGUF is refused in one line before anything loads it, and the fix named."""
+    damaged = store_verify.size_checks(store, entry.manifest.blobs)
+    if damaged:
+        short = reference.parse(entry.name).short
+        raise IntegrityError(
+            f"blob {damaged[0].digest} of {short} is damaged: {damaged[0].describe()}",
+            hint=f"run: modelctl verify --repair {short}",
+        )
+    return entry
 
 
 def _settings(config: Config, model: artifact.Model, options: RunOptions, gpu_ok: bool) -> RunSettings:
@@ -235,9 +252,11 @@ def _settings(config: Config, model: artifact.Model, options: RunOptions, gpu_ok
     return RunSettings(**changes)
 
 
-def _fit(paths: tuple[Path, ...], settings: RunSettings, name: str) -> FitReport:
+def _fit(
+    paths: tuple[Path, ...], settings: RunSettings, name: str, devices: tuple[Device, ...] | None
+) -> FitReport:
 
-    return fit_local(list(paths), settings, variants=card_variants(name))
+    return fit_local(list(paths), settings, variants=card_variants(name), devices=devices)
 
 
 def _effective_ctx(settings: RunSettings, report: FitReport) -> int:
