@@ -22,6 +22,7 @@ from typing import Any
 
 from modelctl.errors import IntegrityError, UnsupportedFormat
 from modelctl.oci import mediatypes as mt
+from modelctl.oci import safejson
 from modelctl.oci.descriptor import Descriptor, Manifest
 
 DOCKER = "docker"
@@ -36,6 +37,8 @@ _LICENSE_NAME = re.compile(r"(licen[cs]e|copying)([._-].*)?", re.IGNORECASE)
 _DRIVE = re.compile(r"[A-Za-z]:")
 _MAX_PATH = 1024
 _MAX_COMPONENT = 255
+MAX_CONFIG = 4 << 20
+"""Bytes a model config may have: real ones are a few KiB (Docker's leaves GGUF arrays of more than 50 items out)."""
 
 _SUPPORTED_HINT = "modelctl reads Docker model artifacts (ai/...), CNCF ModelPack models and Ollama models"
 
@@ -344,11 +347,7 @@ def _check_relative(name: str) -> str:
 
 
 def _parse_json(data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        why = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise IntegrityError(f"malformed model config: not JSON ({why})") from None
+    doc = safejson.loads(data, what="model config", max_size=MAX_CONFIG)
     if not isinstance(doc, dict):
         raise IntegrityError("malformed model config: expected a JSON object")
     return doc

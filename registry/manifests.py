@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from modelctl import digest as _digest
 from modelctl.digest import Digest
+from modelctl.errors import IntegrityError
 from modelctl.oci import mediatypes as mt
+from modelctl.oci import safejson
 from registry import names
 from registry.errors import RegistryHTTPError
 
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
-MAX_DEPTH: Final = 64
-"""Manifests nest 4 or 5 levels; a deeper body is refused before ``json.loads`` could recurse on it."""
 SUPPORTED: Final = (*mt.MANIFESTS, *mt.INDEXES)
 _GENERIC_TYPES: Final = ("", "application/json", "application/octet-stream", "text/plain")
 
@@ -58,37 +56,13 @@ async def read_limited(chunks: AsyncIterator[bytes], limit: int = MAX_MANIFEST_B
     return b"".join(parts)
 
 
-_STRING: Final = re.compile(rb'"[^"]*"')
-_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
-_NOT_BRACKETS: Final = bytes(set(range(256)) - set(b"[]{}"))
-
-
-def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
-    """Whether ``raw``'s arrays and objects nest deeper than ``limit`` (or its brackets do not balance).
-
-    Linear and in C: escapes and strings are cut out first (after ``\\\\`` and ``\\"`` are gone a string is
-    ``"[^"]*"``), then each pass removes the innermost ``[]`` pairs; what is left after ``limit`` passes is deeper.
-    """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    text = _STRING.sub(b"", raw.replace(b"\\\\", b"").replace(b'\\"', b""))
-    brackets = text.translate(_BRACKETS, _NOT_BRACKETS)
-    for _ in range(limit):
-        shorter = brackets.replace(b"[]", b"")
-        if not shorter or len(shorter) == len(brackets):  # all matched, or no pair left to match
-            return bool(shorter)
-        brackets = shorter
-    return True
-
-
 def _load(raw: bytes) -> Any:
-    """``json.loads`` for an untrusted body: MANIFEST_INVALID when it does not parse or nests too deep."""
-    if too_deep(raw):
-        raise _invalid(f"manifest is not valid JSON or nests deeper than {MAX_DEPTH} levels")
+    """``json.loads`` for an untrusted body, by the client's bounded parser: MANIFEST_INVALID when it does not parse,
+    is not UTF-8, nests too deep or holds too many values."""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise _invalid("manifest is not valid JSON") from None
+        return safejson.loads(raw, what="manifest", max_size=MAX_MANIFEST_BYTES)
+    except IntegrityError as exc:
+        raise _invalid(exc.message) from None
 
 
 def _invalid(message: str) -> RegistryHTTPError:

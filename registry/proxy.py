@@ -9,7 +9,6 @@ upstream URL, ``https://user:password@host``).
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -19,7 +18,9 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from modelctl.digest import Digest
+from modelctl.errors import IntegrityError
 from modelctl.oci import mediatypes as mt
+from modelctl.oci import safejson
 from registry import manifests, names
 from registry.errors import RegistryHTTPError
 from registry.storage import Storage
@@ -109,10 +110,8 @@ class Upstream:
                 if resp.status != 200:
                     return
                 raw = await resp.content.read(MAX_TOKEN_BODY + 1)
-            if len(raw) > MAX_TOKEN_BODY or manifests.too_deep(raw):  # json.loads would recurse on a deep body
-                raise ValueError(f"the token answer is over {MAX_TOKEN_BODY} bytes or nested too deep")
-            body = json.loads(raw)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            body = safejson.loads(raw, what="token answer", max_size=MAX_TOKEN_BODY)  # json.loads would recurse
+        except (TimeoutError, aiohttp.ClientError, OSError, IntegrityError) as exc:
             raise UpstreamUnavailable(f"token service {params['realm']}: {exc!r}") from None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if isinstance(token, str):

@@ -10,7 +10,6 @@ parallel ranged reads do not each pay a 401 round trip. Credentials never reach 
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
@@ -18,12 +17,15 @@ from dataclasses import dataclass
 
 import httpx
 
-from modelctl.errors import AuthError, RegistryError
-from modelctl.oci import transport
+from modelctl.errors import AuthError, IntegrityError, RegistryError
+from modelctl.oci import safejson, transport
 from modelctl.oci.credentials import Credentials
 
 DEFAULT_EXPIRES_IN = 60.0
 _TOKEN_BODY_LIMIT = 1 << 20
+_TOKEN_LIMIT = 64 << 10
+"""Characters a token may have (JWTs are 1-4 KiB); it goes into every request's Authorization header."""
+_MAX_LIFETIME = 366 * 86400.0
 _CLIENT_ID = "modelctl"
 
 CredentialLookup = Callable[[str], Credentials | None]
@@ -239,28 +241,33 @@ class RegistryAuth(httpx.Auth):
                 temporary=response.status_code in (408, 429) or response.status_code >= 500,
                 retry_after=transport.retry_after(response.headers),
             )
-        # read() rather than a bounded iteration: httpx reads this response again once the flow moves on
-        declared = response.headers.get("Content-Length", "0")
-        if not declared.isdigit() or int(declared) > _TOKEN_BODY_LIMIT:
+        what = f"answer of the token service of {registry}"
+        try:
+            body = transport.read_bounded(response, _TOKEN_BODY_LIMIT, what=what)
+        except IntegrityError as exc:
+            raise RegistryError(str(exc), temporary=False) from None
+        finally:
             response.close()
-            raise RegistryError(f"token service of {registry} sent an oversized answer", temporary=False)
-        try:
-            body = response.read()
-        except httpx.TransportError as exc:
-            raise transport.unreachable(exc, response.url.netloc.decode("ascii")) from None
-        try:
-            doc = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            doc = None
-        value = None
-        if isinstance(doc, dict):
-            value = doc.get("token") or doc.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise RegistryError(f"token service of {registry} answered without a token", temporary=False)
-        expires_in = doc.get("expires_in") if isinstance(doc, dict) else None
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else DEFAULT_EXPIRES_IN
+        response._content = body  # httpx reads the response again once the flow moves on: give it these bytes
+        value, lifetime = token_answer(body, registry)
         margin = min(10.0, lifetime / 4)
         return _Token(value, self._clock() + lifetime - margin)
+
+
+def token_answer(body: bytes, registry: str) -> tuple[str, float]:
+    """(token, lifetime in seconds) from a token service's JSON answer (``token`` or ``access_token``,
+    ``expires_in``); RegistryError, one line, for anything else: not JSON, too large or deep, no token."""
+    try:
+        doc = safejson.loads(body, what=f"answer of the token service of {registry}", max_size=_TOKEN_BODY_LIMIT)
+    except IntegrityError as exc:
+        raise RegistryError(str(exc), temporary=False) from None
+    value = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+    header_safe = isinstance(value, str) and value.isascii() and value.isprintable()
+    if not isinstance(value, str) or not header_safe or not 0 < len(value) <= _TOKEN_LIMIT:
+        raise RegistryError(f"token service of {registry} answered without a token", temporary=False)
+    expires_in = doc.get("expires_in")
+    usable = isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and 0 < expires_in < _MAX_LIFETIME
+    return value, float(expires_in) if usable else DEFAULT_EXPIRES_IN
 
 
 def _pick(challenges: list[Challenge]) -> Challenge | None:

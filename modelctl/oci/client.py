@@ -39,7 +39,7 @@ __all__ = ["BlobReader", "BlobSource", "RegistryClient"]
 
 T = TypeVar("T")
 
-MAX_MANIFEST_SIZE = 4 << 20
+MAX_MANIFEST_SIZE = _descriptor.MAX_MANIFEST
 MAX_LIST_PAGE = 16 << 20
 MAX_PAGES = 10_000
 BACKOFF_BASE = 0.5
@@ -118,7 +118,12 @@ class RegistryClient:
             content_type = _transport.media_type(response)
             _verify_manifest(ref, body, response.headers.get("Docker-Content-Digest"))
             known = content_type if content_type in _KNOWN_MANIFEST_TYPES else None
-            doc = _descriptor.parse(body, known, algorithm=ref.digest.algorithm if ref.digest else _digest.SHA256)
+            algorithm = ref.digest.algorithm if ref.digest else _digest.SHA256
+            try:
+                doc = _descriptor.parse(body, known, algorithm=algorithm, what=f"manifest of {ref}")
+            except IntegrityError as exc:
+                exc.hint = exc.hint or f"{_display(base)} serves a broken or hostile manifest; nothing was stored"
+                raise
             return doc, known or doc.media_type
 
         return self._walk(ref, fetch, retry=True, remember=True)
@@ -134,7 +139,7 @@ class RegistryClient:
             size = _transport.int_header(response, "Content-Length")
             media_type = _transport.media_type(response)
             if ref.digest and header and header != ref.digest and _algorithm(header) == ref.digest.algorithm:
-                raise DigestMismatch(ref.digest, header, what=f"manifest {ref}")
+                raise DigestMismatch(ref.digest, header, what=f"manifest of {ref}")
             digest = _digest.parse(header)
             if digest is None or size is None or media_type not in _KNOWN_MANIFEST_TYPES:
                 return None
@@ -551,7 +556,7 @@ def _verify_manifest(ref: Reference, body: bytes, header: str | None) -> None:
     if ref.digest:
         actual = _digest.of_bytes(body, ref.digest.algorithm)
         if actual != ref.digest:
-            raise DigestMismatch(ref.digest, actual, what=f"manifest {ref}")
+            raise DigestMismatch(ref.digest, actual, what=f"manifest of {ref}")
     echoed = _digest.parse(header)
     if echoed is not None:
         actual = _digest.of_bytes(body, echoed.algorithm)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,10 @@ from modelctl import digest as _digest
 from modelctl.digest import Digest
 from modelctl.errors import IntegrityError
 from modelctl.oci import mediatypes as mt
+from modelctl.oci import safejson
+
+MAX_MANIFEST = 4 << 20
+"""Bytes a manifest or index may have (real ones are a few KiB); the registry server refuses larger ones too."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -104,15 +107,15 @@ class Index:
     digest: Digest
 
 
-def parse(raw: bytes, media_type: str | None = None, *, algorithm: str = _digest.SHA256) -> Manifest | Index:
+def parse(
+    raw: bytes, media_type: str | None = None, *, algorithm: str = _digest.SHA256, what: str = "manifest"
+) -> Manifest | Index:
     """Parse manifest or index bytes. The media type comes from the document, else from the HTTP header; the
-    document's digest is of ``algorithm`` (sha512 for one fetched or stored by a sha512 digest)."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntegrityError(f"malformed manifest: not JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    document's digest is of ``algorithm`` (sha512 for one fetched or stored by a sha512 digest). ``what`` names the
+    document in the one-line IntegrityError a malformed, oversized or too deeply nested one raises."""
+    doc = safejson.loads(raw, what=what, max_size=MAX_MANIFEST)
     if not isinstance(doc, dict):
-        raise IntegrityError("malformed manifest: expected a JSON object")
+        raise IntegrityError(f"malformed {what}: expected a JSON object")
     kind = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else media_type
     digest = _digest.of_bytes(raw, algorithm)
     if kind in mt.INDEXES or (kind is None and "manifests" in doc):

@@ -10,11 +10,11 @@ to a CDN carries a signed URL, never our token). :class:`BlobReader` streams one
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,7 +24,8 @@ import httpx
 
 from modelctl import __version__
 from modelctl.config import Config
-from modelctl.errors import AuthError, ModelctlError, NotFound, RegistryError
+from modelctl.errors import AuthError, IntegrityError, ModelctlError, NotFound, RegistryError
+from modelctl.oci import safejson
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
@@ -36,6 +37,7 @@ SCOPES = "modelctl.scopes"
 READ_SIZE = 1 << 20
 """Bytes per socket read on HTTP/1.1 connections (httpcore's default is 64 KiB)."""
 _ERROR_BODY_LIMIT = 64 << 10
+_INFLATE_STEP = 64 << 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN", "BLOB_UPLOAD_UNKNOWN"})
 _AUTH_CODES = frozenset({"UNAUTHORIZED", "DENIED"})
@@ -134,18 +136,45 @@ def unreachable(exc: Exception, host: str) -> RegistryError:
 
 
 def read_bounded(response: httpx.Response, limit: int, *, what: str) -> bytes:
-    """Read at most ``limit`` bytes of body (whatever Content-Length claims); more is an error."""
+    """Read at most ``limit`` bytes of body (whatever Content-Length claims); more is an IntegrityError. A gzip or
+    deflate body (sent although modelctl asks for identity) is inflated here in steps, so that a few KiB that
+    inflate to GiB stop at ``limit`` too: httpx would inflate each 1 MiB read whole."""
     chunks: list[bytes] = []
     total = 0
+    host = response.url.netloc.decode("ascii")
+    # a response read already (httpx.MockTransport reads every one) holds its decoded bytes
+    source = iter((response.content,)) if response.is_stream_consumed else _decoded(response, what)
     try:
-        for chunk in response.iter_bytes():
+        for chunk in source:
             total += len(chunk)
             if total > limit:
-                raise RegistryError(f"{what} is larger than the {limit >> 10} KiB limit", temporary=False)
+                raise IntegrityError(
+                    f"{what} is larger than the {limit >> 10} KiB limit",
+                    hint=f"{host} sent more than a registry sends for it; nothing was stored",
+                )
             chunks.append(chunk)
     except httpx.TransportError as exc:
-        raise unreachable(exc, response.url.netloc.decode("ascii")) from None
+        raise unreachable(exc, host) from None
     return b"".join(chunks)
+
+
+def _decoded(response: httpx.Response, what: str) -> Iterator[bytes]:
+    """The body's bytes, inflated 64 KiB at a time when it is gzip or deflate coded."""
+    coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding in ("", "identity"):
+        yield from response.iter_raw()
+        return
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise IntegrityError(f"{what} came in an unsupported content coding {coding[:40]!r}")
+    inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | (32 if coding != "deflate" else 0))
+    try:
+        for chunk in response.iter_raw():
+            while chunk:
+                yield inflate.decompress(chunk, _INFLATE_STEP)
+                chunk = inflate.unconsumed_tail
+        yield inflate.flush()
+    except zlib.error as exc:
+        raise IntegrityError(f"{what} is not valid {coding} data ({exc})") from None
 
 
 def error_for(response: httpx.Response, *, what: str, registry: str, push: bool = False) -> ModelctlError:
@@ -155,7 +184,7 @@ def error_for(response: httpx.Response, *, what: str, registry: str, push: bool 
     if response.request.method != "HEAD":
         try:
             body = read_bounded(response, _ERROR_BODY_LIMIT, what="error body")
-        except RegistryError:
+        except (RegistryError, IntegrityError):
             body = b""
     codes, detail = parse_errors(body)
     code = codes[0] if codes else None
@@ -184,8 +213,8 @@ def error_for(response: httpx.Response, *, what: str, registry: str, push: bool 
 def parse_errors(body: bytes) -> tuple[list[str], str]:
     """OCI error body ``{"errors":[{"code","message"}]}`` -> (codes, "CODE: message; ...")."""
     try:
-        doc = json.loads(body) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = safejson.loads(body, what="error body", max_size=_ERROR_BODY_LIMIT) if body else None
+    except IntegrityError:
         return [], ""
     items = doc.get("errors") if isinstance(doc, dict) else None
     if not isinstance(items, list):
@@ -409,14 +438,11 @@ def json_page(response: httpx.Response, limit: int, *, what: str) -> tuple[dict[
         body = read_bounded(response, limit, what=what)
     finally:
         response.close()
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        doc = None
+    host = response.url.netloc.decode("ascii")
+    hint = f"{host} does not answer as an OCI registry does"
+    doc = safejson.loads(body, what=f"{what} from {host}", max_size=limit, hint=hint)
     if not isinstance(doc, dict):
-        raise RegistryError(
-            f"registry {response.url.netloc.decode('ascii')} sent malformed JSON for {what}", temporary=False
-        )
+        raise IntegrityError(f"malformed {what} from {host}: expected a JSON object", hint=hint)
     found = _LINK_NEXT.search(response.headers.get("Link", ""))
     return doc, response.url.join(found[1]) if found else None
 

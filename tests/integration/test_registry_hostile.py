@@ -25,6 +25,7 @@ from helpers import servers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelctl.oci import safejson
 from registry import manifests
 
 RSS_LIMIT_KB = 512 * 1024
@@ -191,7 +192,7 @@ def test_huge_manifest_is_413(open_server: Server) -> None:
     ],
 )
 def test_too_deep(raw: bytes, deep: bool) -> None:
-    assert manifests.too_deep(raw) is deep
+    assert safejson.too_deep(raw) is deep
 
 
 # -- random requests -----------------------------------------------------------------------------------
