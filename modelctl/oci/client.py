@@ -213,7 +213,10 @@ class RegistryClient:
         what = f"blob {digest} of {ref.name}"
 
         def fetch(base: str) -> BlobReader:
-            response = self._open(base, ref, "GET", f"blobs/{digest}", what=what, headers=headers, ok=(200, 206))
+            response = self._open(base, ref, "GET", f"blobs/{digest}", what=what, headers=headers, ok=(200, 206, 416))
+            if response.status_code == 416:
+                response.close()
+                raise _transport.range_refused(response, what=what, start=start)
             try:
                 return _transport.BlobReader(response, start=start, end=end)
             except BaseException:

@@ -3,8 +3,9 @@
 One ``httpx.Client`` per :class:`~modelctl.oci.client.RegistryClient`, shared by all its threads. TLS is
 verified; ``trust_env`` makes httpx honour ``HTTPS_PROXY``/``NO_PROXY`` and ``SSL_CERT_FILE``/``SSL_CERT_DIR``
 (one SSL context is built up front and shared by the direct and proxy transports). Redirects are followed
-here, not by httpx: ``Range`` survives every hop and ``Authorization`` is dropped when the host changes (a 307
-to a CDN carries a signed URL, never our token). :class:`BlobReader` streams one blob response as raw bytes.
+here, not by httpx: ``Range`` survives every hop and ``Authorization`` is dropped when the origin (scheme, host
+and port) changes: a 307 to a CDN carries a signed URL, never our token, and another port of the same host may
+be another service. :class:`BlobReader` streams one blob response as raw bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ READ_SIZE = 1 << 20
 _ERROR_BODY_LIMIT = 64 << 10
 _INFLATE_STEP = 64 << 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN", "BLOB_UPLOAD_UNKNOWN"})
 _AUTH_CODES = frozenset({"UNAUTHORIZED", "DENIED"})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -107,12 +109,16 @@ def send(client: httpx.Client, request: httpx.Request, *, max_redirects: int = M
         target = request.url.join(location)
         headers = httpx.Headers(request.headers)
         headers.pop("Host", None)
-        same_host = target.host == request.url.host and not (request.url.scheme == "https" and target.scheme != "https")
-        if not same_host:
+        if _origin(target) != _origin(request.url):
             headers.pop("Authorization", None)
             auth = None
         request = httpx.Request(request.method, target, headers=headers, extensions=dict(request.extensions))
     raise RegistryError(f"registry {request.url.host} redirected more than {max_redirects} times", temporary=False)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the scheme's default when the URL names none): what a credential is bound to."""
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 def _failed_host(exc: httpx.TransportError, request: httpx.Request) -> str:
@@ -128,10 +134,57 @@ def unreachable(exc: Exception, host: str) -> RegistryError:
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         detail = f"timed out ({type(exc).__name__})"
+    tls = _tls_failure(exc) if isinstance(exc, httpx.ConnectError) else None  # the handshake, not a read
+    if tls is not None:
+        return _tls_error(tls, host, detail)
     return RegistryError(
         f"registry {host} unreachable: {detail}",
         temporary=True,
         hint="check the network, proxy settings (HTTPS_PROXY/NO_PROXY) and the registry's address",
+    )
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a connection failure (httpx keeps it as the cause of its own), if there is one.
+
+    End-of-stream errors are left out: a peer that hung up mid-handshake may do better on the next try."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError):
+            transient = isinstance(seen, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)
+            return None if transient else seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_error(tls: ssl.SSLError, host: str, detail: str) -> RegistryError:
+    """A failed handshake: no retry can fix it, so say what will. Verification is never the thing to turn off."""
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        hint = (
+            f"{host}'s certificate is not trusted (self-signed, a private CA, or issued for another name): "
+            "point SSL_CERT_FILE at the CA certificate that signed it"
+        )
+    else:
+        hint = (
+            f"if {host} serves plain HTTP, add it to MODELCTL_INSECURE_REGISTRIES; otherwise check that this is "
+            "its HTTPS port"
+        )
+    return RegistryError(f"TLS handshake with registry {host} failed: {detail}", temporary=False, hint=hint)
+
+
+def range_refused(response: httpx.Response, *, what: str, start: int) -> IntegrityError:
+    """A 416 for bytes a manifest says the blob has: the registry holds fewer (``Content-Range: bytes */N``).
+
+    An integrity failure, not a network one: asking again gets the same answer."""
+    host = response.url.netloc.decode("ascii")
+    found = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", "").strip())
+    held = f"only {found[1]} bytes" if found else f"fewer than {start + 1} bytes"
+    return IntegrityError(
+        f"registry {host} has {held} of {what} and refused bytes {start}- (HTTP 416)",
+        hint="the registry's copy is shorter than the manifest says, so it is damaged: ask its owner to push "
+        "the model again",
     )
 
 

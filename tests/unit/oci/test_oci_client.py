@@ -480,16 +480,18 @@ def test_open_blob_wrong_content_range_is_temporary_and_not_retried(
     assert len(calls) == 1 and sleeps == []
 
 
-def test_open_blob_416_is_permanent(tmp_path: Path) -> None:
+def test_open_blob_416_is_an_integrity_error(tmp_path: Path) -> None:
+    """A 416 for bytes the caller was told exist: the registry's copy is shorter (exit 5), no retry helps."""
     registry = Registry()
     digest = registry.add_blob(DATA)
     with (
         make_client(tmp_path, registry) as client,
-        pytest.raises(RegistryError) as caught,
+        pytest.raises(IntegrityError) as caught,
         client.open_blob(REF, digest, start=len(DATA)),
     ):
         pass
-    assert caught.value.status == 416 and not caught.value.temporary
+    assert caught.value.exit_code == 5
+    assert f"only {len(DATA)} bytes" in caught.value.message and "damaged" in str(caught.value.hint)
 
 
 def test_open_blob_5xx_not_retried(tmp_path: Path, sleeps: Sleeps) -> None:
@@ -602,6 +604,37 @@ def test_same_host_redirect_keeps_authorization(tmp_path: Path) -> None:
         assert b"".join(blob.iter_chunks()) == DATA[5:]
     _method, _url, headers = registry.log[-1]
     assert headers["authorization"] == "Bearer good" and headers["range"] == "bytes=5-"
+
+
+@pytest.mark.parametrize(
+    ("insecure", "target"),
+    [(False, "http://reg.test:5001"), (True, "https://reg.test")],
+    ids=["another-port", "http-to-https"],
+)
+def test_redirect_to_another_origin_of_the_same_host_drops_authorization(
+    tmp_path: Path, insecure: bool, target: str
+) -> None:
+    """A credential belongs to an origin (scheme, host, port), not a host name: another port may be another
+    service, and the same host over another scheme is another origin too."""
+    registry = Registry(token=True)
+    digest = registry.add_blob(DATA)
+    to = httpx.URL(target)
+    seen: list[dict[str, str]] = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if (request.url.scheme, request.url.port) == (to.scheme, to.port):
+            seen.append(dict(request.headers))
+            return httpx.Response(200, content=DATA)
+        if "/blobs/" in request.url.path and request.headers.get("Authorization") == "Bearer good":
+            return httpx.Response(307, headers={"Location": f"{target}/signed/blob"})
+        return registry(request)
+
+    network = Network({"reg.test": route, to.netloc.decode(): route})
+    config = {"insecure_registries": frozenset({"reg.test"})} if insecure else {}
+    with make_client(tmp_path, network, **config) as client, client.open_blob(REF, digest) as blob:
+        assert b"".join(blob.iter_chunks()) == DATA
+    [headers] = seen
+    assert "authorization" not in headers
 
 
 def test_redirect_loop_is_an_error(tmp_path: Path) -> None:

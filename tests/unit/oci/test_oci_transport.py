@@ -135,7 +135,8 @@ def test_tls_verified_with_ssl_cert_file(tmp_path: Path, serve: Serve, monkeypat
 
     with transport.build_client(config(tmp_path)) as client, pytest.raises(RegistryError) as caught:
         get(client, url)
-    assert caught.value.temporary and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert not caught.value.temporary and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert "SSL_CERT_FILE" in str(caught.value.hint), "the hint says how to trust it (never how to stop verifying)"
 
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     with transport.build_client(config(tmp_path)) as client:
