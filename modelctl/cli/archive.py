@@ -46,6 +46,12 @@ def save(
 def load(
     input_: str = typer.Option("-", "--input", "-i", metavar="FILE", help="The tar to read ('-': stdin)."),
     json_out: bool = typer.Option(False, "--json", help="Print what was loaded as JSON."),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        metavar="REF",
+        help="Load as REPOSITORY (each model keeps its tag; needed for skopeo's tag-only archives) or as REPO:TAG.",
+    ),
 ) -> None:
     """Import models from an OCI layout tar (modelctl save, skopeo oci-archive), verifying every digest."""
     from modelctl.services import archive
@@ -53,9 +59,9 @@ def load(
     if input_ == "-":
         if sys.stdin.isatty():
             raise UsageError("no archive on stdin", hint="use -i FILE or pipe one in: modelctl load < models.tar")
-        result = archive.load(settings(), sys.stdin.buffer, name="stdin")
+        result = archive.load(settings(), sys.stdin.buffer, name="stdin", as_name=name)
     else:
-        result = archive.load_from_path(settings(), Path(input_))
+        result = archive.load_from_path(settings(), Path(input_), as_name=name)
     if json_out:
         render.print_json(result.to_json())
         return

@@ -10,23 +10,22 @@ leaves the store as it was.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import tarfile
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from modelctl import digest as _digest
-from modelctl import reference
 from modelctl.config import Config
 from modelctl.digest import Digest
-from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, NotFound
-from modelctl.oci import descriptor
+from modelctl.errors import DigestMismatch, IntegrityError, NotFound
+from modelctl.oci import descriptor, safejson
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
+from modelctl.services.archive import names
 from modelctl.services.archive.result import ArchivedModel, ArchiveResult, Progress
 from modelctl.store import MAX_MANIFEST, TMP_DIR, Layout, graph
 from modelctl.store import models as local
@@ -34,20 +33,39 @@ from modelctl.store import models as local
 CHUNK = 1 << 20
 MAX_SMALL = 4 << 20
 """index.json and oci-layout larger than this are refused (they are a few KiB)."""
+MAX_HEADER = 64 << 10
+"""A pax or GNU long-name header larger than this is refused before tarfile reads it into memory."""
+MAX_MEMBERS = 1 << 14
+"""Members an archive may have: tarfile keeps a TarInfo per member, even when streaming."""
+MAX_LISTED = 100
+"""Ignored member names reported (an archive of many stray files must not fill the memory with their names)."""
 
 
-def load(config: Config, source: BinaryIO, *, name: str = "archive", progress: Progress | None = None) -> ArchiveResult:
+def load(
+    config: Config,
+    source: BinaryIO,
+    *,
+    name: str = "archive",
+    progress: Progress | None = None,
+    as_name: str | None = None,
+) -> ArchiveResult:
     """Import an OCI layout tar (ours, skopeo's, any tool's) from ``source``, verifying every blob as it streams.
 
-    Raises IntegrityError (exit 5) for a hostile, truncated or corrupt archive; the store is then unchanged
-    (no blob committed, nothing tagged).
+    ``as_name`` (``load --name``) names what is loaded: a repository for the archive's tags, or one reference
+    (see :mod:`modelctl.services.archive.names`). Raises IntegrityError (exit 5) for a hostile, truncated or corrupt
+    archive, UsageError (exit 2) when its names need ``--name`` or contradict it; the store is then unchanged (no
+    blob committed, nothing tagged).
     """
+    chosen = names.target(as_name) if as_name is not None else None
     store = local.layout(config)
     store.ensure()
     with _Staging(store) as staging:
         index_raw, skipped = _read_archive(source, name, store, staging, progress)
-        entries = _parse_index(index_raw, name)
-        keep, referrers = _plan(store, staging, entries, name)
+        listed = _parse_index(index_raw, name)
+        documents = _documents(store, staging, name)
+        attached = {n.desc.digest for n in documents if n.subject is not None}
+        entries = names.assign(listed, name, chosen, attached)
+        keep, referrers = _plan(store, staging, entries, name, documents)
         with store.locked():
             new_blobs = 0
             for digest in keep:
@@ -72,11 +90,13 @@ def load(config: Config, source: BinaryIO, *, name: str = "archive", progress: P
         )
 
 
-def load_from_path(config: Config, path: Path, *, progress: Progress | None = None) -> ArchiveResult:
+def load_from_path(
+    config: Config, path: Path, *, progress: Progress | None = None, as_name: str | None = None
+) -> ArchiveResult:
     if not Path(path).is_file():
         raise NotFound(f"archive {path} does not exist", hint="give the file modelctl save wrote")
     with Path(path).open("rb") as f:
-        return load(config, f, name=str(path), progress=progress)
+        return load(config, f, name=str(path), progress=progress, as_name=as_name)
 
 
 class _Staging:
@@ -148,8 +168,13 @@ def _read_archive(
     index_raw: bytes | None = None
     skipped: list[str] = []
     try:
-        with tarfile.open(fileobj=source, mode="r|*") as tar:
-            for member in tar:
+        with tarfile.open(fileobj=source, mode="r|*", tarinfo=_Header) as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_MEMBERS:
+                    raise IntegrityError(
+                        f"{archive} has more than {MAX_MEMBERS} members: not a model archive",
+                        hint="nothing was loaded",
+                    )
                 parts = _safe_parts(member, archive)
                 what = _kind(member)
                 if what is not None:
@@ -179,8 +204,10 @@ def _read_archive(
                         f"{archive}: unsupported blob {member.name!r}",
                         hint="modelctl reads sha256 and sha512 blobs only; nothing was loaded",
                     )
-                else:
+                elif len(skipped) < MAX_LISTED:
                     skipped.append(member.name)
+    except _OversizedHeader as exc:
+        raise IntegrityError(f"{archive}: refused {exc}", hint="nothing was loaded") from None
     except (tarfile.TarError, EOFError) as exc:
         raise IntegrityError(
             f"{archive} is truncated or not a tar archive ({exc})",
@@ -192,6 +219,27 @@ def _read_archive(
             hint="write archives with: modelctl save, or skopeo copy ... oci-archive:FILE:REF",
         )
     return index_raw, skipped
+
+
+class _OversizedHeader(tarfile.HeaderError):
+    """A pax or GNU long-name header over :data:`MAX_HEADER` bytes."""
+
+
+class _Header(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header into memory whole, however large it says it is: this refuses
+    one over :data:`MAX_HEADER` bytes as soon as its block is decoded."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _LONG_HEADERS and info.size > MAX_HEADER:
+            raise _OversizedHeader(f"a tar header of {info.size} bytes (the limit is {MAX_HEADER})")
+        return info
+
+
+_LONG_HEADERS = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
 
 
 def _small(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> bytes:
@@ -207,9 +255,10 @@ def _small(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> bytes
 
 def _check_layout_file(raw: bytes, archive: str) -> None:
     try:
-        version = json.loads(raw).get("imageLayoutVersion")
-    except (ValueError, AttributeError):
-        version = None
+        doc = safejson.loads(raw, what=f"oci-layout of {archive}", max_size=MAX_SMALL)
+    except IntegrityError:
+        doc = None
+    version = doc.get("imageLayoutVersion") if isinstance(doc, dict) else None
     if not isinstance(version, str) or not version.startswith("1."):
         raise IntegrityError(f"{archive}: unsupported oci-layout {raw[:100]!r}", hint="expected imageLayoutVersion 1.x")
 
@@ -248,12 +297,9 @@ def _stage(
     staging.sizes.setdefault(digest, count)
 
 
-def _parse_index(raw: bytes, archive: str) -> list[tuple[str | None, Descriptor]]:
-    """(full reference or None, manifest descriptor) for each entry of the archive's index.json."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        doc = None
+def _parse_index(raw: bytes, archive: str) -> names.Listed:
+    """(ref.name annotation or None, manifest descriptor) for each entry of the archive's index.json."""
+    doc = safejson.loads(raw, what=f"index.json of {archive}", max_size=MAX_SMALL, hint="nothing was loaded")
     if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
         raise IntegrityError(f"{archive}: malformed index.json: not an OCI image index")
     out: list[tuple[str | None, Descriptor]] = []
@@ -261,27 +307,37 @@ def _parse_index(raw: bytes, archive: str) -> list[tuple[str | None, Descriptor]
         desc = Descriptor.from_json(item, where=f"index.json entry of {archive}")
         if desc.media_type not in (*mt.MANIFESTS, *mt.INDEXES):
             raise IntegrityError(f"{archive}: index.json entry {desc.digest} has media type {desc.media_type!r}")
-        name = desc.annotations.get(mt.REF_NAME)
-        full: str | None = None
-        if name is not None:
-            try:
-                full = str(reference.parse(name))
-            except ModelctlError:
-                raise IntegrityError(
-                    f"{archive}: index.json names an invalid reference {name!r}",
-                    hint="nothing was loaded",
-                ) from None
-        out.append((full, Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)))
-    if not any(name for name, _ in out):
-        raise IntegrityError(
-            f"{archive}: index.json names no model (no {mt.REF_NAME} annotation)",
-            hint="save with: modelctl save REF, or skopeo copy ... oci-archive:FILE:REF",
-        )
+        plain = Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+        out.append((desc.annotations.get(mt.REF_NAME), plain))
     return out
 
 
+def _read_document(store: Layout, staging: _Staging, digest: Digest, archive: str) -> bytes:
+    """A manifest or index of the archive (staged) or of the store, re-checked against its digest."""
+    staged = staging.blobs.get(digest)
+    path = staged if staged is not None else store.blob_path(digest)
+    with path.open("rb") as f:
+        data = f.read(MAX_MANIFEST + 1)
+    if len(data) > MAX_MANIFEST or _digest.of_bytes(data, digest.algorithm) != digest:
+        raise IntegrityError(f"{archive}: manifest {digest} is unreadable or larger than {MAX_MANIFEST} bytes")
+    return data
+
+
+def _documents(store: Layout, staging: _Staging, archive: str) -> list[graph.Node]:
+    """The archive's blobs that parse as manifests or indexes."""
+    nodes: list[graph.Node] = []
+    for digest, size in staging.sizes.items():
+        if size > MAX_MANIFEST:
+            continue
+        with suppress(IntegrityError, OSError):
+            data = _read_document(store, staging, digest, archive)
+            if data.lstrip()[:1] == b"{":
+                nodes.append(graph.node(digest, data))
+    return nodes
+
+
 def _plan(
-    store: Layout, staging: _Staging, entries: list[tuple[str | None, Descriptor]], archive: str
+    store: Layout, staging: _Staging, entries: names.Listed, archive: str, documents: list[graph.Node]
 ) -> tuple[set[Digest], int]:
     """Every blob to keep (what the tagged entries reach, plus referrers of it); checks presence and sizes.
 
@@ -295,15 +351,6 @@ def _plan(
         except FileNotFoundError:
             return None
         return st.st_size
-
-    def read(digest: Digest) -> bytes:
-        staged = staging.blobs.get(digest)
-        path = staged if staged is not None else store.blob_path(digest)
-        with path.open("rb") as f:
-            data = f.read(MAX_MANIFEST + 1)
-        if len(data) > MAX_MANIFEST or _digest.of_bytes(data, digest.algorithm) != digest:
-            raise IntegrityError(f"{archive}: manifest {digest} is unreadable or larger than {MAX_MANIFEST} bytes")
-        return data
 
     def check(desc: Descriptor, parent: str) -> None:
         size = size_of(desc.digest)
@@ -321,21 +368,13 @@ def _plan(
     def children(desc: Descriptor) -> Sequence[Descriptor]:
         if desc.media_type not in graph.DOCUMENTS:
             return ()
-        below = graph.children(descriptor.parse(read(desc.digest), desc.media_type))
+        data = _read_document(store, staging, desc.digest, archive)
+        below = graph.children(descriptor.parse(data, desc.media_type))
         for child in below:
             check(child, f"manifest {desc.digest}")
         return below
 
-    # Referrers (model cards): archive manifests attached to something the tagged entries reach.
-    nodes: list[graph.Node] = []
-    for digest, size in staging.sizes.items():
-        if size > MAX_MANIFEST:
-            continue
-        with suppress(IntegrityError, OSError):
-            data = read(digest)
-            if data.lstrip()[:1] == b"{":
-                nodes.append(graph.node(digest, data))
-    by_subject = graph.attached(nodes)
+    by_subject = graph.attached(documents)  # referrers (model cards): attached to what the tagged entries reach
 
     roots: list[Descriptor] = []
     for ref_name, desc in entries:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from modelctl import config as _config
 from modelctl import digest
 from modelctl.config import Config
-from modelctl.errors import DigestMismatch, IntegrityError, NotFound
+from modelctl.errors import DigestMismatch, IntegrityError, NotFound, UsageError
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.services import archive
@@ -342,8 +343,9 @@ def test_no_index_and_unnamed_index(saved: bytes, target: Config) -> None:
             return json.dumps(doc).encode()
         return data
 
-    with pytest.raises(IntegrityError, match="names no model"):
+    with pytest.raises(UsageError, match="names no model") as caught:
         archive.load(target, io.BytesIO(rewrite(saved, unname)))
+    assert "--name" in str(caught.value)
     assert_untouched(target)
 
 
@@ -369,4 +371,105 @@ def test_bad_blob_names(saved: bytes, target: Config) -> None:
         archive.load(target, io.BytesIO(_with_extra(saved, tarfile.TarInfo("blobs/sha512/" + "0" * 128), b"x")))
     with pytest.raises(IntegrityError, match="unsupported blob"):
         archive.load(target, io.BytesIO(_with_extra(saved, tarfile.TarInfo("blobs/sha384/" + "0" * 96), b"x")))
+    assert_untouched(target)
+
+
+# -- names: index.json's ref.name and load --name (issue 14 item 7) -------------------------------------------
+
+
+def renamed(saved: bytes, name: str | None) -> bytes:
+    """``saved`` with the model's ref.name set to ``name`` (None: removed), the card's entry left unnamed."""
+
+    def edit(info: tarfile.TarInfo, data: bytes | None) -> bytes | None:
+        if info.name != "index.json" or data is None:
+            return data
+        doc = json.loads(data)
+        for entry in doc["manifests"]:
+            if mt.REF_NAME in entry.get("annotations", {}):
+                if name is None:
+                    del entry["annotations"]
+                else:
+                    entry["annotations"][mt.REF_NAME] = name
+        return json.dumps(doc).encode()
+
+    return rewrite(saved, edit)
+
+
+def loaded(cfg: Config) -> list[str]:
+    return sorted(name for name, _ in Layout(cfg.store_dir).entries())
+
+
+def test_a_tag_only_name_needs_a_repository(saved: bytes, target: Config) -> None:
+    skopeo_style = renamed(saved, "v1")  # skopeo copy ... oci-archive:FILE:v1
+    with pytest.raises(UsageError, match="only by the tag 'v1'") as caught:
+        archive.load(target, io.BytesIO(skopeo_style))
+    assert "--name REPOSITORY" in str(caught.value) and "\n" not in str(caught.value)
+    assert_untouched(target)
+    result = archive.load(target, io.BytesIO(skopeo_style), as_name="ai/tiny")
+    assert [m.reference for m in result.models] == ["docker.io/ai/tiny:v1"] and result.referrers == 1
+    assert loaded(target) == ["docker.io/ai/tiny:v1"]
+
+
+@pytest.mark.parametrize(
+    ("ref_name", "as_name", "expected"),
+    [
+        (NAME, "ai/other", "docker.io/ai/other:1"),  # a repository: the entry keeps its own tag
+        (NAME, "reg.example:5000/team/m:v2", "reg.example:5000/team/m:v2"),  # one reference
+        ("v1", "ai/tiny:latest", "docker.io/ai/tiny:latest"),
+        (None, "ai/unnamed:x", "docker.io/ai/unnamed:x"),  # skopeo's oci-archive:FILE without a name
+        (None, "ai/unnamed", "docker.io/ai/unnamed:latest"),
+    ],
+)
+def test_load_as_name(saved: bytes, target: Config, ref_name: str | None, as_name: str, expected: str) -> None:
+    result = archive.load(target, io.BytesIO(renamed(saved, ref_name)), as_name=as_name)
+    assert [m.reference for m in result.models] == [expected]
+    assert result.referrers == 1  # the card stays attached; an unnamed archive's card is not taken for the model
+    assert loaded(target) == [expected]
+
+
+def test_a_name_for_one_model_refuses_an_archive_of_two(tmp_path: Path, target: Config) -> None:
+    cfg = home_config(tmp_path / "two")
+    write_model(Layout(cfg.store_dir))
+    write_model(Layout(cfg.store_dir), "docker.io/ai/tiny:2", card=False)
+    out = io.BytesIO()
+    archive.save(cfg, ["ai/tiny:1", "ai/tiny:2"], out)
+    with pytest.raises(UsageError, match="holds 2 tagged models"):
+        archive.load(target, io.BytesIO(out.getvalue()), as_name="ai/x:1")
+    assert_untouched(target)
+    result = archive.load(target, io.BytesIO(out.getvalue()), as_name="ai/x")
+    assert sorted(m.reference for m in result.models) == ["docker.io/ai/x:1", "docker.io/ai/x:2"]
+
+
+@pytest.mark.parametrize("as_name", ["ai/x@sha256:" + "0" * 64, "Not A Name", "ai/x:bad tag"])
+def test_a_bad_name_is_a_usage_error_before_reading(target: Config, as_name: str) -> None:
+    class Unread(io.RawIOBase):
+        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+            raise AssertionError("read the archive before checking --name")
+
+    with pytest.raises(UsageError):
+        archive.load(target, Unread(), as_name=as_name)
+
+
+def test_a_deeply_nested_index_is_refused(saved: bytes, target: Config) -> None:
+    deep = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+    data = rewrite(saved, lambda info, content: deep if info.name == "index.json" else content)
+    with pytest.raises(IntegrityError, match="nests deeper than 64 levels"):
+        archive.load(target, io.BytesIO(data))
+    assert_untouched(target)
+
+
+def test_a_huge_pax_header_is_refused_before_it_is_read(target: Config) -> None:
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = (1 << 33) - 1  # tarfile would read this much into memory
+    data = header.tobuf(format=tarfile.USTAR_FORMAT) + bytes(4096)
+    with pytest.raises(IntegrityError, match="tar header of 8589934591 bytes"):
+        archive.load(target, io.BytesIO(data))
+    assert_untouched(target)
+
+
+def test_too_many_members(saved: bytes, target: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules["modelctl.services.archive.load"], "MAX_MEMBERS", 5)
+    with pytest.raises(IntegrityError, match="more than 5 members"):
+        archive.load(target, io.BytesIO(saved))
     assert_untouched(target)
