@@ -29,6 +29,9 @@ _URL = re.compile(r"^https://\S+$")
 MODALITIES = frozenset({"text", "image", "audio", "video"})
 MAX_CARD = 1 << 20
 """Bytes a card may have (an attached card comes from a registry: untrusted input)."""
+_CONSTRUCTOR_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, RecursionError)
+"""What PyYAML's safe constructors raise besides YAMLError on hostile scalars (``2020-02-30``, ``!!int z``,
+``!!timestamp x``), and its pure-Python loader on nesting libyaml would refuse."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -187,10 +190,11 @@ def parse(text: str, *, source: str = "card") -> Card:
     front, body = split(text, source=source)
     try:
         doc = yaml.load(front, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: ~10x faster
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, *_CONSTRUCTOR_ERRORS) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 2})" if mark is not None else ""
-        raise CardError(f"{source}: front matter is not valid YAML{where}", hint=str(exc).splitlines()[0]) from None
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CardError(f"{source}: front matter is not valid YAML{where}", hint=why) from None
     return _card(_Fields(doc, source, ""), body, source)
 
 

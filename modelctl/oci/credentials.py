@@ -22,7 +22,8 @@ from typing import Any
 
 from modelctl import atomic
 from modelctl.config import Config
-from modelctl.errors import UsageError
+from modelctl.errors import IntegrityError, UsageError
+from modelctl.oci import safejson
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HELPER_TIMEOUT = 60.0
+_MAX_FILE = 16 << 20
+"""Bytes of Docker's config.json or a credential helper's answer read at most (they are a few KiB)."""
 _IDENTITY_TOKEN_USER = "<token>"
 
 
@@ -174,9 +177,9 @@ def _run_helper(helper: str, server: str) -> Credentials | None:
         log.debug("credential helper %s found no credentials for %s", program, server)
         return None
     try:
-        answer = json.loads(done.stdout)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        log.debug("credential helper %s printed something that is not JSON", program)
+        answer = safejson.loads(done.stdout, what=f"answer of {program}", max_size=_MAX_FILE)
+    except IntegrityError as exc:
+        log.debug("%s", exc)
         return None
     if not isinstance(answer, dict):
         return None
@@ -190,7 +193,7 @@ def _run_helper(helper: str, server: str) -> Credentials | None:
 
 def _read(path: Path, *, strict: bool) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -199,8 +202,8 @@ def _read(path: Path, *, strict: bool) -> dict[str, Any]:
         log.debug("cannot read %s: %s", path, exc.strerror)
         return {}
     try:
-        doc = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError:
+        doc = safejson.loads(raw, what=str(path), max_size=_MAX_FILE) if raw.strip() else {}
+    except IntegrityError:
         doc = None
     if not isinstance(doc, dict):
         if strict:
