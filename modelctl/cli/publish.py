@@ -83,6 +83,9 @@ def registry_serve(
     htpasswd: Path | None = typer.Option(None, "--htpasswd", help="bcrypt htpasswd file: push needs credentials."),
     proxy: str | None = typer.Option(None, "--proxy", metavar="URL", help="Pull-through cache of this upstream."),
     allow_anonymous_pull: bool = typer.Option(False, "--allow-anonymous-pull", help="With --htpasswd."),
+    allow_sparse: bool = typer.Option(
+        False, "--allow-sparse", help="Accept manifests whose layers were never pushed (sparse copies)."
+    ),
 ) -> None:
     """Serve an OCI Distribution v1.1 registry (push, pull, referrers, pull-through cache)."""
     import registry
@@ -97,6 +100,7 @@ def registry_serve(
         htpasswd=htpasswd,
         proxy=proxy,
         allow_anonymous_pull=allow_anonymous_pull,
+        allow_sparse=allow_sparse,
     )
 
 
