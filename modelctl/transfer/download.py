@@ -34,7 +34,7 @@ from typing import Protocol
 
 from modelctl import digest as _digest
 from modelctl.digest import Digest
-from modelctl.errors import DigestMismatch, ModelctlError, RegistryError
+from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, RegistryError
 from modelctl.oci.descriptor import Descriptor
 from modelctl.transfer import state
 from modelctl.transfer.state import Part
@@ -289,6 +289,13 @@ class _Job:
     def _stream(self, part: Part) -> None:
         start = part.position
         with self.source.open_range(start, part.end - 1) as reader:
+            if reader.total is not None and reader.total < self.desc.size:  # no retry can make up the difference
+                raise IntegrityError(
+                    f"the registry has {reader.total} bytes of blob {self.desc.digest[:19]} where the manifest "
+                    f"says {self.desc.size}",
+                    hint="the registry's copy is damaged (or its manifest is wrong): ask its owner to push the "
+                    "model again",
+                )
             if reader.offset != start or (reader.status == 200 and len(self.parts) > 1):
                 raise _IgnoresRange()
             pos = start

@@ -2,11 +2,15 @@
 
 Forwards every request (keeping the ``Host`` header, so the registry's upload ``Location`` URLs point back at
 the proxy) and can instead answer an injected status (404 / 401 / 500 with ``Retry-After`` ...), drop the
-connection without an answer, cut a body short, or throttle each response to a byte rate. It counts the body
-bytes it actually wrote to clients per URL path: the "bytes fetched" of a pull.
+connection without an answer, redirect, or damage a body on its way: cut it (FIN or RST), stall it, trickle it,
+flip a byte, claim more bytes than there are, send bytes past its end, or act as if the registry's copy of a blob
+were truncated (fewer bytes than announced, 416 on resume). ``throttle`` caps every response to a byte rate. It
+can listen with TLS or on another address. It counts the body bytes it actually wrote to clients per URL path:
+the "bytes fetched" of a pull, and records each request's ``Range`` and whether it carried ``Authorization``.
 
     with FaultProxy(registry) as proxy:
         proxy.inject(Fault(status=500, retry_after="1", times=2))
+        proxy.inject(Fault(path_contains="/blobs/", min_span=1 << 20, cut_after=3 << 20, reset=True, times=1))
         proxy.throttle = 8 << 20            # bytes per second, per response
         ... pull f"{proxy.host}/ai/x:1" ...
         assert proxy.blob_bytes(digest) < 1.5 * size
@@ -15,13 +19,17 @@ bytes it actually wrote to clients per URL path: the "bytes fetched" of a pull.
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import http.server
 import json
+import re
 import socket
+import ssl
+import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -40,6 +48,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 CHUNK = 256 << 10
+RESET_SETTLE = 0.3
 _CODES = {
     401: "UNAUTHORIZED",
     403: "DENIED",
@@ -62,16 +71,40 @@ class Fault:
     """Close the connection without answering."""
     cut_after: int | None = None
     """Forward, but close the connection after this many body bytes."""
+    reset: bool = False
+    """Close a cut connection with a TCP reset (RST) rather than an orderly FIN."""
+    stall_after: int | None = None
+    """Forward, but after this many body bytes send nothing for ``stall_for`` seconds, then close."""
+    stall_for: float = 0.0
+    piece: int | None = None
+    gap: float = 0.0
+    """A trickle: the body in writes of ``piece`` bytes, ``gap`` seconds apart."""
+    truncate_to: int | None = None
+    """Act as a registry whose copy of the blob holds only this many bytes but announces the full size: a body
+    stops (FIN) at that blob offset, and a Range starting there or later is answered 416 ``bytes */N``."""
+    corrupt_at: int | None = None
+    """Flip the byte at this blob offset (same length, wrong content)."""
+    trailing: bytes = b""
+    """Bytes sent after the body, past its Content-Length."""
+    grow_by: int = 0
+    """Claim a blob this many bytes longer than it is: a 206's Content-Range total grows, a 200 gets that many
+    extra bytes (and a Content-Length to match)."""
+    redirect_to: str | None = None
+    """Answer 307 to this base URL (``http://host:port``) plus the request's path and query."""
     path_contains: str = ""
     method: str | None = None
+    min_span: int = 0
+    """Only requests for at least this many bytes (a ``Range``'s span; no ``Range``: the whole body): the
+    download engine's parts, not the fit check's 256 KiB header window."""
     times: int | None = None
     """How many matching requests it applies to; None: all of them."""
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, range_header: str | None = None) -> bool:
         return (
             (self.times is None or self.times > 0)
             and self.path_contains in path
             and self.method in (None, method)
+            and span(range_header) >= self.min_span
         )
 
 
@@ -81,6 +114,23 @@ class Served:
     path: str
     status: int
     range: str | None
+    authorization: bool = False
+    """Whether the request carried an ``Authorization`` header."""
+    at: float = field(default_factory=time.monotonic)
+    """When it was answered (``time.monotonic``)."""
+
+
+def span(range_header: str | None) -> float:
+    """Bytes a ``Range: bytes=A-B`` asks for; infinite for ``bytes=A-`` and for no Range at all."""
+    found = re.fullmatch(r"bytes=(\d+)-(\d*)", (range_header or "").strip())
+    if not found or not found[2]:
+        return float("inf")
+    return int(found[2]) - int(found[1]) + 1
+
+
+def range_start(range_header: str | None) -> int:
+    found = re.match(r"bytes=(\d+)-", (range_header or "").strip())
+    return int(found[1]) if found else 0
 
 
 def _error_code(status: int, path: str) -> str:
@@ -90,10 +140,23 @@ def _error_code(status: int, path: str) -> str:
 
 
 class FaultProxy:
-    """The proxy; a context manager. ``host``/``url`` are where clients connect."""
+    """The proxy; a context manager. ``host``/``url`` are where clients connect.
 
-    def __init__(self, upstream: RegistryServer | str) -> None:
+    ``bind`` is the address it listens on, ``name`` the host name clients use for it (default: ``bind``), and
+    ``tls`` a server-side SSL context to speak HTTPS with (the upstream is always plain HTTP)."""
+
+    def __init__(
+        self,
+        upstream: RegistryServer | str,
+        *,
+        bind: str = "127.0.0.1",
+        name: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.upstream = upstream.host if isinstance(upstream, RegistryServer) else upstream
+        self.bind = bind
+        self.name = name or bind
+        self.tls = tls
         self.faults: list[Fault] = []
         self.throttle: float | None = None
         """Bytes per second for each response body (each connection of a parallel download gets this rate)."""
@@ -103,17 +166,22 @@ class FaultProxy:
         self.served: collections.Counter[str] = collections.Counter()
         self.log: list[Served] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
-    def host(self) -> str:
+    def port(self) -> int:
         assert self._server is not None, "start the proxy first"
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return int(self._server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     # -- control ---------------------------------------------------------------------------------------------
 
@@ -140,18 +208,18 @@ class FaultProxy:
         with self._lock:
             return [s for s in self.log if path_contains in s.path and method in (None, s.method)]
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, range_header: str | None) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, range_header):
                     if fault.times is not None:
                         fault.times -= 1
                     return fault
         return None
 
-    def _record(self, method: str, path: str, status: int, range_header: str | None) -> None:
+    def _record(self, method: str, path: str, status: int, headers: Any) -> None:
         with self._lock:
-            self.log.append(Served(method, path, status, range_header))
+            self.log.append(Served(method, path, status, headers.get("Range"), "Authorization" in headers))
 
     def _count(self, path: str, n: int) -> None:
         with self._lock:
@@ -160,8 +228,15 @@ class FaultProxy:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def __enter__(self) -> FaultProxy:
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._stopping.clear()
+        self._server = http.server.ThreadingHTTPServer((self.bind, 0), _handler(self))
         self._server.daemon_threads = True
+        if self.tls is not None:
+            # the handshake happens in the handler's thread (on first read), so a client that fails it blocks
+            # nothing but its own connection
+            self._server.socket = self.tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="fault-proxy", daemon=True
         )
@@ -170,6 +245,7 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None and self._thread is not None
+        self._stopping.set()  # ends any stall now
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -182,6 +258,11 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+        def handle(self) -> None:
+            # a client that failed the TLS handshake or went away
+            with contextlib.suppress(ssl.SSLError, ConnectionResetError, BrokenPipeError, TimeoutError):
+                super().handle()
+
         def do_GET(self) -> None:
             self._handle()
 
@@ -191,19 +272,26 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             path = url.path
             body = self._request_body()
-            fault = proxy._take_fault(self.command, path)
+            fault = proxy._take_fault(self.command, path, self.headers.get("Range"))
             if fault is not None and fault.drop:
-                proxy._record(self.command, path, 0, self.headers.get("Range"))
+                proxy._record(self.command, path, 0, self.headers)
                 self.close_connection = True
                 return
             if fault is not None and fault.status is not None:
                 self._answer_error(fault, path)
                 return
+            if fault is not None and fault.redirect_to is not None:
+                self._answer(307, path, {"Location": fault.redirect_to.rstrip("/") + self.path})
+                return
+            kept = fault.truncate_to if fault is not None else None
+            if kept is not None and range_start(self.headers.get("Range")) >= kept:
+                self._answer(416, path, {"Content-Range": f"bytes */{kept}"})
+                return
             try:
                 if proxy.page_size and path.endswith("/tags/list") and self.command == "GET":
                     self._tags_page(path, parse_qs(url.query))
                     return
-                self._forward(self.path, path, body, fault.cut_after if fault else None)
+                self._forward(self.path, path, body, fault)
             except (TimeoutError, BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
 
@@ -220,6 +308,15 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                     self.rfile.readline()
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else None
+
+        def _answer(self, status: int, path: str, headers: dict[str, str]) -> None:
+            """An empty-bodied answer (a redirect, a 416)."""
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            proxy._record(self.command, path, status, self.headers)
 
         def _answer_error(self, fault: Fault, path: str) -> None:
             assert fault.status is not None
@@ -246,7 +343,7 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_header("WWW-Authenticate", 'Basic realm="fault-proxy"')
             self.end_headers()
             self.wfile.write(data)
-            proxy._record(self.command, path, fault.status, self.headers.get("Range"))
+            proxy._record(self.command, path, fault.status, self.headers)
 
         def _tags_page(self, path: str, query: dict[str, list[str]]) -> None:
             conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
@@ -257,7 +354,7 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 upstream = resp.read()
             finally:
                 conn.close()
-            proxy._record("GET", path, resp.status, None)
+            proxy._record("GET", path, resp.status, self.headers)
             extra: dict[str, str] = {}
             if resp.status == 200:
                 doc = json.loads(upstream)
@@ -279,7 +376,7 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             self.wfile.write(upstream)
             proxy._count(path, len(upstream))
 
-        def _forward(self, target: str, path: str, body: bytes | None, cut_after: int | None) -> None:
+        def _forward(self, target: str, path: str, body: bytes | None, fault: Fault | None) -> None:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             if body is not None:
                 headers["Content-Length"] = str(len(body))
@@ -291,56 +388,100 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 except OSError:  # the registry is down: answer as a gateway would
                     self._answer_error(Fault(status=502), path)
                     return
-                proxy._record(self.command, path, resp.status, self.headers.get("Range"))
+                proxy._record(self.command, path, resp.status, self.headers)
                 length = resp.getheader("Content-Length")
                 has_body = self.command != "HEAD" and resp.status not in (204, 304)
                 buffered = resp.read() if has_body and length is None else None
+                offset, grow = _blob_offset(resp), fault.grow_by if fault else 0
+                grown = grow if resp.status == 200 else 0  # a 206 keeps its span; only its total grows
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
-                    if k.lower() not in HOP_BY_HOP and not (
-                        buffered is not None and k.lower() == "content-length"
-                    ):
+                    if k.lower() == "content-range" and grow:
+                        v = re.sub(r"/(\d+)$", lambda m: f"/{int(m[1]) + grow}", v)
+                    if k.lower() == "content-length" and (buffered is not None or grown):
+                        continue
+                    if k.lower() not in HOP_BY_HOP:
                         self.send_header(k, v)
-                if buffered is not None:
-                    self.send_header("Content-Length", str(len(buffered)))
+                if buffered is not None or grown:
+                    size = len(buffered) if buffered is not None else int(length or 0)
+                    self.send_header("Content-Length", str(size + grown))
                 self.end_headers()
                 if not has_body:
                     return
-                self._stream(resp, buffered, path, cut_after)
+                self._stream(resp, buffered, path, fault or Fault(), offset)
+                if grown or (fault and fault.trailing):
+                    extra = b"\xa5" * grown + (fault.trailing if fault else b"")
+                    self.wfile.write(extra)
+                    proxy._count(path, len(extra))
             finally:
                 conn.close()
 
         def _stream(
-            self, resp: http.client.HTTPResponse, buffered: bytes | None, path: str, cut_after: int | None
+            self, resp: http.client.HTTPResponse, buffered: bytes | None, path: str, fault: Fault, offset: int
         ) -> None:
+            """Copy the body, applying ``fault`` (``offset``: where the body starts in the blob)."""
             rate = proxy.throttle
-            chunk = min(CHUNK, max(4096, int(rate / 20))) if rate else CHUNK
+            chunk = fault.piece or (min(CHUNK, max(4096, int(rate / 20))) if rate else CHUNK)
+            cut = fault.cut_after
+            if fault.truncate_to is not None:
+                cut = min(cut if cut is not None else fault.truncate_to, fault.truncate_to - offset)
             sent = 0
             started = time.monotonic()
-            offset = 0
+            pos = 0
             while True:
                 if buffered is not None:
-                    piece = buffered[offset : offset + chunk]
-                    offset += len(piece)
+                    piece = buffered[pos : pos + chunk]
+                    pos += len(piece)
                 else:
                     piece = resp.read(chunk)
                 if not piece:
                     return
-                if cut_after is not None and sent + len(piece) > cut_after:
-                    piece = piece[: cut_after - sent]
-                    self.wfile.write(piece)
-                    proxy._count(path, len(piece))
+                if fault.corrupt_at is not None and 0 <= fault.corrupt_at - offset - sent < len(piece):
+                    flip = fault.corrupt_at - offset - sent
+                    piece = piece[:flip] + bytes([piece[flip] ^ 0xFF]) + piece[flip + 1 :]
+                if fault.stall_after is not None and sent + len(piece) > fault.stall_after:
+                    self._write(path, piece[: fault.stall_after - sent])
                     self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
+                    proxy._stopping.wait(fault.stall_for)
+                    self._close(reset=fault.reset)
                     return
-                self.wfile.write(piece)
+                if cut is not None and sent + len(piece) > cut:
+                    self._write(path, piece[: max(0, cut - sent)])
+                    self.wfile.flush()
+                    self._close(reset=fault.reset)
+                    return
+                self._write(path, piece)
                 sent += len(piece)
-                proxy._count(path, len(piece))
+                if fault.gap:
+                    self.wfile.flush()
+                    if proxy._stopping.wait(fault.gap):
+                        return
                 rate = proxy.throttle
                 if rate:
                     ahead = sent / rate - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
 
+        def _write(self, path: str, data: bytes) -> None:
+            self.wfile.write(data)
+            proxy._count(path, len(data))
+
+        def _close(self, *, reset: bool) -> None:
+            """End the connection mid-body: an orderly FIN, or (``reset``) an RST as a crashed peer would. Before an
+            RST the proxy waits ``RESET_SETTLE`` so the bytes it sent arrive: an RST discards what is still queued
+            on either side, and the test is of a reset *at byte N*."""
+            self.close_connection = True
+            if reset:
+                proxy._stopping.wait(RESET_SETTLE)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
+
     return Handler
+
+
+def _blob_offset(resp: http.client.HTTPResponse) -> int:
+    """Where a response's body starts in the blob: a 206's Content-Range start, else 0."""
+    found = re.match(r"bytes (\d+)-", resp.getheader("Content-Range") or "") if resp.status == 206 else None
+    return int(found[1]) if found else 0
