@@ -2,7 +2,8 @@
 
 Like distribution's ``garbage-collect``, run it while no push is in flight (a blob uploaded but not yet
 named by a manifest is unreferenced); ``grace_seconds`` keeps blobs younger than that whatever their state.
-Stale uploads (no write for a day) are removed too.
+Stale uploads (no write for a day) are removed too, and so are the temp files of atomic writes that a killed server
+left behind (never served: nothing names them, but they hold disk).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import time
 from pathlib import Path
 from typing import Final
 
+from modelctl import atomic
 from modelctl.digest import Digest
 from registry import manifests
 from registry.storage import Storage
 
 STALE_UPLOAD_S: Final = 24 * 3600.0
+STALE_TEMP_S: Final = 3600.0
+"""An atomic write's temp file takes milliseconds (a blob's commit seconds); one this old belongs to a dead server."""
 
 
 def _mark(storage: Storage) -> set[Digest]:
@@ -70,4 +74,19 @@ def gc(root: Path, *, grace_seconds: float = 0.0, dry_run: bool = False) -> list
                 continue
             if idle > STALE_UPLOAD_S:
                 shutil.rmtree(d, ignore_errors=True)
+        _sweep_temp_files(root, now)
     return sorted(removed)
+
+
+def _sweep_temp_files(root: Path, now: float) -> None:
+    """Remove ``.<name>.<pid>.<hex>.tmp`` files (``modelctl.atomic``'s) older than :data:`STALE_TEMP_S`."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if not (name.startswith(".") and name.endswith(atomic.TEMP_SUFFIX)):
+                continue
+            path = Path(directory, name)
+            try:
+                if now - path.lstat().st_mtime > STALE_TEMP_S:
+                    path.unlink()
+            except FileNotFoundError:
+                continue

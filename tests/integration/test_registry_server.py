@@ -654,6 +654,12 @@ def test_gc_removes_unreferenced_blobs(tmp_path: Path) -> None:
         assert c.delete(f"/v2/gc/repo/manifests/{dropped_digest}").status_code == 202
     finally:
         server.stop()
+    # what a kill -9 during an atomic write leaves: an old temp file goes, a fresh one (a write in flight) stays
+    tags = next(p for p in root.rglob("*") if p.is_dir() and any(p.iterdir()))
+    stale, fresh = tags / ".keep.123.abcd1234.tmp", tags / ".keep.456.ef012345.tmp"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     out = subprocess.run(
         [sys.executable, "-m", "registry", "gc", "--root", str(root)],
         cwd=ROOT,
@@ -665,6 +671,7 @@ def test_gc_removes_unreferenced_blobs(tmp_path: Path) -> None:
     assert removed == {sha256(b"dropped layer"), dropped_digest, stray}
     left = blob_files(root)
     assert {kept_digest, sha256(b"kept layer"), sha256(b"{}")} <= left and not (removed & left)
+    assert not stale.exists() and fresh.exists()
     server = start_registry(root)
     try:
         c = server.client
