@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 GIB = 1 << 30
+BACKEND_NAMES = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "Metal"}
+"""Backend -> the prefix llama.cpp gives its devices (``CUDA0``, ``ROCm1``, ``Vulkan0``; Metal has one, ``Metal``)."""
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)(B?)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -32,6 +37,48 @@ class Device:
     @property
     def is_gpu(self) -> bool:
         return self.kind != "cpu"
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``24GiB``, ``24576MiB``, ``24G`` (binary, as GPU makers count memory) or ``24GB`` (decimal);
+    a bare number is bytes. ValueError for anything else."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (use e.g. 24GiB or 24576MiB)")
+    number, unit, binary, byte = match.groups()
+    power = "KMGT".find(unit.upper()) + 1 if unit else 0
+    base = 1000 if (unit and byte and not binary) else 1024
+    if binary and not unit:
+        raise ValueError(f"{text!r} is not a size (use e.g. 24GiB or 24576MiB)")
+    return int(float(number) * base**power)
+
+
+def planned(gpus: Sequence[int], backend: str, ram: Device) -> list[Device]:
+    """Devices that are not this machine's: GPUs of ``gpus`` bytes each (all free), named as llama.cpp names the
+    devices of ``backend``, then ``ram``. Metal has one GPU (Apple's unified memory); ValueError otherwise."""
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown GPU backend {backend!r} (use {', '.join(BACKEND_NAMES)})")
+    if backend == "metal" and len(gpus) > 1:
+        raise ValueError("Metal has one GPU: give --gpu once (the GPU's share of the unified memory)")
+    prefix = BACKEND_NAMES[backend]
+    out = [
+        Device(name=prefix if backend == "metal" else f"{prefix}{i}", kind=backend, total=size, free=size, index=i)
+        for i, size in enumerate(gpus)
+    ]
+    return [*out, ram]
+
+
+def ram(size: int) -> Device:
+    """RAM of ``size`` bytes, all free: the host of a planned machine."""
+    return Device(name="RAM", kind="cpu", total=size, free=size)
+
+
+def host(probes: Probes | None = None) -> Device:
+    """This machine's RAM (what :func:`detect` lists last), without asking for GPUs."""
+    p = probes or Probes()
+    if p.system == "darwin":
+        return darwin_ram(p.sysctl, p.vm_stat, timeout=p.timeout)
+    return cpu(p.meminfo, cgroup_dir(p.cgroup_root, p.self_cgroup))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -5,25 +5,36 @@ llama-cpp-python 0.3.36):
 
 - **weights**: the input layer (``token_embd``) stays on the CPU; layer ``n_layer`` is the output layer; with
   ``--gpu-layers N`` the last N layers counting the output layer are offloaded (``i_gpu_start = max(n_layer + 1 -
-  N, 0)``), split over GPUs by their free memory; a tied output copies ``token_embd`` to the output layer's device.
-  On the CPU the weights are mmapped: the buffer spans the file range its tensors occupy. Matrices that the load's
-  extra buffers take (:class:`modelctl.cpu.WeightBuffers`: ``AMX`` first where used, then ``CPU_REPACK`` for Q4_0 /
-  Q4_K / IQ4_NL on AVX2, more on ARM) get a second, allocated copy instead, of llama.cpp's size for that buffer.
+  N, 0)``), split over GPUs by their free memory or ``--tensor-split`` (``split_mode`` ``none``: the first GPU
+  only; ``row``: each offloaded layer's matrices are cut by rows over the GPUs, the rest stays with the layer);
+  a tied output copies ``token_embd`` to the output layer's device; ``--n-cpu-moe N`` keeps the expert tensors
+  (``ffn_*_exps``) of the first N layers on the host. On the CPU the weights are mmapped: the buffer spans the file
+  range its tensors occupy. Matrices that the load's extra buffers take (:class:`modelctl.cpu.WeightBuffers`:
+  ``AMX`` first where used, then ``CPU_REPACK`` for Q4_0 / Q4_K / IQ4_NL on AVX2, more on ARM) get a second,
+  allocated copy instead, of llama.cpp's size for that buffer; with a GPU backend llama.cpp offers the GPU's pinned
+  host buffer type first, which mmap turns back into the plain mapped file, so there are no such copies.
+  On a GPU each tensor is allocated: CUDA and ROCm pad a quantised matrix's rows to 512 elements and align each
+  tensor to 128 bytes; Vulkan aligns only; Metal maps the file range of its tensors, as the CPU does.
 - **kv_cache**: per layer ``row(K, n_head_kv * k_len) + row(V, n_head_kv * v_len)`` bytes per cell on the layer's
   device, cells = n_ctx padded to 256; without flash attention the V rows are padded to the widest layer's; MLA
   keeps K only; sliding-window layers keep ``pad256(min(n_ctx, n_swa * n_seq + n_ubatch))`` cells unless
   ``swa_full`` (llama-cpp-python's default: full size); recurrent layers keep f32 states per sequence.
 - **output**: logits of one token per sequence, ``n_vocab * n_seq * 4`` bytes of host memory.
 - **compute**: reserved for a batch of ``n_ubatch`` tokens with every one an output: the larger of the logits step
-  and the attention step (see :func:`compute_buffer`), calibrated on llama.cpp's own numbers.
+  and the attention step (see :func:`compute_buffer`), calibrated on llama.cpp's own numbers. Each GPU reserves it
+  for the layers it holds (the output layer's device also the logits step), the host (pinned ``CUDA_Host`` and
+  friends) for the layers it keeps, or only the inputs it hands the GPUs; with several GPUs holding every layer
+  llama.cpp pipelines the batch (``n_copies = 4``, :data:`PIPELINE_COPIES`) and keeps a copy of each GPU's inputs
+  per stage.
 - **host_extra**: host memory no llama.cpp buffer reports: llama-cpp-python's numpy ``scores`` (``n_batch x
   n_vocab`` float32), its token and candidate arrays, and the resident part of its batch.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from modelctl import cpu as _cpu
 from modelctl.cpu import WeightBuffers
@@ -36,6 +47,17 @@ CPU_ALIGN = 32
 GPU_ALIGN = 128
 CUDA_ROW_PADDING = 512
 F16, F32 = 1, 0
+
+BACKENDS = ("cuda", "rocm", "vulkan", "metal")
+"""GPU backends llama.cpp offers (its names: ``CUDA0``, ``ROCm0``, ``Vulkan0``, ``Metal``)."""
+ROW_PADDED = frozenset({"cuda", "rocm"})
+"""Backends that pad a quantised matrix's rows to ``CUDA_ROW_PADDING`` elements (ggml-cuda's ``get_alloc_size``)."""
+MAPPED = frozenset({"metal"})
+"""Backends that map the model file instead of copying it (``buffer_from_host_ptr``: ``Metal_Mapped``)."""
+PIPELINE_COPIES = 4
+"""``GGML_SCHED_MAX_COPIES``: the copies of each split's inputs when llama.cpp pipelines over several GPUs."""
+FLASH_HEAD_SIZES = frozenset({64, 80, 96, 112, 128, 256, 576})
+"""Head sizes every GPU backend's flash attention kernels take (576: MLA's K); ``auto`` is off for others."""
 
 FRAGMENT_ROWS = 1 << 20
 """Without flash attention, batch activations (``n_embd x n_ubatch`` float32) this large fragment the allocator."""
@@ -110,12 +132,15 @@ def estimate(
     gpu_layers: int = 0,
     gpu_split: Sequence[float] = (),
     buffers: WeightBuffers | None = None,
+    backend: str = "cuda",
 ) -> Estimate:
     """Predict llama.cpp's buffers.
 
-    ``gpu_layers`` layers (the output layer counts as one) go to the GPUs, split in proportion to ``gpu_split``
-    (their free memory; one GPU when empty). ``buffers`` are the extra CPU weight buffers the load uses (``None``:
-    ``settings.cpu_buffers`` on this machine's CPU).
+    ``gpu_split`` has one entry per GPU the runtime uses (their free memory, the default split); the GPUs get
+    ``gpu_layers`` layers (the output layer counts as one), split by ``settings.tensor_split`` when given, else in
+    proportion to ``gpu_split`` (one GPU when it is empty and layers are offloaded). ``buffers`` are the extra CPU
+    weight buffers the load uses (``None``: ``settings.cpu_buffers`` on this machine's CPU). ``backend`` is the GPUs'
+    (:data:`BACKENDS`).
     """
     header = merge([model] if isinstance(model, GGUFHeader) else model)
     shape = shape_of(header)
@@ -124,24 +149,77 @@ def estimate(
     ctx = n_ctx or settings.resolved_ctx(shape.n_ctx_train)
     if gpu_layers < 0:  # llama.cpp's -1: all of them
         gpu_layers = shape.n_layer + 1
-    n_gpus = max(len(gpu_split), 1) if gpu_layers > 0 else 0
-    gpu_layers = min(gpu_layers, shape.n_layer + 1)
-    device_of = _layer_devices(shape.n_layer, gpu_layers, gpu_split)
+    n_gpus = len(gpu_split) or (1 if gpu_layers > 0 else 0)
+    gpu_layers = min(gpu_layers, shape.n_layer + 1) if n_gpus else 0
+    shares = _shares(settings, gpu_split, n_gpus)
+    device_of = _layer_devices(shape.n_layer, gpu_layers, shares)
+    settings = resolve_flash_attn(settings, shape, backend if gpu_layers else "cpu")
+    if n_gpus:  # llama.cpp offers the GPU's pinned host buffer first: mmap makes it the plain file, no copies
+        buffers = WeightBuffers(setting=buffers.setting, use_extra_bufts=False)
 
-    weights = _weights(header, shape, device_of, n_gpus, buffers)
+    place = Placement(device_of=device_of, n_gpus=n_gpus, backend=backend, shares=shares, settings=settings)
+    weights = _weights(header, shape, place, buffers)
     kv, cells = _kv_cache(shape, settings, ctx, device_of, n_gpus)
-    compute = compute_buffer(shape, settings, ctx, device_of, n_gpus)
+    copies = PIPELINE_COPIES if _pipelined(shape, settings, gpu_layers, shares) else 1
+    compute = compute_buffer(shape, settings, ctx, device_of, n_gpus, copies=copies)
     output = shape.n_vocab * settings.n_seq * 4
     extra = host_extra(shape, settings, ctx)
     cpu = Buffers(weights=weights[0], kv_cache=kv[0], compute=compute[0], output=output, host_extra=extra)
-    gpus = tuple(
-        Buffers(weights=weights[i + 1], kv_cache=kv[i + 1], compute=compute[i + 1]) for i in range(n_gpus)
-    )
+    gpus = tuple(Buffers(weights=weights[i + 1], kv_cache=kv[i + 1], compute=compute[i + 1]) for i in range(n_gpus))
     return Estimate(n_ctx=ctx, n_ctx_padded=cells, n_layer=shape.n_layer, gpu_layers=gpu_layers, cpu=cpu, gpus=gpus)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Placement:
+    """Where the layers went: device per layer (0 the host, 1.. the GPUs) and how the GPUs share them."""
+
+    device_of: list[int]
+    n_gpus: int
+    backend: str
+    shares: list[float]
+    settings: RunSettings
+
+
+def _shares(settings: RunSettings, free: Sequence[float], n_gpus: int) -> list[float]:
+    """Each GPU's share of the offloaded layers: ``--tensor-split`` when it has a non-zero entry, else free memory
+    (llama.cpp's default); ``split_mode none`` uses the first GPU only."""
+    if not n_gpus:
+        return []
+    if settings.split_mode == "none":
+        return [1.0] + [0.0] * (n_gpus - 1)
+    given = list(settings.tensor_split[:n_gpus]) + [0.0] * max(n_gpus - len(settings.tensor_split), 0)
+    if any(given):
+        return given
+    shares = [max(float(f), 0.0) for f in free] or [1.0]
+    return shares if any(shares) else [1.0] * len(shares)
+
+
+def _pipelined(shape: ModelShape, settings: RunSettings, gpu_layers: int, shares: Sequence[float]) -> bool:
+    """llama.cpp's rule for pipeline parallelism: more than one GPU, every layer offloaded, split by layer, the KV
+    cache offloaded, no tensor overrides (``--n-cpu-moe`` is one)."""
+    used = sum(1 for share in shares if share > 0)
+    return (
+        used > 1
+        and gpu_layers > shape.n_layer
+        and settings.split_mode == "layer"
+        and settings.offload_kqv
+        and not settings.n_cpu_moe
+    )
+
+
+def resolve_flash_attn(settings: RunSettings, shape: ModelShape, backend: str) -> RunSettings:
+    """``--flash-attn auto`` as llama.cpp resolves it: on where the device running attention has a kernel for the
+    model's head sizes (every CPU does), else off. Other settings come back unchanged."""
+    if settings.flash_attn != "auto":
+        return settings
+    heads = {layer.k_len for layer in shape.layers if layer.has_kv}
+    supported = backend == "cpu" or heads <= FLASH_HEAD_SIZES
+    return replace(settings, flash_attn="on" if supported else "off")
+
+
 def _layer_devices(n_layer: int, gpu_layers: int, split: Sequence[float]) -> list[int]:
-    """Device per layer 0..n_layer (the last is the output layer): 0 is the CPU, 1.. the GPUs."""
+    """Device per layer 0..n_layer (the last is the output layer): 0 is the CPU, 1.. the GPUs (llama.cpp's
+    ``upper_bound`` over the cumulative split points)."""
     start = max(n_layer + 1 - gpu_layers, 0)
     shares = [max(s, 0.0) for s in split] or [1.0]
     if not sum(shares):
@@ -162,41 +240,62 @@ def _layer_devices(n_layer: int, gpu_layers: int, split: Sequence[float]) -> lis
     return devices
 
 
-def _gpu_bytes(t: TensorInfo) -> int:
+def _gpu_bytes(t: TensorInfo, backend: str = "cuda") -> int:
+    """What a GPU backend allocates for a tensor: its bytes, the CUDA/ROCm row padding, the alignment."""
     size = t.n_bytes
     block, _ = type_sizes(t.ggml_type)
-    if block > 1 and t.shape[0] % CUDA_ROW_PADDING:
+    if backend in ROW_PADDED and block > 1 and t.shape[0] % CUDA_ROW_PADDING:
         size += row_bytes(t.ggml_type, CUDA_ROW_PADDING - t.shape[0] % CUDA_ROW_PADDING)
     return _align(size, GPU_ALIGN)
 
 
-def _weights(
-    header: GGUFHeader, shape: ModelShape, device_of: list[int], n_gpus: int, buffers: WeightBuffers
-) -> list[int]:
-    out = [0] * (n_gpus + 1)
-    spans: dict[int, tuple[int, int]] = {}  # file -> (first, last) of the mmapped CPU tensors
-    placed: list[tuple[TensorInfo, int]] = []
-    for t in header.tensors:
-        layer = tensor_layer(t, shape.n_layer)
-        placed.append((t, 0 if layer < 0 else device_of[layer]))
+EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+"""llama.cpp's ``LLM_FFN_EXPS_REGEX``: the tensors ``--n-cpu-moe`` keeps on the host."""
+
+
+def _device(t: TensorInfo, shape: ModelShape, place: Placement) -> int:
+    layer = tensor_layer(t, shape.n_layer)
+    if layer < 0:
+        return 0
+    if 0 <= layer < place.settings.n_cpu_moe and layer < shape.n_layer and EXPERTS.search(t.name):
+        return 0
+    return place.device_of[layer]
+
+
+def _weights(header: GGUFHeader, shape: ModelShape, place: Placement, buffers: WeightBuffers) -> list[int]:
+    out = [0] * (place.n_gpus + 1)
+    spans: dict[tuple[int, int], tuple[int, int]] = {}  # (device, file) -> (first, last) of its mapped tensors
+    placed: list[tuple[TensorInfo, int]] = [(t, _device(t, shape, place)) for t in header.tensors]
     embd = header.tensor("token_embd.weight")
     if shape.tied_embeddings and embd is not None:
-        placed.append((embd, device_of[shape.n_layer]))  # the output layer's copy (same bytes on the CPU)
+        placed.append((embd, place.device_of[shape.n_layer]))  # the output layer's copy (same bytes on the CPU)
         tied_output = len(placed) - 1
     else:
         tied_output = -1
+    row_split = place.settings.split_mode == "row" and sum(1 for s in place.shares if s > 0) > 1
+    total_share = sum(place.shares) or 1.0
     for i, (t, dev) in enumerate(placed):
-        if dev:
-            out[dev] += _gpu_bytes(t)
-            continue
-        copy = _cpu_copy(t, buffers, tied=i == tied_output)
-        if copy:
-            out[0] += copy
-            continue
-        first, last = spans.get(t.file, (1 << 62, 0))
-        spans[t.file] = (min(first, t.offset), max(last, t.offset + t.n_bytes))
-    out[0] += sum(last - first for first, last in spans.values() if last > first)
+        if dev and place.backend in MAPPED:
+            _span(spans, (dev, t.file), t)
+        elif dev and row_split and len(t.shape) >= 2 and tensor_layer(t, shape.n_layer) < shape.n_layer:
+            for gpu, share in enumerate(place.shares, start=1):  # rows cut over the GPUs (CUDA_Split)
+                out[gpu] += _align(int(_gpu_bytes(t, place.backend) * share / total_share), GPU_ALIGN)
+        elif dev:
+            out[dev] += _gpu_bytes(t, place.backend)
+        else:
+            copy = _cpu_copy(t, buffers, tied=i == tied_output)
+            if copy:
+                out[0] += copy
+            else:
+                _span(spans, (0, t.file), t)
+    for (dev, _), (first, last) in spans.items():
+        out[dev] += max(last - first, 0)
     return out
+
+
+def _span(spans: dict[tuple[int, int], tuple[int, int]], key: tuple[int, int], t: TensorInfo) -> None:
+    first, last = spans.get(key, (1 << 62, 0))
+    spans[key] = (min(first, t.offset), max(last, t.offset + t.n_bytes))
 
 
 def _cpu_copy(t: TensorInfo, buffers: WeightBuffers, *, tied: bool) -> int:
@@ -236,28 +335,34 @@ def _kv_cache(
 ) -> tuple[list[int], int]:
     out = [0] * (n_gpus + 1)
     cells, swa_cells = kv_cells(shape, settings, n_ctx)
-    ctype = CACHE_TYPES[settings.cache_type]
+    k_type, v_type = CACHE_TYPES[settings.type_k], CACHE_TYPES[settings.type_v]
     v_trans = not settings.flash_attention
     attn = [layer for layer in shape.layers if layer.has_kv]
     v_max = max((layer.n_head_kv * layer.v_len for layer in attn), default=0)
     for il, layer in enumerate(shape.layers):
-        dev = device_of[il]
+        dev = device_of[il] if settings.offload_kqv else 0
         if layer.recurrent:
             out[dev] += (shape.recurrent_r + shape.recurrent_s) * 4 * max(settings.n_seq, 1)
             continue
         if not layer.has_kv:
             continue
         n = swa_cells if layer.swa else cells
-        size = row_bytes(ctype, layer.n_head_kv * layer.k_len) * n
+        size = row_bytes(k_type, layer.n_head_kv * layer.k_len) * n
         if not shape.mla:
             width = v_max if v_trans else layer.n_head_kv * layer.v_len
-            size += row_bytes(ctype, width) * n
+            size += row_bytes(v_type, width) * n
         out[dev] += size
     return out, cells
 
 
 def compute_buffer(
-    shape: ModelShape, settings: RunSettings, n_ctx: int, device_of: Sequence[int] = (), n_gpus: int = 0
+    shape: ModelShape,
+    settings: RunSettings,
+    n_ctx: int,
+    device_of: Sequence[int] = (),
+    n_gpus: int = 0,
+    *,
+    copies: int = 1,
 ) -> list[int]:
     """The compute buffer per device (CPU first), reserved for the worst-case batch.
 
@@ -326,9 +431,13 @@ def compute_buffer(
     for dev in set(device_of[:-1]):
         out[dev] = max(out[dev], peak_layers)
     out[output_dev] = max(out[output_dev], out_step)
+    inputs = e_t + masks  # what a split receives: the batch's hidden state and the masks
     if out[0] == 0:
         # the host keeps the inputs (embeddings of the batch, positions, masks) for the GPUs
-        out[0] = e_t + masks
+        out[0] = inputs * copies
+    for dev in range(1, n_gpus + 1):
+        if out[dev] and copies > 1:
+            out[dev] += (copies - 1) * inputs  # a copy of the stage's inputs per pipeline stage
     return out
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from modelctl import artifact, cpu, gguf
 from modelctl.cpu import WeightBuffers
+from modelctl.errors import GGUFError
 from modelctl.fit import devices as _devices
 from modelctl.fit.devices import Device
-from modelctl.fit.estimate import Estimate, estimate
+from modelctl.fit.estimate import Buffers, Estimate, estimate, resolve_flash_attn
 from modelctl.fit.plan import GPU_MARGIN, Variants, plan
 from modelctl.fit.settings import RunSettings
 from modelctl.fit.shapes import parameter_count, quantization, shape_of
@@ -42,21 +43,61 @@ class FitReport:
     architecture: str | None = None
     quantization: str | None = None
     parameters: int = 0
+    header: gguf.GGUFHeader | None = field(default=None, repr=False, compare=False)
+    """The merged header the estimate came from (to resolve ``--flash-attn auto`` for a device)."""
 
     @property
     def n_ctx(self) -> int:
         return self.estimate.n_ctx
 
+    @property
+    def flash_attn(self) -> str:
+        """``on`` or ``off``: what the load does (``auto`` resolved for the device that runs attention)."""
+        gpu = next((d.kind for d in self.devices if d.is_gpu), "cpu") if self.gpu_layers else "cpu"
+        try:
+            shape = shape_of(self.header) if self.header is not None else None
+        except GGUFError:
+            shape = None
+        settings = resolve_flash_attn(self.settings, shape, gpu) if shape is not None else self.settings
+        return "on" if settings.flash_attention else "off"
+
+    def device_json(self) -> list[dict[str, Any]]:
+        """Per device, what llama.cpp would print for it, in bytes (:func:`device_buffers`)."""
+        gpus = iter(self.estimate.gpus)
+        out = []
+        for d in self.devices:
+            b = self.estimate.cpu if not d.is_gpu else next(gpus, Buffers())
+            parts = device_buffers(b, gpu=d.is_gpu)
+            out.append(
+                {
+                    "name": d.name,
+                    "kind": d.kind,
+                    "total": d.total,
+                    "free": d.free,
+                    "need": sum(parts.values()),
+                    "buffers": parts,
+                }
+            )
+        return out
+
     def to_json(self) -> dict[str, Any]:
         e = self.estimate
+        s = self.settings
         return {
             "reference": self.reference,
             "settings": {
                 "ctx_size": e.n_ctx,
-                "cache_type": self.settings.cache_type,
-                "n_batch": self.settings.n_batch,
-                "n_ubatch": self.settings.n_ubatch,
+                "cache_type": s.cache_type,
+                "cache_type_k": s.type_k,
+                "cache_type_v": s.type_v,
+                "flash_attn": self.flash_attn,
+                "n_batch": s.n_batch,
+                "n_ubatch": s.n_ubatch,
+                "parallel": s.n_seq,
                 "gpu_layers": self.gpu_layers,
+                "n_cpu_moe": s.n_cpu_moe,
+                "split_mode": s.split_mode,
+                "tensor_split": list(s.tensor_split),
             },
             "memory": {
                 "weights": e.weights,
@@ -66,16 +107,33 @@ class FitReport:
                 "output": e.output + e.host_extra,
                 "total": e.total,
             },
-            "devices": [
-                {"name": d.name, "kind": d.kind, "total": d.total, "free": d.free, "need": self.needs.get(d.name, 0)}
-                for d in self.devices
-            ],
+            "devices": self.device_json(),
             "verdict": self.verdict,
             "gpu_layers": self.gpu_layers,
             "max_ctx_size": self.max_ctx_size,
             "suggestion": self.suggestion,
             "bytes_fetched": self.bytes_fetched,
         }
+
+
+def device_buffers(b: Buffers, *, gpu: bool) -> dict[str, int]:
+    """One device's buffers as llama.cpp names them, in bytes, and what no buffer line reports:
+
+    - ``weights``: its ``model buffer size`` lines (on the host: the mapped file range plus any repacked copy);
+    - ``kv_cache``: its ``KV buffer size``; ``compute``: its ``compute buffer size`` (on the host this is the
+      pinned ``CUDA_Host`` / ``ROCm_Host`` / ``Vulkan_Host`` buffer when there are GPUs);
+    - ``output``: the host's ``output buffer size`` (the logits);
+    - ``overhead``: on a GPU, :data:`~modelctl.fit.plan.GPU_MARGIN` (the CUDA/ROCm context and BLAS workspaces,
+      which no buffer line reports, and the allocator's slack); on the host, llama-cpp-python's own arrays
+      (:func:`~modelctl.fit.estimate.host_extra`).
+    """
+    return {
+        "weights": b.weights,
+        "kv_cache": b.kv_cache,
+        "compute": b.compute,
+        "output": b.output,
+        "overhead": GPU_MARGIN if gpu else b.host_extra,
+    }
 
 
 def fit_local(
@@ -130,13 +188,14 @@ def fit_headers(
     shape = shape_of(header)
     trained = shape.n_ctx_train
     n_ctx = settings.resolved_ctx(trained)
+    backend = next((d.kind for d in found if d.is_gpu), "cuda")
 
     def estimate_at(ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
-        return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers)
+        return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers, backend=backend)
 
     def estimate_with_cache(cache: str, ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
-        other = replace(settings, cache_type=cache)
-        return estimate(header, other, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers)
+        other = replace(settings, cache_type=cache, cache_type_k=None, cache_type_v=None)
+        return estimate(header, other, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers, backend=backend)
 
     verdict = plan(
         estimate_at,
@@ -165,6 +224,7 @@ def fit_headers(
         architecture=header.architecture,
         quantization=quantization(header),
         parameters=parameter_count(header),
+        header=header,
     )
 
 

@@ -76,8 +76,8 @@ def test_bad_files_are_one_line_errors(
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
-    for command in ("fit", "run", "serve"):
-        args = [command, str(path)] + {"fit": [], "run": ["Hi", "--no-pull"], "serve": ["--no-pull"]}[command]
+    for command in ("fit", "run"):  # serve: tests/e2e/test_local_file.py
+        args = [command, str(path)] + {"fit": [], "run": ["Hi", "--no-pull"]}[command]
         code, out, err = invoke(capsys, monkeypatch, *args)
         assert code == exit_code, (command, err)
         lines = err.strip().splitlines()
@@ -91,3 +91,90 @@ def test_remote_is_for_references(
     path = tiny_llama(tmp_path / "m.gguf")
     code, _, err = invoke(capsys, monkeypatch, "fit", str(path), "--remote")
     assert code == 2 and "drop --remote" in err
+
+
+def test_planned_gpus_and_llama_cpp_knobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tiny_llama(tmp_path / "m.gguf"))
+    args = ["fit", path, "--json", "--gpu", "24GiB", "--gpu", "24576MiB", "--ram", "64GiB", "--ctx-size", "2048"]
+    code, out, err = invoke(capsys, monkeypatch, *args)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [(d["name"], d["kind"], d["total"]) for d in doc["devices"]] == [
+        ("CUDA0", "cuda", 24 << 30),
+        ("CUDA1", "cuda", 24 << 30),
+        ("RAM", "cpu", 64 << 30),
+    ]
+    for d in doc["devices"]:
+        assert d["need"] == sum(d["buffers"].values())
+    assert doc["verdict"] == "fits" and doc["gpu_layers"] == 3  # two blocks and the output layer
+    knobs = [
+        *args,
+        "--gpu-backend",
+        "vulkan",
+        "--cache-type-k",
+        "q8_0",
+        "--cache-type-v",
+        "q4_0",
+        "--flash-attn",
+        "on",
+        "--parallel",
+        "2",
+        "--batch-size",
+        "256",
+        "--ubatch-size",
+        "128",
+        "--split-mode",
+        "layer",
+        "--tensor-split",
+        "1,0",
+        "--n-cpu-moe",
+        "0",
+        "--gpu-layers",
+        "2",
+    ]
+    code, out, err = invoke(capsys, monkeypatch, *knobs)
+    assert code == 0, err
+    doc = json.loads(out)
+    s = doc["settings"]
+    assert (s["cache_type_k"], s["cache_type_v"], s["flash_attn"], s["parallel"]) == ("q8_0", "q4_0", "on", 2)
+    assert (s["n_batch"], s["n_ubatch"], s["tensor_split"], s["gpu_layers"]) == (256, 128, [1.0, 0.0], 2)
+    assert [d["name"] for d in doc["devices"]][:2] == ["Vulkan0", "Vulkan1"]
+    assert doc["devices"][1]["buffers"]["weights"] == 0  # --tensor-split 1,0: every offloaded layer on Vulkan0
+
+
+def test_the_old_flags_still_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tiny_llama(tmp_path / "m.gguf"))
+    code, out, err = invoke(capsys, monkeypatch, "fit", path, "--cache-type", "q8_0", "--gpu-layers", "0")
+    assert code == 0, err
+    assert "cache q8_0/q8_0" in out and "verdict:" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--gpu", "24XB"], "not a size"),
+        (["--ram", "lots"], "not a size"),
+        (["--gpu", "8GiB", "--gpu", "8GiB", "--gpu-backend", "metal"], "one GPU"),
+        (["--gpu", "8GiB", "--gpu-backend", "opencl"], "backend"),
+        (["--flash-attn", "maybe"], "flash attention"),
+        (["--cache-type-v", "q6_k"], "cache type"),
+        (["--split-mode", "diagonal"], "split mode"),
+        (["--tensor-split", "3,x"], "could not convert"),
+    ],
+)
+def test_bad_knobs_are_usage_errors(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    words: str,
+) -> None:
+    path = str(tiny_llama(tmp_path / "m.gguf"))
+    code, out, err = invoke(capsys, monkeypatch, "fit", path, *extra)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and out == ""

@@ -171,7 +171,7 @@ def test_per_layer_kv_heads_pad_v_without_flash_attention() -> None:
     k = sum(kv * hd * 2 for kv in (1, 2, 4)) * 512
     f16 = estimate(h, RunSettings(n_ctx=512), buffers=NONE)
     assert f16.kv_cache == k + 3 * (4 * hd * 2) * 512  # V rows padded to the widest layer
-    fa = estimate(h, RunSettings(n_ctx=512, flash_attn=True), buffers=NONE)
+    fa = estimate(h, RunSettings(n_ctx=512, flash_attn="on"), buffers=NONE)
     assert fa.kv_cache == 2 * k
 
 
@@ -232,7 +232,7 @@ def test_compute_grows_with_context_and_covers_the_logits() -> None:
     sizes = [compute_buffer(shape, RunSettings(n_ctx=c), c)[0] for c in (512, 2048, 8192, 32768)]
     assert sizes == sorted(sizes) and sizes[0] >= 32000 * 512 * 4
     assert sizes[-1] >= 32768 * 512 * 8 * 4  # the attention scores of 8 heads over the whole cache
-    fa = compute_buffer(shape, RunSettings(n_ctx=32768, flash_attn=True), 32768)[0]
+    fa = compute_buffer(shape, RunSettings(n_ctx=32768, flash_attn="on"), 32768)[0]
     assert fa < sizes[-1]
 
 
@@ -253,7 +253,16 @@ def test_missing_hyper_parameters_are_a_gguf_error() -> None:
 
 def test_settings_validate_and_describe_the_load() -> None:
     with pytest.raises(ValueError, match="cache type"):
-        RunSettings(cache_type="q5_1")
+        RunSettings(cache_type="q6_k")  # llama.cpp takes f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1
+    with pytest.raises(ValueError, match="cache type"):
+        RunSettings(cache_type_v="q3_k")
+    with pytest.raises(ValueError, match="flash attention"):
+        RunSettings(flash_attn="maybe")
+    with pytest.raises(ValueError, match="split mode"):
+        RunSettings(split_mode="tensor")
+    split = RunSettings(cache_type_k="q5_1", cache_type_v="iq4_nl").llama_kwargs(n_ctx=512, gpu_layers=0)
+    assert (split["type_k"], split["type_v"], split["flash_attn"]) == (7, 20, True)
+    assert RunSettings(cache_type_k="q8_0").llama_kwargs(n_ctx=512, gpu_layers=0)["flash_attn"] is False
     kwargs = RunSettings(cache_type="q8_0").llama_kwargs(n_ctx=2048, gpu_layers=3)
     assert kwargs["type_k"] == kwargs["type_v"] == 8 and kwargs["flash_attn"] is True
     assert kwargs["n_ctx"] == 2048 and kwargs["n_gpu_layers"] == 3 and kwargs["swa_full"] is True

@@ -65,14 +65,36 @@ def test_json_has_exactly_the_documented_fields(tmp_path: Path) -> None:
         "bytes_fetched",
     }
     assert doc["reference"] == "docker.io/ai/m:latest"
-    assert doc["settings"] == {"ctx_size": 2048, "cache_type": "f16", "n_batch": 512, "n_ubatch": 512, "gpu_layers": 0}
+    assert doc["settings"] == {
+        "ctx_size": 2048,
+        "cache_type": "f16",
+        "cache_type_k": "f16",
+        "cache_type_v": "f16",
+        "flash_attn": "off",
+        "n_batch": 512,
+        "n_ubatch": 512,
+        "parallel": 1,
+        "gpu_layers": 0,
+        "n_cpu_moe": 0,
+        "split_mode": "layer",
+        "tensor_split": [],
+    }
     memory = doc["memory"]
     assert set(memory) == {"weights", "kv_cache", "compute", "output", "total"}
     assert memory["total"] == memory["weights"] + memory["kv_cache"] + memory["compute"] + memory["output"]
     assert memory["kv_cache"] == 2 * 2 * 16 * 2 * 2 * 2048  # layers x kv heads x head dim x (K+V) x f16 x cells
-    assert doc["devices"] == [
-        {"name": "CPU RAM", "kind": "cpu", "total": 16 * GIB, "free": 8 * GIB, "need": memory["total"]}
-    ]
+    (ram,) = doc["devices"]
+    assert {k: ram[k] for k in ("name", "kind", "total", "free", "need")} == {
+        "name": "CPU RAM",
+        "kind": "cpu",
+        "total": 16 * GIB,
+        "free": 8 * GIB,
+        "need": memory["total"],
+    }
+    buffers = ram["buffers"]
+    assert set(buffers) == {"weights", "kv_cache", "compute", "output", "overhead"}
+    assert sum(buffers.values()) == ram["need"]
+    assert buffers["kv_cache"] == memory["kv_cache"] and buffers["weights"] == memory["weights"]
     assert (doc["verdict"], doc["max_ctx_size"], doc["suggestion"], doc["bytes_fetched"]) == ("fits", 2048, None, 0)
     assert report.architecture == "llama" and report.quantization == "F16" and report.parameters > 0
     assert dataclasses.replace(report, reference="x").reference == "x"
@@ -123,7 +145,8 @@ def test_partial_offload_on_a_small_gpu(tmp_path: Path) -> None:
     assert report.verdict in ("partial", "fits")
     doc = report.to_json()
     assert doc["settings"]["gpu_layers"] == report.gpu_layers == doc["gpu_layers"]
-    assert doc["devices"][0]["need"] <= (40 << 20)
+    gpu = doc["devices"][0]
+    assert gpu["need"] <= gpu["free"] and gpu["buffers"]["overhead"] == 512 << 20
     all_cpu = fit_local([path], RunSettings(n_ctx=2048, gpu_layers=0), devices=devices)
     assert all_cpu.gpu_layers == 0 and all_cpu.verdict == "fits"
 
