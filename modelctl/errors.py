@@ -13,11 +13,20 @@ The library raises; only the CLI prints and exits. The tree::
     |   +-- GGUFError
     +-- DoesNotFit                     exit 6   refused: the model does not fit in memory
     +-- RegistryError                  exit 7   unreachable / 5xx after retries, protocol violations
-    +-- NoSpace                        exit 8   not enough free disk for the download
+    +-- NoSpace                        exit 8   not enough free disk (before a download, or a write that hit ENOSPC)
     +-- RuntimeCrashed                 exit 9   llama.cpp died in its worker process (signal, abort, OOM kill)
+    +-- Interrupted                    exit 130 / 143   Ctrl-C or SIGTERM stopped a command; says what was kept
+
+    BaseException
+    +-- KeyboardInterrupt              Ctrl-C, as Python raises it in the main thread
+    +-- Terminated                     SIGTERM, raised in the main thread by the CLI's handler
 
 ``RegistryError`` carries the HTTP status and the OCI error code; ``temporary`` says whether a retry may help.
 ``hint`` is the second half of the one-line message: what the user can do about it.
+
+A command that can be interrupted half-way (pull, push, save, load, package) catches ``INTERRUPTS`` where it knows
+what it has done, stops its threads, leaves its partial output resumable or removed, and raises ``Interrupted``
+with the one line that says so.
 """
 
 from __future__ import annotations
@@ -102,7 +111,14 @@ class RegistryError(ModelctlError):
 
 
 class NoSpace(ModelctlError):
+    """Not enough disk space: ``directory`` is where it ran out, ``needed`` how many more bytes it takes."""
+
     exit_code = 8
+
+    def __init__(self, message: str, *, hint: str | None = None, directory: str = "", needed: int = 0) -> None:
+        super().__init__(message, hint=hint)
+        self.directory = directory
+        self.needed = needed
 
 
 class RuntimeCrashed(ModelctlError):
@@ -121,3 +137,42 @@ class RuntimeCrashed(ModelctlError):
 
 class CardError(UsageError):
     """A model card whose YAML front matter is missing, malformed or breaks the schema (names file and field)."""
+
+
+SIGINT = 2
+SIGTERM = 15
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread by the CLI's signal handler.
+
+    It unwinds like Ctrl-C (temp files removed, partial downloads saved) but is no ``KeyboardInterrupt``: code that
+    shrugs off Ctrl-C (the chat prompt, which cancels an answer on it) must still end on SIGTERM."""
+
+
+INTERRUPTS = (KeyboardInterrupt, Terminated)
+"""What a command catches to stop cleanly and raise :class:`Interrupted`."""
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal number behind an interrupt: SIGTERM for :class:`Terminated`, else SIGINT."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    return SIGTERM if isinstance(exc, Terminated) else SIGINT
+
+
+class Interrupted(ModelctlError):
+    """A command stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) after putting its work in a safe state.
+
+    The message is the one line the user sees, e.g. "interrupted: 41943040 of 268435456 bytes kept; run the same
+    command to resume"."""
+
+    def __init__(self, message: str, *, signum: int = SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    @classmethod
+    def by(cls, exc: BaseException, message: str) -> Interrupted:
+        """The Interrupted for the interrupt ``exc`` (KeyboardInterrupt or Terminated) with ``message``."""
+        return cls(message, signum=signal_of(exc))

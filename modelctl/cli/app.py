@@ -66,6 +66,7 @@ def hoist_debug(args: list[str]) -> tuple[list[str], bool]:
 
 def run() -> None:
     _register()
+    errors.handle_signals()
     args, debug = hoist_debug(sys.argv[1:])
     try:
         # not standalone: click's usage errors reach errors.report (one line, exit 2) instead of a boxed panel
@@ -73,6 +74,6 @@ def run() -> None:
     except SystemExit:
         raise
     except BaseException as exc:
-        sys.exit(errors.report(exc, debug=debug))
-    if isinstance(code, int) and code:  # typer.Exit(n) / ctx.exit(n) come back as a return value here
-        sys.exit(code)
+        errors.finish(errors.report(exc, debug=debug))
+    # typer.Exit(n) / ctx.exit(n) come back as a return value here
+    errors.finish(code if isinstance(code, int) else 0)

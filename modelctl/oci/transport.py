@@ -17,6 +17,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Iterator, Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -377,6 +378,18 @@ class BlobReader:
         if self._body is not None:
             self._body.close()
         self._response.close()  # a body we did not read to its end closes the connection, never reuses it
+
+    def abort(self) -> None:
+        """End a ``read_into`` blocked in another thread (Ctrl-C during a stalled download): shut the connection's
+        socket down, so that the read returns at once and fails; the reader is closed as usual afterwards.
+
+        ``socket.socket.shutdown`` on the file descriptor, also under TLS: ``SSLSocket.shutdown`` would drop the
+        TLS object the blocked read is using."""
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with suppress(OSError):  # already closed
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _Body(Protocol):

@@ -3,6 +3,9 @@
 The config follows Docker's model-spec field by field (snake_case, string values, ``context_size`` an integer,
 the ``gguf`` map of metadata as strings without arrays longer than 50 items), so ``docker model`` reads what we
 write. Digests are deterministic: the creation time comes from ``--created`` or ``SOURCE_DATE_EPOCH``.
+
+Ctrl-C, SIGTERM or a full disk half-way removes the copy in progress (under ``ingest/``) and tags nothing; the files
+already copied stay in ``blobs/`` (complete and verified; ``prune`` removes them if they stay unused).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modelctl import atomic
 from modelctl.config import Config
 from modelctl.digest import Digest, copy_hashed
-from modelctl.errors import DigestMismatch, NotFound, UsageError
+from modelctl.errors import INTERRUPTS, DigestMismatch, Interrupted, NoSpace, NotFound, UsageError
 from modelctl.fit.shapes import parameter_count, quantization
 from modelctl.gguf import FileSource, read_header
 from modelctl.oci import mediatypes as mt
@@ -56,7 +60,34 @@ def package(config: Config, refs: Sequence[Reference], spec: PackageInput) -> Pa
         raise UsageError("no GGUF file given", hint="pass --gguf FILE (once per shard, in order)")
     store = local.layout(config)
     store.ensure()
+    total = sum(p.stat().st_size for p in [*spec.gguf, *spec.license, spec.mmproj, spec.chat_template] if p)
     layers: list[Descriptor] = []
+    tagged: list[Reference] = []
+    try:
+        return _package(config, store, refs, spec, layers, tagged)
+    except INTERRUPTS as exc:
+        done = sum(x.size for x in layers)
+        what = "the model card was not attached" if tagged else "no model was tagged (the partial copy was removed)"
+        line = f"interrupted: {done} of {total} bytes of the files are in the store, {what}"
+        raise Interrupted.by(exc, f"{line}; run the same command to package it") from None
+    except (OSError, NoSpace) as exc:
+        if isinstance(exc, OSError) and not atomic.disk_full(exc):
+            raise
+        where = Path(exc.directory) if isinstance(exc, NoSpace) and exc.directory else config.ingest_dir
+        need = total - sum(x.size for x in layers)
+        hint = f"{atomic.SPACE_HINT}; no model was tagged" if not tagged else atomic.SPACE_HINT
+        raise atomic.no_space(where, need, f"packaging {refs[0]}", hint=hint) from exc
+
+
+def _package(
+    config: Config,
+    store: Layout,
+    refs: Sequence[Reference],
+    spec: PackageInput,
+    layers: list[Descriptor],
+    tagged: list[Reference],
+) -> PackageResult:
+    """Copy the files in (``layers`` grows as each is stored), write config and manifest, tag (``tagged``)."""
     shards = len(spec.gguf)
     for i, path in enumerate(spec.gguf, start=1):
         name = path.name if shards > 1 else (path.name or f"model-{i}.gguf")
@@ -72,6 +103,7 @@ def package(config: Config, refs: Sequence[Reference], spec: PackageInput) -> Pa
     )
     for ref in refs:
         store.tag(str(ref), desc)
+        tagged.append(ref)
     if spec.card:
         attach_card(store, desc, spec.card.read_bytes(), created=created)
     return PackageResult(reference=str(refs[0]), digest=desc.digest, size=sum(x.size for x in layers) + desc.size)

@@ -2,25 +2,27 @@
 
 Order matters for consistency: blobs first (each verified before it enters ``blobs/``), then the config and
 manifest blobs, then the tag in ``index.json``. A pull killed at any point leaves the store valid: at worst
-some unreferenced (but correct) blobs and a resumable partial under ``ingest/``.
+some unreferenced (but correct) blobs and a resumable partial under ``ingest/``. Ctrl-C and SIGTERM stop the
+download threads at once (see :mod:`modelctl.services.parallel`) and end in ``Interrupted`` saying what is kept;
+a disk that fills up on the way ends in ``NoSpace`` saying how much more room the rest of the pull needs.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from modelctl import artifact, sources, transfer
+from modelctl import artifact, atomic, sources, transfer
 from modelctl.config import Config
 from modelctl.digest import Digest
-from modelctl.errors import ModelctlError, NotFound
+from modelctl.errors import INTERRUPTS, Interrupted, ModelctlError, NoSpace, NotFound
 from modelctl.fit.settings import RunSettings
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
-from modelctl.services import package
+from modelctl.services import package, parallel
 from modelctl.sources import headers
 from modelctl.store import Layout
 from modelctl.store import models as local
@@ -65,6 +67,52 @@ def pull(config: Config, refs: Sequence[Reference], reporter: Reporter, *, verif
 
 
 def _pull_one(config: Config, store: Layout, source: sources.Source, reporter: Reporter, verify: bool) -> PullResult:
+    """One reference. An interrupt ends it in Interrupted (what is kept); a full disk in NoSpace (how much more)."""
+    planned: list[transfer.Plan] = []
+    try:
+        return _fetch_and_tag(config, store, source, reporter, verify, planned)
+    except INTERRUPTS as exc:
+        raise Interrupted.by(exc, _kept_line(config, store, planned)) from None
+    except NoSpace as exc:
+        if not exc.directory or not planned:  # the check before the download: it said it all
+            raise
+        raise _no_room(config, store, source, planned[0], Path(exc.directory)) from exc
+    except OSError as exc:
+        if not atomic.disk_full(exc) or not planned:
+            raise
+        where = Path(exc.filename).parent if isinstance(exc.filename, str) else config.home
+        raise _no_room(config, store, source, planned[0], where) from exc
+
+
+def _kept_line(config: Config, store: Layout, planned: list[transfer.Plan]) -> str:
+    if not planned:
+        return "interrupted before the download started; run the same command to pull"
+    work = planned[0]
+    if not work.bytes_total:
+        return "interrupted: nothing was left to download; run the same command to finish the pull"
+    kept = transfer.kept(work, store, ingest_dir=config.ingest_dir)
+    return f"interrupted: {kept} of {work.bytes_total} bytes kept; run the same command to resume"
+
+
+def _no_room(config: Config, store: Layout, source: sources.Source, work: transfer.Plan, where: Path) -> NoSpace:
+    need = transfer.room_needed(work.missing, store, ingest_dir=config.ingest_dir)
+    return atomic.no_space(
+        where,
+        need,
+        f"the pull of {source.reference.short}",
+        hint=f"{atomic.SPACE_HINT}; what was downloaded is kept: run the same command to resume",
+    )
+
+
+def _fetch_and_tag(
+    config: Config,
+    store: Layout,
+    source: sources.Source,
+    reporter: Reporter,
+    verify: bool,
+    planned: list[transfer.Plan],
+) -> PullResult:
+    """The pull of one reference; ``planned`` receives the download's plan as soon as there is one."""
     resolved = source.resolve(store)
     if resolved.warning:
         reporter.warning(resolved.warning)
@@ -72,8 +120,11 @@ def _pull_one(config: Config, store: Layout, source: sources.Source, reporter: R
     if damaged and resolved.local:
         resolved = source.resolve(store)  # a damaged layer was removed: the local copy no longer stands alone
     fetched = 0
-    if not resolved.local:
+    if resolved.local:
+        planned.append(transfer.Plan(missing=(), bytes_total=0, bytes_to_fetch=0, bytes_to_allocate=0))
+    else:
         work = transfer.plan(list(_unique(resolved.layers)), store, ingest_dir=config.ingest_dir)
+        planned.append(work)
         reporter.resolved(resolved.reference, resolved.model, work.bytes_to_fetch)
         if work.missing:
             _warn_if_too_big(config, source, resolved, reporter)
@@ -130,10 +181,16 @@ def _warn_if_too_big(config: Config, source: sources.Source, resolved: sources.R
 
 
 def fetch_blob(
-    config: Config, desc: Descriptor, source: transfer.RangeSource, store: Layout, reporter: Reporter
+    config: Config,
+    desc: Descriptor,
+    source: transfer.RangeSource,
+    store: Layout,
+    reporter: Reporter,
+    stop: threading.Event | None = None,
 ) -> Path:
     """One blob through the download engine with the configured parts, timeouts and retries (registry layers and
-    Hugging Face files alike): parallel Range parts, resume, one download per blob across processes, verified."""
+    Hugging Face files alike): parallel Range parts, resume, one download per blob across processes, verified.
+    Setting ``stop`` ends it early with ``transfer.Stopped``, its partial saved."""
     return transfer.download(
         desc,
         source,
@@ -143,27 +200,19 @@ def fetch_blob(
         min_part_size=config.min_part_size,
         retries=config.retries,
         progress=reporter.progress,
+        stop=stop,
     )
 
 
 def _download_all(
     config: Config, source: sources.Source, store: Layout, missing: Sequence[Descriptor], reporter: Reporter
 ) -> None:
-    def one(desc: Descriptor) -> Path:
-        return fetch_blob(config, desc, sources.BlobRanges(source, desc.digest), store, reporter)
+    stop = threading.Event()  # set by an interrupt: every blob's download stops and saves its partial
 
-    if not missing:
-        return
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_BLOBS, len(missing))) as pool:
-        futures = [pool.submit(one, desc) for desc in missing]
-        error: BaseException | None = None
-        for future in futures:
-            try:
-                future.result()
-            except BaseException as exc:  # keep the first failure; the others finish or fail on their own
-                error = error or exc
-        if error is not None:
-            raise error
+    def one(desc: Descriptor) -> Path:
+        return fetch_blob(config, desc, sources.BlobRanges(source, desc.digest), store, reporter, stop)
+
+    parallel.each(one, missing, workers=MAX_PARALLEL_BLOBS, stop=stop)
 
 
 def hashing(reporter: Reporter) -> store_verify.Progress:

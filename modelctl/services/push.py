@@ -1,25 +1,28 @@
 """push: copy a local model to its registry: blobs first (skipped when present, mounted when another repository
 of the same registry has them, chunked when large, several at once), the manifest last, so a registry never
-holds a manifest whose blobs are missing."""
+holds a manifest whose blobs are missing. Ctrl-C or SIGTERM stops the uploads at once (see
+:mod:`modelctl.services.parallel`); the blobs already on the registry are skipped by the next push."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelctl import reference
 from modelctl.config import Config
 from modelctl.digest import SHA256, Digest
+from modelctl.errors import INTERRUPTS, Interrupted
 from modelctl.oci import descriptor
 from modelctl.oci.client import RegistryClient
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
+from modelctl.services import parallel
 from modelctl.store import Layout
 from modelctl.store import models as local
-from modelctl.transfer import Progress
+from modelctl.transfer import Progress, Stopped
 
 CHUNKED_ABOVE = 256 << 20
 CHUNK_SIZE = 64 << 20
@@ -51,46 +54,74 @@ def push(
     ref = reference.parse(target) if target else reference.parse(entry.name)
     blobs = _unique(entry.manifest.blobs)  # a registry takes a manifest without its non-distributable blobs
     counts = {"uploaded": 0, "skipped": 0, "mounted": 0}
-    with RegistryClient(config) as client:
+    there: dict[Digest, int] = {}
+    """Blobs known to be on the registry (skipped, mounted or uploaded): what an interrupted push keeps."""
+    lock = threading.Lock()
+    stop = threading.Event()  # set by an interrupt: the uploads in flight end at their next piece
+    manifest_pushed = False
+    try:
+        with RegistryClient(config) as client:
 
-        def one(desc: Descriptor) -> None:
-            if client.blob_exists(ref, desc.digest):
-                outcome = "skipped"
-            elif _mounted(client, ref, desc.digest, _mount_sources(store, ref, desc.digest)):
-                outcome = "mounted"
-            else:
-                chunk = CHUNK_SIZE if desc.size > CHUNKED_ABOVE else None
-                source = _reading(store.blob_path(desc.digest), desc, progress)
-                client.upload_blob(ref, desc.digest, desc.size, source, chunk_size=chunk)
-                outcome = "uploaded"
-            counts[outcome] += 1
-            if on_blob:
-                on_blob(desc, outcome)
+            def one(desc: Descriptor) -> None:
+                if client.blob_exists(ref, desc.digest):
+                    outcome = "skipped"
+                elif _mounted(client, ref, desc.digest, _mount_sources(store, ref, desc.digest)):
+                    outcome = "mounted"
+                else:
+                    chunk = CHUNK_SIZE if desc.size > CHUNKED_ABOVE else None
+                    source = _reading(store.blob_path(desc.digest), desc, progress, stop)
+                    client.upload_blob(ref, desc.digest, desc.size, source, chunk_size=chunk)
+                    outcome = "uploaded"
+                with lock:
+                    counts[outcome] += 1
+                    there[desc.digest] = desc.size
+                if on_blob:
+                    on_blob(desc, outcome)
 
-        with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
-            list(pool.map(one, blobs))
-        algorithm = entry.manifest.digest.algorithm  # a model pulled by a sha512 digest keeps that name
-        digest = client.put_manifest(ref, entry.manifest.raw, entry.manifest.media_type, algorithm=algorithm)
-        for referrer in store.referrers(entry.manifest.digest):  # the model card travels with the model
-            raw = store.read_blob(referrer.digest, max_size=4 << 20)
-            attached = descriptor.parse(raw, referrer.media_type, algorithm=referrer.digest.algorithm)
-            if isinstance(attached, Manifest):
-                with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
-                    list(pool.map(one, _unique(attached.blobs)))
-                client.put_manifest(
-                    Reference(ref.registry, ref.repository, None, referrer.digest), raw, referrer.media_type
-                )
+            parallel.each(one, blobs, workers=PARALLEL_BLOBS, stop=stop)
+            algorithm = entry.manifest.digest.algorithm  # a model pulled by a sha512 digest keeps that name
+            digest = client.put_manifest(ref, entry.manifest.raw, entry.manifest.media_type, algorithm=algorithm)
+            manifest_pushed = True
+            for referrer in store.referrers(entry.manifest.digest):  # the model card travels with the model
+                raw = store.read_blob(referrer.digest, max_size=4 << 20)
+                attached = descriptor.parse(raw, referrer.media_type, algorithm=referrer.digest.algorithm)
+                if isinstance(attached, Manifest):
+                    parallel.each(one, _unique(attached.blobs), workers=PARALLEL_BLOBS, stop=stop)
+                    client.put_manifest(
+                        Reference(ref.registry, ref.repository, None, referrer.digest), raw, referrer.media_type
+                    )
+    except INTERRUPTS as exc:
+        raise Interrupted.by(exc, _kept_line(ref, blobs, there, lock, manifest_pushed)) from None
     return PushResult(reference=str(ref), digest=digest, **counts)
 
 
-def _reading(path: Path, desc: Descriptor, progress: Callable[[Progress], None] | None) -> Iterator[bytes]:
-    """The blob's bytes in 1 MiB pieces, reporting progress the way pull does (same renderers in the CLI).
+def _kept_line(
+    ref: Reference, blobs: Sequence[Descriptor], there: dict[Digest, int], lock: threading.Lock, manifest: bool
+) -> str:
+    if manifest:
+        return f"interrupted: {ref} was pushed, its model card was not; run the same command to finish"
+    with lock:
+        have = [b for b in blobs if b.digest in there]
+    done, total = sum(b.size for b in have), sum(b.size for b in blobs)
+    return (
+        f"interrupted: {len(have)} of {len(blobs)} blobs ({done} of {total} bytes) are on {ref.registry}, "
+        "no manifest was pushed; run the same command to push the rest"
+    )
+
+
+def _reading(
+    path: Path, desc: Descriptor, progress: Callable[[Progress], None] | None, stop: threading.Event | None = None
+) -> Iterator[bytes]:
+    """The blob's bytes in 1 MiB pieces, reporting progress the way pull does (same renderers in the CLI); a set
+    ``stop`` ends the upload (``transfer.Stopped``) at the next piece.
 
     Small pieces because httpcore copies whatever a ``send()`` leaves of a piece (1 MiB beat 8 MiB by ~5%)."""
     done = 0
     last = 0.0
     with path.open("rb") as f:
         while piece := f.read(READ_SIZE):
+            if stop is not None and stop.is_set():
+                raise Stopped()
             done += len(piece)
             now = time.monotonic()
             if progress and (now - last > 0.1 or done == desc.size):

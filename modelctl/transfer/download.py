@@ -14,6 +14,15 @@ Durability: nothing here waits for the disk. A ``kill -9`` keeps page-cache data
 0.5 s is exact for a resume in the same boot; a kernel crash or power loss (a new boot id) may have lost bytes the
 state claims, so a partial from another boot that then fails verification is fetched once more from scratch. The
 finished blob is committed unflushed and recorded by the store (see ``modelctl.store.journal``).
+
+Stopping (Ctrl-C, SIGTERM): the caller sets ``stop``; the supervising thread notices within ``POLL``, cancels the
+parts, shuts down the sockets they may be blocked reading (a stalled link would otherwise hold them for the whole
+stall timeout), waits ``GRACE`` for them, saves the part state and raises :class:`Stopped`. What is saved is exact:
+a part's ``done`` grows only after its bytes were written. A part thread still stuck after ``GRACE`` (in a connect,
+say) is left behind: it can only rewrite bytes past the saved state, and the file descriptor is closed once it ends.
+
+A full disk (ENOSPC while preallocating, writing or saving the state) is raised as ``NoSpace``; a fresh partial that
+could not be allocated is removed, a started one is kept for the resume, and no temp file stays behind.
 """
 
 from __future__ import annotations
@@ -25,13 +34,14 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from modelctl import atomic
 from modelctl import digest as _digest
 from modelctl.digest import Digest
 from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, RegistryError
@@ -39,7 +49,14 @@ from modelctl.oci.descriptor import Descriptor
 from modelctl.transfer import state
 from modelctl.transfer.state import Part
 
+if TYPE_CHECKING:
+    import filelock
+
 SAVE_INTERVAL = 0.5
+POLL = 0.1
+"""How often the supervising thread looks at the caller's ``stop`` (and a waiter at the blob's lock)."""
+GRACE = 0.5
+"""How long a stop waits for the part threads before saving the state without them."""
 PROGRESS_INTERVAL = 0.1
 HASH_WINDOW = 8 << 20
 BUFFER_SIZE = 1 << 20
@@ -59,6 +76,8 @@ class RangeReader(Protocol):
     def read_into(self, view: memoryview) -> int:
         """Some bytes into ``view`` as soon as there are any (like ``recv_into``); 0 at the end of the body."""
         ...
+
+    # Optional: ``abort()``, called from another thread to end a read blocked in ``read_into`` (see _abort_readers).
 
 
 class RangeSource(Protocol):
@@ -83,6 +102,10 @@ class _IgnoresRange(Exception):
     """The server answered a ranged request with the whole body: fall back to one stream from byte 0."""
 
 
+class Stopped(Exception):
+    """The caller's ``stop`` was set: the parts are stopped and the partial's state saved for a resume."""
+
+
 class _Cancelled(Exception):
     pass
 
@@ -101,17 +124,22 @@ def download(
     min_part_size: int,
     retries: int,
     progress: Callable[[Progress], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Path:
     """Fetch ``desc`` unless the store has it; resume a partial; verify; commit. Returns the blob's path.
 
     A stalled part is the source's business: its HTTP client's read timeout (``MODELCTL_STALL_TIMEOUT``) raises,
-    and the part is retried here."""
+    and the part is retried here. ``sleep`` waits between retries (default: a wait that a stop cuts short).
+    Setting ``stop`` (from another thread) ends the download within about ``POLL + GRACE`` with :class:`Stopped`,
+    the partial saved; a full disk raises ``NoSpace``."""
     import filelock
 
     ingest_dir.mkdir(parents=True, exist_ok=True)
     hex_digest = desc.digest.hex
-    with filelock.FileLock(str(ingest_dir / f"{hex_digest}.lock")):
+    lock = filelock.FileLock(str(ingest_dir / f"{hex_digest}.lock"))
+    _acquire(lock, stop)
+    try:
         # Another process may have fetched it while we waited for the lock: one download per blob.
         if sink.has_blob(desc.digest, desc.size):
             return sink.blob_path(desc.digest)
@@ -120,7 +148,7 @@ def download(
 
         def attempt(streams: int, part_size: int) -> _Job:
             def run_job() -> _Job:
-                job = _Job(desc, source, directory, streams, part_size, retries, progress, sleep)
+                job = _Job(desc, source, directory, streams, part_size, retries, progress, sleep, stop)
                 job.run()
                 return job
 
@@ -129,14 +157,33 @@ def download(
             except _LostInCrash:
                 return run_job()  # the damaged partial was reset: this run starts from byte 0
 
-        try:
-            job = attempt(parts, min_part_size)
-        except _IgnoresRange:
-            shutil.rmtree(directory, ignore_errors=True)
-            job = attempt(1, desc.size or 1)
+        def room() -> int:  # what this blob still needs: all of it unless its partial is allocated
+            return 0 if state.load(directory, desc.digest, desc.size) else desc.size
+
+        with atomic.space_for(ingest_dir, room, f"the download of {desc.digest[:19]}"):
+            try:
+                job = attempt(parts, min_part_size)
+            except _IgnoresRange:
+                shutil.rmtree(directory, ignore_errors=True)
+                job = attempt(1, desc.size or 1)
         committed = sink.commit_blob(job.data_path, desc.digest, flush=False)
         job.reset()  # the data moved into the store; drop the now stale state.json with its directory
         return committed
+    finally:
+        lock.release()
+
+
+def _acquire(lock: filelock.BaseFileLock, stop: threading.Event | None) -> None:
+    """Take the blob's cross-process lock (another pull of it may hold it for minutes), giving up on ``stop``."""
+    import filelock
+
+    while True:
+        try:
+            lock.acquire(timeout=POLL if stop is not None else -1)
+            return
+        except filelock.Timeout:
+            if stop is not None and stop.is_set():
+                raise Stopped() from None
 
 
 class _Job:
@@ -149,7 +196,8 @@ class _Job:
         min_part_size: int,
         retries: int,
         progress: Callable[[Progress], None] | None,
-        sleep: Callable[[float], None],
+        sleep: Callable[[float], None] | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.desc = desc
         self.source = source
@@ -159,9 +207,13 @@ class _Job:
         self.min_part_size = min_part_size
         self.retries = retries
         self.progress = progress
-        self.sleep = sleep
         self.cond = threading.Condition()
         self.cancel = threading.Event()
+        """Set when the parts must stop: a failure, the caller's ``stop``, or the end of the run."""
+        self.sleep: Callable[[float], object] = sleep or self.cancel.wait
+        self.stop = stop
+        self.readers: set[RangeReader] = set()
+        """Open responses of the part threads (guarded by ``cond``): a stop aborts them."""
         self.hasher = self.desc.digest.hasher()
         self.hashed = 0
         self.claimed = 0
@@ -192,43 +244,45 @@ class _Job:
         if saved is None:
             self.parts = state.split(size, self.n_parts, self.min_part_size)
             self.fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            if size:
-                try:
-                    os.posix_fallocate(self.fd, 0, size)
-                except (AttributeError, OSError):
-                    os.ftruncate(self.fd, size)
-            state.save(self.dir, self.desc.digest, size, self.parts)
+            try:
+                if size:
+                    _allocate(self.fd, size)
+                state.save(self.dir, self.desc.digest, size, self.parts)
+            except BaseException:  # a full disk (or Ctrl-C) before a byte arrived: keep no half-allocated file
+                os.close(self.fd)
+                self.fd = -1
+                self.reset()
+                raise
         else:
             self.parts = saved
             self.fd = os.open(self.data_path, os.O_RDWR)
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped()
         self._open()
         size = self.desc.size
         hasher = threading.Thread(target=self._hash_guarded, name="modelctl-hash", daemon=True)
         hasher.start()
+        futures: list[Future[None]] = []
         try:
             pending = [p for p in self.parts if not p.complete]
             if pending:
                 streams = max(1, min(self.n_parts, len(pending)))
-                with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="modelctl-part") as pool:
+                pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="modelctl-part")
+                stopped = False
+                try:
                     futures = [pool.submit(self._fetch_part, p) for p in pending]
-                    try:
-                        while True:
-                            done, not_done = wait(futures, timeout=SAVE_INTERVAL, return_when=FIRST_EXCEPTION)
-                            self._save()
-                            failed = [f for f in done if f.exception() is not None]
-                            if failed:
-                                self.cancel.set()
-                                wait(not_done)
-                                self._save()
-                                raise self.hash_error or _first_error([f.exception() for f in failed])
-                            if not not_done:
-                                break
-                    except BaseException:
-                        self.cancel.set()  # before the pool's shutdown waits for the workers (Ctrl-C included)
-                        raise
+                    self._supervise(futures)
+                except Stopped:
+                    stopped = True
+                    raise
+                except BaseException:
+                    self.cancel.set()  # before the pool's shutdown waits for the workers
+                    raise
+                finally:
+                    pool.shutdown(wait=not stopped, cancel_futures=True)  # a stop waited GRACE already
             with self.cond:
                 self.cond.notify_all()
             hasher.join()
@@ -249,10 +303,59 @@ class _Job:
             self.cancel.set()
             with self.cond:
                 self.cond.notify_all()
-            hasher.join(timeout=5)
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
+            hasher.join(timeout=GRACE)
+            self._close([*futures], hasher)
+
+    def _supervise(self, futures: list[Future[None]]) -> None:
+        """Wait for the parts, saving their state every SAVE_INTERVAL; the first failure cancels the others, and
+        so does the caller's ``stop`` (see the module docstring)."""
+        saved = time.monotonic()
+        while True:
+            done, not_done = wait(futures, timeout=POLL, return_when=FIRST_EXCEPTION)
+            if self.stop is not None and self.stop.is_set():
+                self.cancel.set()
+                self._abort_readers()
+                wait(not_done, timeout=GRACE)
+                self._save()
+                raise Stopped()
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                self.cancel.set()
+                wait(not_done)
+                self._save()
+                raise self.hash_error or _first_error([f.exception() for f in failed])
+            now = time.monotonic()
+            if not not_done or now - saved >= SAVE_INTERVAL:
+                self._save()
+                saved = now
+            if not not_done:
+                return
+
+    def _abort_readers(self) -> None:
+        """End the reads the parts may be blocked in (a stalled link): each then fails and its part sees ``cancel``."""
+        with self.cond:
+            readers = list(self.readers)
+        for reader in readers:
+            abort = getattr(reader, "abort", None)
+            if callable(abort):
+                abort()
+
+    def _close(self, futures: list[Future[None]], hasher: threading.Thread) -> None:
+        """Close the partial's descriptor once no thread can use it: now, or (threads left behind by a stop) when
+        the last of them ends. Closing it under a live thread could let its ``pwrite`` hit a reused descriptor."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        if all(f.done() for f in futures) and not hasher.is_alive():
+            os.close(fd)
+            return
+
+        def close_later() -> None:
+            wait(futures)
+            hasher.join()
+            os.close(fd)
+
+        threading.Thread(target=close_later, name="modelctl-close", daemon=True).start()
 
     def _save(self) -> None:
         """Record what is written so far (with the boot id: see the module docstring on durability).
@@ -288,7 +391,7 @@ class _Job:
 
     def _stream(self, part: Part) -> None:
         start = part.position
-        with self.source.open_range(start, part.end - 1) as reader:
+        with self.source.open_range(start, part.end - 1) as reader, self._open_reader(reader):
             if reader.total is not None and reader.total < self.desc.size:  # no retry can make up the difference
                 raise IntegrityError(
                     f"the registry has {reader.total} bytes of blob {self.desc.digest[:19]} where the manifest "
@@ -323,6 +426,19 @@ class _Job:
                 f"({part.done} of {part.length} bytes of a part)",
                 temporary=True,
             )
+
+    @contextmanager
+    def _open_reader(self, reader: RangeReader) -> Iterator[None]:
+        """Track ``reader`` while a part reads it, so that a stop can abort it."""
+        with self.cond:
+            self.readers.add(reader)
+        try:
+            if self.cancel.is_set():
+                raise _Cancelled()
+            yield
+        finally:
+            with self.cond:
+                self.readers.discard(reader)
 
     def _take_buffer(self) -> bytearray:
         """A free buffer; waits while the hash thread holds them all (it always has work then)."""
@@ -380,6 +496,8 @@ class _Job:
             buffer: bytearray | None = None
             with self.cond:
                 while True:
+                    if self.cancel.is_set():
+                        return  # a failure or a stop: the hash is of no use any more
                     if self.hash_queue:
                         buffer, length = self.hash_queue.popleft()
                         break
@@ -388,7 +506,7 @@ class _Job:
                         start, length = self.claimed, min(frontier - self.claimed, HASH_WINDOW)
                         self.claimed += length
                         break
-                    if self.hashed >= size or self.cancel.is_set():
+                    if self.hashed >= size:
                         return
                     self.cond.wait(timeout=1.0)
             if buffer is not None:
@@ -413,6 +531,19 @@ class _Job:
             done = sum(p.done for p in self.parts)
             fetched = self.fetched
         self.progress(Progress(self.desc.digest, self.desc.size, done, fetched))
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes for the partial, so that a full disk shows now rather than half-way; where the
+    filesystem cannot preallocate, a sparse file (a full disk then shows as a failed write)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if atomic.disk_full(exc):
+            raise
+        os.ftruncate(fd, size)
+    except AttributeError:
+        os.ftruncate(fd, size)
 
 
 def _fill(reader: RangeReader, view: memoryview) -> tuple[int, bool, RegistryError | None]:

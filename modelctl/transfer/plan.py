@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from modelctl import atomic
 from modelctl.digest import Digest
 from modelctl.errors import NoSpace
 from modelctl.oci.descriptor import Descriptor
@@ -46,14 +46,30 @@ def plan(blobs: Sequence[Descriptor], sink: HasBlob, *, ingest_dir: Path) -> Pla
     return Plan(missing=missing, bytes_total=total, bytes_to_fetch=total - already, bytes_to_allocate=allocate)
 
 
+def kept(work: Plan, sink: HasBlob, *, ingest_dir: Path) -> int:
+    """Bytes of ``work``'s blobs held now: committed blobs whole, partials as far as their saved state says (what
+    an interrupted pull keeps and the next one does not fetch again)."""
+    held = 0
+    for d in work.missing:
+        if sink.has_blob(d.digest, d.size):
+            held += d.size
+        else:
+            held += state.saved_bytes(ingest_dir / d.digest.hex, d.digest, d.size)
+    return held
+
+
+def room_needed(blobs: Sequence[Descriptor], sink: HasBlob, *, ingest_dir: Path) -> int:
+    """Free space a pull of ``blobs`` still needs: what :func:`check_space` asks for (0 when nothing is left to
+    allocate; small files are the caller's floor)."""
+    allocate = plan(blobs, sink, ingest_dir=ingest_dir).bytes_to_allocate
+    return allocate + MARGIN if allocate else 0
+
+
 def check_space(work: Plan, path: Path, *, free: Callable[[Path], int] | None = None) -> None:
     """Raise NoSpace (exit 8) when the blobs cannot fit, naming how much is needed and how much is free."""
     if not work.bytes_to_allocate:
         return
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    available = free(probe) if free else shutil.disk_usage(probe).free
+    available = free(path) if free else atomic.free_bytes(path)
     need = work.bytes_to_allocate + MARGIN
     if need > available:
         raise NoSpace(

@@ -90,8 +90,12 @@ def save(directory: Path, digest: Digest, size: int, parts: list[Part]) -> None:
         "parts": [[p.start, p.end, p.done] for p in parts],
     }
     tmp = directory / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, directory / STATE_FILE)
+    try:
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, directory / STATE_FILE)
+    except BaseException:  # a full disk, or Ctrl-C: the previous state.json stays, no torn temp file beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def saved_bytes(directory: Path, digest: Digest, size: int) -> int:

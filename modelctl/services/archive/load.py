@@ -5,23 +5,26 @@
 that hash runs, and compared with the name. Only when every blob arrived intact, and every document the store's
 graph walk reaches from the tagged entries has its children present with the sizes their descriptors say, does
 anything enter ``blobs/`` (atomic renames), and only then are the references tagged. A hostile or damaged archive
-leaves the store as it was.
+leaves the store as it was, and so does Ctrl-C, SIGTERM (``Interrupted``) or a full disk (``NoSpace``) half-way:
+the staged files are removed.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tarfile
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Self
 
+from modelctl import atomic
 from modelctl import digest as _digest
 from modelctl.config import Config
 from modelctl.digest import Digest
-from modelctl.errors import DigestMismatch, IntegrityError, NotFound
+from modelctl.errors import INTERRUPTS, DigestMismatch, IntegrityError, Interrupted, NotFound
 from modelctl.oci import descriptor, safejson
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
@@ -59,35 +62,50 @@ def load(
     chosen = names.target(as_name) if as_name is not None else None
     store = local.layout(config)
     store.ensure()
-    with _Staging(store) as staging:
-        index_raw, skipped = _read_archive(source, name, store, staging, progress)
-        listed = _parse_index(index_raw, name)
-        documents = _documents(store, staging, name)
-        attached = {n.desc.digest for n in documents if n.subject is not None}
-        entries = names.assign(listed, name, chosen, attached)
-        keep, referrers = _plan(store, staging, entries, name, documents)
-        with store.locked():
-            new_blobs = 0
-            for digest in keep:
-                staged = staging.blobs.get(digest)
-                if staged is not None and not store.has_blob(digest):
-                    store.commit_blob(staged, digest)
-                    new_blobs += 1
-            models: list[ArchivedModel] = []
-            for ref_name, desc in entries:
-                if ref_name is None:
-                    continue
-                store.tag(ref_name, desc)
-                models.append(ArchivedModel(reference=ref_name, digest=desc.digest))
-        unused = sorted(set(staging.sizes) - keep)
-        return ArchiveResult(
-            models=tuple(models),
-            referrers=referrers,
-            blobs=len(keep),
-            bytes=sum(staging.sizes[d] for d in keep if d in staging.sizes),
-            new_blobs=new_blobs,
-            skipped=(*skipped, *(f"blobs/{d.algorithm}/{d.hex}" for d in unused)),
-        )
+    staging = _Staging(store)
+    try:
+        with staging:
+            index_raw, skipped = _read_archive(source, name, store, staging, progress)
+            listed = _parse_index(index_raw, name)
+            documents = _documents(store, staging, name)
+            attached = {n.desc.digest for n in documents if n.subject is not None}
+            entries = names.assign(listed, name, chosen, attached)
+            keep, referrers = _plan(store, staging, entries, name, documents)
+            with store.locked():
+                new_blobs = 0
+                for digest in keep:
+                    staged = staging.blobs.get(digest)
+                    if staged is not None and not store.has_blob(digest):
+                        store.commit_blob(staged, digest)
+                        new_blobs += 1
+                models: list[ArchivedModel] = []
+                for ref_name, desc in entries:
+                    if ref_name is None:
+                        continue
+                    store.tag(ref_name, desc)
+                    models.append(ArchivedModel(reference=ref_name, digest=desc.digest))
+            unused = sorted(set(staging.sizes) - keep)
+            return ArchiveResult(
+                models=tuple(models),
+                referrers=referrers,
+                blobs=len(keep),
+                bytes=sum(staging.sizes[d] for d in keep if d in staging.sizes),
+                new_blobs=new_blobs,
+                skipped=(*skipped, *(f"blobs/{d.algorithm}/{d.hex}" for d in unused)),
+            )
+    except INTERRUPTS as exc:
+        raise Interrupted.by(exc, _interrupted(source, name, staging)) from None
+    except OSError as exc:
+        if not atomic.disk_full(exc):
+            raise
+        read, total = _position(source, staging)
+        raise atomic.no_space(
+            staging.dir,
+            total if total is not None else read,
+            f"loading {name}",
+            at_least=total is None,
+            hint=f"{atomic.SPACE_HINT}; nothing was loaded",
+        ) from exc
 
 
 def load_from_path(
@@ -97,6 +115,29 @@ def load_from_path(
         raise NotFound(f"archive {path} does not exist", hint="give the file modelctl save wrote")
     with Path(path).open("rb") as f:
         return load(config, f, name=str(path), progress=progress, as_name=as_name)
+
+
+def _position(source: BinaryIO, staging: _Staging) -> tuple[int, int | None]:
+    """(bytes of the archive read, its size when ``source`` is a file): the numbers of an interrupted load."""
+    try:
+        read = source.tell()
+    except (OSError, ValueError, AttributeError):
+        read = sum(staging.sizes.values())  # a pipe: the blobs read so far
+    try:
+        st = os.fstat(source.fileno())
+        total = st.st_size if stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError, AttributeError):
+        total = None
+    return read, total
+
+
+def _interrupted(source: BinaryIO, name: str, staging: _Staging) -> str:
+    read, total = _position(source, staging)
+    of = f" of {total}" if total is not None else ""
+    return (
+        f"interrupted: {read}{of} bytes of {name} read, no model was tagged (the partial files were removed); "
+        "run the same command to load it"
+    )
 
 
 class _Staging:
