@@ -37,9 +37,13 @@ def publish_and_pull(registry: RegistryServer, layout: OCILayout, gguf: Path) ->
     pulled = modelctl("pull", pushed.reference)
     assert pulled.returncode == 0, pulled.stderr
     layer = sha256_file(gguf)
-    blob = Path(os.environ["MODELCTL_HOME"]) / "store" / "blobs" / "sha256" / layer.removeprefix("sha256:")
+    blob = stored(layer)
     assert blob.is_file()
     return pushed.reference, layer, blob
+
+
+def stored(digest: str) -> Path:
+    return Path(os.environ["MODELCTL_HOME"]) / "store" / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
 
 def flip16(path: Path) -> None:
@@ -87,6 +91,23 @@ def test_verify_finds_flipped_bytes_and_repair_fetches_them_again(
     assert again.returncode == 0, again.stderr
     assert f"the local copy of blob {layer} is damaged" in again.stderr
     assert sha256_file(blob) == layer
+
+
+def test_repair_restores_a_damaged_manifest_from_the_registry(
+    docker_registry: RegistryServer, layout: OCILayout, tiny_gguf: Path
+) -> None:
+    ref, _, _ = publish_and_pull(docker_registry, layout, tiny_gguf)
+    manifest = json.loads(modelctl("list", "--json").stdout)[0]["digest"]
+    flip16(stored(manifest))
+
+    found = modelctl("verify", "--json", ref)
+    assert found.returncode == 5
+    assert [(d["digest"], d["models"]) for d in json.loads(found.stdout)["damaged"]] == [(manifest, [ref])]
+    repaired = modelctl("verify", "--repair", ref)
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"restored {ref}" in repaired.stdout
+    assert sha256_file(stored(manifest)) == manifest
+    assert modelctl("verify").returncode == 0
 
 
 def test_repair_with_the_registry_stopped_removes_the_blob_and_says_so(
