@@ -3,6 +3,7 @@ would use or llama.cpp's own knobs?"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import typer
@@ -86,6 +87,8 @@ def fit(
         raise UsageError(str(exc), hint="see modelctl fit --help") from None
     report = fit_reference(config, ref, run_settings, remote=remote, devices=machine)
     doc = report.to_json()
+    if doc.get("notice"):
+        print(f"modelctl: note: {doc['notice']}", file=sys.stderr)
     if json_out:
         render.print_json(doc)
         return

@@ -1,4 +1,5 @@
-"""The memory this machine has for a model: GPUs (NVIDIA, AMD, Apple) and CPU RAM.
+"""The memory this machine has for a model: GPUs (NVIDIA, AMD, Apple) and CPU RAM, as the system lists them and as
+the bundled runtime will use them (:func:`for_runtime`).
 
 Every probe reads what the system already publishes and never creates a GPU context: NVML through nvidia-ml-py
 when it is installed, else ``nvidia-smi`` with a short timeout; AMD's sysfs ``mem_info_vram_*``; Apple's RAM from
@@ -15,13 +16,20 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 GIB = 1 << 30
-BACKEND_NAMES = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "Metal"}
-"""Backend -> the prefix llama.cpp gives its devices (``CUDA0``, ``ROCm1``, ``Vulkan0``; Metal has one, ``Metal``)."""
+BACKEND_NAMES = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "MTL"}
+"""Backend -> the prefix llama.cpp gives its devices: ``CUDA0``, ``ROCm1``, ``Vulkan0``, ``MTL0`` (ggml's names in
+the bundled version; older builds called Apple's GPU ``Metal``)."""
+BACKEND_ORDER = ("cuda", "rocm", "metal", "vulkan")
+"""The order ggml registers its backends (CUDA or its ROCm build first, Vulkan later), which is the order of the
+devices a model is split over."""
+SYSTEM_KINDS = {"cuda": {"cuda"}, "rocm": {"rocm"}, "metal": {"metal"}, "vulkan": {"cuda", "rocm", "vulkan"}}
+"""Which GPUs the system probes found each backend can drive (NVML finds NVIDIA's, sysfs AMD's, sysctl Apple's)."""
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)(B?)", re.IGNORECASE)
 
 
@@ -29,10 +37,18 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)(B?)", re.IGNORECASE)
 class Device:
     name: str
     kind: str
-    """``cuda``, ``rocm``, ``metal`` or ``cpu``."""
+    """``cuda``, ``rocm``, ``vulkan``, ``metal`` or ``cpu``."""
     total: int
     free: int
     index: int | None = None
+    uuid: str | None = None
+    """The driver's id (``GPU-...``, ``MIG-...``), which ``CUDA_VISIBLE_DEVICES`` and friends may name."""
+    mig: bool = False
+    """A MIG slice of an NVIDIA GPU (its own memory; CUDA uses one slice per process)."""
+    integrated: bool = False
+    """An integrated GPU (llama.cpp uses one only when there is no discrete GPU)."""
+    description: str | None = None
+    """What the system calls it (``NVIDIA H100 80GB HBM3``), when ``name`` is the runtime's (``CUDA0``)."""
 
     @property
     def is_gpu(self) -> bool:
@@ -61,11 +77,118 @@ def planned(gpus: Sequence[int], backend: str, ram: Device) -> list[Device]:
     if backend == "metal" and len(gpus) > 1:
         raise ValueError("Metal has one GPU: give --gpu once (the GPU's share of the unified memory)")
     prefix = BACKEND_NAMES[backend]
-    out = [
-        Device(name=prefix if backend == "metal" else f"{prefix}{i}", kind=backend, total=size, free=size, index=i)
-        for i, size in enumerate(gpus)
-    ]
+    out = [Device(name=f"{prefix}{i}", kind=backend, total=size, free=size, index=i) for i, size in enumerate(gpus)]
     return [*out, ram]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RuntimeView:
+    """The devices a load will use, in the runtime's order and with its names, and the GPUs it will not use."""
+
+    devices: tuple[Device, ...]
+    """GPUs first (``CUDA0``, ...), then the host's RAM."""
+    unused: tuple[tuple[Device, str], ...] = ()
+    """(a GPU the system has, why the runtime will not use it)."""
+
+
+def for_runtime(found: Sequence[Device], backends: Sequence[str], env: Mapping[str, str]) -> RuntimeView:
+    """What llama.cpp will use of the devices the system lists (``found``, from :func:`detect`): only GPUs of the
+    backends compiled into it (``backends``: ``cuda``, ``rocm``, ``metal``, ``vulkan``), each physical GPU once
+    (the first backend to list it keeps it, as llama.cpp skips a device id it already has), hidden or reordered by
+    ``CUDA_VISIBLE_DEVICES`` (CUDA, and ROCm without its own variables), ``ROCR_VISIBLE_DEVICES`` then
+    ``HIP_VISIBLE_DEVICES`` (ROCm), ``GGML_VK_VISIBLE_DEVICES`` (Vulkan), one MIG slice per process (CUDA picks the
+    first visible one), integrated GPUs only when there is no discrete one. Names are the runtime's: ``CUDA0``.
+    Indices follow the system's listing (nvidia-smi's PCI order, which is CUDA's with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``
+    or identical cards)."""
+    gpus = [d for d in found if d.is_gpu]
+    host = [d for d in found if not d.is_gpu]
+    used: list[Device] = []
+    taken: set[int] = set()
+    for backend in BACKEND_ORDER:
+        if backend not in backends:
+            continue
+        candidates = [g for g in gpus if g.kind in SYSTEM_KINDS[backend]]
+        for i, gpu in enumerate(_visible(backend, candidates, env)):
+            if id(gpu) in taken:
+                continue  # the same GPU through an earlier backend: llama.cpp skips the duplicate
+            taken.add(id(gpu))
+            name = f"{BACKEND_NAMES[backend]}{i}"
+            used.append(_as(gpu, name=name, kind=backend))
+    discrete = [d for d in used if not d.integrated]
+    if discrete:
+        used = discrete
+    unused = tuple((g, _why(g, backends, env)) for g in gpus if id(g) not in taken or (g.integrated and discrete))
+    return RuntimeView(devices=(*used, *host), unused=unused)
+
+
+def _as(gpu: Device, *, name: str, kind: str) -> Device:
+    return Device(
+        name=name,
+        kind=kind,
+        total=gpu.total,
+        free=gpu.free,
+        index=gpu.index,
+        uuid=gpu.uuid,
+        mig=gpu.mig,
+        integrated=gpu.integrated,
+        description=gpu.description or gpu.name,
+    )
+
+
+def _visible(backend: str, gpus: list[Device], env: Mapping[str, str]) -> list[Device]:
+    """The GPUs a backend enumerates, in its order, after its visibility variables."""
+    if backend == "cuda":
+        shown = _select(gpus, env.get("CUDA_VISIBLE_DEVICES"))
+        migs = [g for g in shown if g.mig]
+        return [g for g in shown if not g.mig or g is migs[0]]
+    if backend == "rocm":
+        shown = _select(gpus, env.get("ROCR_VISIBLE_DEVICES"))
+        hip = env.get("HIP_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES"))
+        return _select(shown, hip)
+    if backend == "vulkan":
+        return _select(gpus, env.get("GGML_VK_VISIBLE_DEVICES"), uuids=False)
+    return gpus
+
+
+def _select(gpus: list[Device], spec: str | None, *, uuids: bool = True) -> list[Device]:
+    """CUDA's rule for a visibility list: indices or (prefixes of) UUIDs, in the list's order; the list ends at the
+    first entry that names nothing; an empty list hides everything; unset shows all."""
+    if spec is None:
+        return list(gpus)
+    out: list[Device] = []
+    for raw in spec.split(","):
+        item = raw.strip()
+        if item.isdigit():
+            found = gpus[int(item)] if int(item) < len(gpus) else None
+        elif uuids:
+            matches = [g for g in gpus if g.uuid and g.uuid.lower().startswith(item.lower())]
+            found = matches[0] if len(matches) == 1 else None
+        else:
+            found = None
+        if found is None:
+            break
+        if found not in out:
+            out.append(found)
+    return out
+
+
+def _why(gpu: Device, backends: Sequence[str], env: Mapping[str, str]) -> str:
+    if not backends:
+        return "the runtime is a CPU-only build"
+    if gpu.integrated:
+        return "llama.cpp uses an integrated GPU only when there is no discrete one"
+    fit = [b for b in backends if gpu.kind in SYSTEM_KINDS[b]]
+    if not fit:
+        built = ", ".join(BACKEND_NAMES[b] if b != "metal" else "Metal" for b in backends)
+        return f"the runtime is built for {built}, which cannot drive it"
+    if gpu.mig:
+        return "CUDA uses one MIG slice per process (name another with CUDA_VISIBLE_DEVICES)"
+    variables = [v for v in VISIBILITY if v in env]
+    return f"hidden by {' and '.join(variables)}" if variables else "not listed by the runtime"
+
+
+VISIBILITY = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GGML_VK_VISIBLE_DEVICES")
+"""The environment variables that hide GPUs from a backend (read by :func:`for_runtime`)."""
 
 
 def ram(size: int) -> Device:
@@ -232,11 +355,21 @@ def nvml() -> list[Device] | None:
         devices = []
         for i in range(int(pynvml.nvmlDeviceGetCount())):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+            slices = _mig_slices(pynvml, handle, i, name)
+            if slices is not None:  # MIG on: CUDA sees the slices, not the GPU
+                devices += slices
+                continue
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            name = name.decode() if isinstance(name, bytes) else str(name)
             devices.append(
-                Device(name=f"GPU {i}: {name}", kind="cuda", total=int(mem.total), free=int(mem.free), index=i)
+                Device(
+                    name=f"GPU {i}: {name}",
+                    kind="cuda",
+                    total=int(mem.total),
+                    free=int(mem.free),
+                    index=i,
+                    uuid=_uuid(pynvml, handle),
+                )
             )
         return devices
     except Exception:
@@ -244,6 +377,48 @@ def nvml() -> list[Device] | None:
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _uuid(pynvml: Any, handle: Any) -> str | None:
+    try:
+        return _text(pynvml.nvmlDeviceGetUUID(handle))
+    except Exception:  # an old driver or a fake without it
+        return None
+
+
+def _mig_slices(pynvml: Any, handle: Any, index: int, name: str) -> list[Device] | None:
+    """The MIG slices of a GPU in MIG mode, each with its own memory (NVML's MIG device handles); None when MIG is
+    off or NVML cannot say."""
+    try:
+        current, _ = pynvml.nvmlDeviceGetMigMode(handle)
+        if not current:
+            return None
+        count = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))
+    except Exception:  # not supported (consumer GPUs, old drivers): no MIG
+        return None
+    slices = []
+    for j in range(count):
+        try:
+            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(mig)
+        except Exception:  # an index without a slice
+            continue
+        slices.append(
+            Device(
+                name=f"GPU {index} MIG {j}: {name}",
+                kind="cuda",
+                total=int(mem.total),
+                free=int(mem.free),
+                index=index,
+                uuid=_uuid(pynvml, mig),
+                mig=True,
+            )
+        )
+    return slices
 
 
 def nvidia(executable: str = "nvidia-smi", *, timeout: float = 2.0) -> list[Device]:
@@ -265,8 +440,9 @@ def nvidia(executable: str = "nvidia-smi", *, timeout: float = 2.0) -> list[Devi
     devices = []
     for line in out.splitlines():
         cells = [c.strip() for c in line.split(",")]
+        uuid: str | None = None
         if len(cells) == 6:  # index, uuid, name, total, used, free
-            index, name, total, free = cells[0], cells[2], cells[3], cells[5]
+            index, uuid, name, total, free = cells[0], cells[1], cells[2], cells[3], cells[5]
         elif len(cells) == 4:  # index, name, total, free (older wrappers and scripts)
             index, name, total, free = cells
         else:
@@ -280,6 +456,7 @@ def nvidia(executable: str = "nvidia-smi", *, timeout: float = 2.0) -> list[Devi
                 total=int(total) << 20,
                 free=int(free) << 20,
                 index=int(index),
+                uuid=uuid or None,
             )
         )
     return devices

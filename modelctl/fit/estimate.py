@@ -49,7 +49,7 @@ CUDA_ROW_PADDING = 512
 F16, F32 = 1, 0
 
 BACKENDS = ("cuda", "rocm", "vulkan", "metal")
-"""GPU backends llama.cpp offers (its names: ``CUDA0``, ``ROCm0``, ``Vulkan0``, ``Metal``)."""
+"""GPU backends llama.cpp offers (its device names: ``CUDA0``, ``ROCm0``, ``Vulkan0``, ``MTL0``)."""
 ROW_PADDED = frozenset({"cuda", "rocm"})
 """Backends that pad a quantised matrix's rows to ``CUDA_ROW_PADDING`` elements (ggml-cuda's ``get_alloc_size``)."""
 MAPPED = frozenset({"metal"})

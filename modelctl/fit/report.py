@@ -43,6 +43,8 @@ class FitReport:
     architecture: str | None = None
     quantization: str | None = None
     parameters: int = 0
+    notice: str | None = None
+    """A GPU this machine has that the runtime will not use, and why (``--json``: ``notice``)."""
     header: gguf.GGUFHeader | None = field(default=None, repr=False, compare=False)
     """The merged header the estimate came from (to resolve ``--flash-attn auto`` for a device)."""
 
@@ -113,6 +115,7 @@ class FitReport:
             "max_ctx_size": self.max_ctx_size,
             "suggestion": self.suggestion,
             "bytes_fetched": self.bytes_fetched,
+            "notice": self.notice,
         }
 
 

@@ -4,10 +4,15 @@ llama-cpp-python does not bind ggml's backend registry, so the backends are read
 it ships in ``llama_cpp/lib`` (``ggml_backend_reg_count`` / ``_get`` / ``_name`` and each backend's devices). The
 registry holds what this build registers at start-up: CPU always, plus CUDA, HIP (ROCm), Metal, Vulkan, ... when
 they were compiled in. ``llama_cpp`` is imported inside the functions, never at import time.
+
+:func:`gpu_backends` answers the fit check's question, which GPU backends a load can use, without importing
+``llama_cpp`` or loading a library (which would start CUDA in the CLI's process): the build ships one library per
+backend (``libggml-cuda``, ``libggml-hip``, ``libggml-vulkan``, ``libggml-metal``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -57,6 +62,35 @@ def package_version() -> str | None:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return None
+
+
+BACKEND_LIBRARIES = {"cuda": "ggml-cuda", "rocm": "ggml-hip", "vulkan": "ggml-vulkan", "metal": "ggml-metal"}
+"""GPU backend -> the library stem llama.cpp's build gives it (``libggml-cuda.so``, ``ggml-cuda.dll``, ...)."""
+
+
+def library_dir() -> Path | None:
+    """Where the installed llama-cpp-python keeps its libraries (``llama_cpp/lib``), found without importing it."""
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "lib"
+
+
+def gpu_backends(lib_dir: Path | None = None) -> tuple[str, ...]:
+    """The GPU backends compiled into the installed runtime (``cuda``, ``rocm``, ``vulkan``, ``metal``), from the
+    names of its libraries; () for a CPU-only build or no runtime."""
+    where = lib_dir if lib_dir is not None else library_dir()
+    if where is None or not where.is_dir():
+        return ()
+    names = {p.name.lower() for p in where.iterdir()}
+    found = []
+    for backend, stem in BACKEND_LIBRARIES.items():
+        if any(n.startswith((f"lib{stem}.", f"{stem}.")) for n in names):
+            found.append(backend)
+    return tuple(found)
 
 
 def probe() -> RuntimeInfo:

@@ -13,6 +13,7 @@ from modelctl.fit.devices import Device
 from modelctl.fit.report import FitReport, as_run_would, fit_headers, fit_local
 from modelctl.fit.settings import RunSettings
 from modelctl.fit.synthetic import card_variants
+from modelctl.services.system import runtime_machine
 from modelctl.sources import headers
 from modelctl.sources import local as local_files
 from modelctl.store import models as local
@@ -28,7 +29,12 @@ def fit_reference(
     remote: bool = False,
     devices: Sequence[Device] | None = None,
 ) -> FitReport:
-    """The fit of ``text`` (a reference or a GGUF file's path) on ``devices`` (None: this machine's)."""
+    """The fit of ``text`` (a reference or a GGUF file's path) on ``devices`` (None: this machine's, as the bundled
+    runtime will use them, with a notice about any GPU it will not use)."""
+    if devices is None:
+        machine = runtime_machine()
+        report = fit_reference(config, text, settings, remote=remote, devices=machine.devices)
+        return replace(report, notice=machine.notice)
     file = local_files.find(text)
     if file is not None:
         if remote:

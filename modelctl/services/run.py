@@ -21,7 +21,7 @@ from modelctl.runtime.conversation import Sampling
 from modelctl.runtime.engine import LoadSpec
 from modelctl.runtime.process import spawn
 from modelctl.runtime.process import start as start_worker
-from modelctl.services.system import gpu_notice
+from modelctl.services.system import Machine, runtime_machine
 from modelctl.store import models as local
 from modelctl.store import verify as store_verify
 
@@ -136,16 +136,16 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
     notes: list[str] = []
     gpu_ok = bool(worker.hello()["gpu_offload"])
     settings = _settings(config, model, options, gpu_ok)
-    report = _fit(paths, settings, name, options.devices)
-    if not gpu_ok:
-        unused = gpu_notice(report.devices, gpu_ok)
-        if unused:
-            notes.append(unused)
+    # the GPUs this runtime will use (its backends, CUDA_VISIBLE_DEVICES and friends, MIG), unless given
+    machine = runtime_machine() if options.devices is None else Machine(devices=options.devices)
+    report = _fit(paths, settings, name, machine.devices)
+    if machine.notice:
+        notes.append(machine.notice)
     if report.verdict == "does_not_fit" and options.ctx_size is None:
         wanted = _effective_ctx(settings, report)
         smaller = _shrunk(report, settings, wanted)
         if smaller is not None:
-            retry = _fit(paths, smaller, name, options.devices)
+            retry = _fit(paths, smaller, name, machine.devices)
             if retry.verdict != "does_not_fit":
                 notes.append(f"context reduced from {wanted} to {smaller.n_ctx} tokens to fit in memory")
                 settings, report = smaller, retry

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,36 @@ def system(config: Config, *, cpuinfo: Path = Path("/proc/cpuinfo")) -> SystemRe
         store=store_usage(config),
         notice=gpu_notice(found, runtime.gpu_offload, version=runtime.version),
     )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Machine:
+    """This machine as a load will use it: the runtime's devices and a line about any GPU it will not use."""
+
+    devices: tuple[Device, ...]
+    notice: str | None = None
+
+
+def runtime_machine(env: Mapping[str, str] | None = None) -> Machine:
+    """The devices the bundled runtime will use (:func:`modelctl.fit.devices.for_runtime`: its compiled backends,
+    the visibility variables, MIG), from what the system publishes; no GPU context is created."""
+    backends = info.gpu_backends()
+    view = fit_devices.for_runtime(fit_devices.detect(), backends, os.environ if env is None else env)
+    return Machine(devices=view.devices, notice=unused_notice(view, bool(backends)))
+
+
+def unused_notice(view: fit_devices.RuntimeView, offload_supported: bool) -> str | None:
+    """One line about the first GPU the runtime will not use: the reinstall command for a CPU-only build (or one
+    built for another GPU), else why (hidden by a variable, a MIG slice, an integrated GPU)."""
+    if not view.unused:
+        return None
+    gpu, why = view.unused[0]
+    if not offload_supported:
+        return gpu_notice([gpu], False)
+    others = f" (and {len(view.unused) - 1} more)" if len(view.unused) > 1 else ""
+    if "cannot drive it" in why:
+        return f"{gpu.name} is not used{others}: {why}; to build it for this GPU: {reinstall_command(gpu.kind, None)}"
+    return f"{gpu.name} is not used{others}: {why}"
 
 
 def store_usage(config: Config) -> DiskUsage:

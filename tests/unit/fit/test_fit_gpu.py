@@ -84,7 +84,7 @@ def test_sizes_and_planned_machines() -> None:
     assert [d.name for d in planned([24 * GIB, 24 * GIB], "cuda", ram)] == ["CUDA0", "CUDA1", "RAM"]
     assert [d.name for d in planned([16 * GIB], "rocm", ram)] == ["ROCm0", "RAM"]
     assert [d.name for d in planned([8 * GIB, 8 * GIB], "vulkan", ram)][:2] == ["Vulkan0", "Vulkan1"]
-    assert planned([48 * GIB], "metal", ram)[0].name == "Metal"
+    assert planned([48 * GIB], "metal", ram)[0].name == "MTL0"
     with pytest.raises(ValueError, match="one GPU"):
         planned([8 * GIB, 8 * GIB], "metal", ram)
     with pytest.raises(ValueError, match="backend"):

@@ -63,6 +63,7 @@ def test_json_has_exactly_the_documented_fields(tmp_path: Path) -> None:
         "max_ctx_size",
         "suggestion",
         "bytes_fetched",
+        "notice",
     }
     assert doc["reference"] == "docker.io/ai/m:latest"
     assert doc["settings"] == {
