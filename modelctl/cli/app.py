@@ -36,10 +36,11 @@ def _root(
 
 
 def _register() -> None:
-    from modelctl.cli import archive, auth, catalog, fit, models, publish, pull, run, system, verify
+    from modelctl.cli import archive, auth, catalog, fit, models, publish, pull, run, serve, system, verify
 
     pull.register(app)
     run.register(app)
+    serve.register(app)
     fit.register(app)
     models.register(app)
     publish.register(app)

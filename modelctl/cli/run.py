@@ -1,4 +1,4 @@
-"""``modelctl run`` (one-shot answers and the interactive chat) and ``modelctl serve`` (an OpenAI-compatible API).
+"""``modelctl run``: one-shot answers and the interactive chat (``serve`` shares its load flags: cli/serve.py).
 
 The chat is a prompt_toolkit line editor with history; answers stream as they are generated. Heavy imports
 (llama_cpp, prompt_toolkit) happen only once a command needs them.
@@ -53,7 +53,7 @@ def _gpu_layers(value: str) -> int | None:
     return number
 
 
-def _options(
+def options_for(
     ctx_size: int | None, gpu_layers: str, cache_type: str, threads: int | None, no_pull: bool, force: bool
 ) -> RunOptions:
     from modelctl.services.run import RunOptions
@@ -125,7 +125,7 @@ def run(
 
     from modelctl.services.run import start
 
-    prepared = _prepare(ref, _options(ctx_size, gpu_layers, cache_type, threads, no_pull, force), quiet=json_out)
+    prepared = _prepare(ref, options_for(ctx_size, gpu_layers, cache_type, threads, no_pull, force), quiet=json_out)
     default = prepared.sampling  # the artifact's defaults (an Ollama params layer), else llama.cpp's
     sampling = dataclasses.replace(
         default,
@@ -344,29 +344,5 @@ class _Chat:
             print("Usage: /show info | /show template")
 
 
-def serve(
-    ref: str = typer.Argument(..., metavar="REF", help="Model reference (ai/smollm2) or GGUF file (./x.gguf)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
-    ctx_size: int | None = CTX_SIZE,
-    gpu_layers: str = GPU_LAYERS,
-    cache_type: str = CACHE_TYPE,
-    threads: int | None = THREADS,
-    no_pull: bool = NO_PULL,
-    force: bool = FORCE,
-    embeddings: bool = typer.Option(False, "--embeddings", help="Also answer /v1/embeddings."),
-) -> None:
-    """Serve a model on an OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
-    from modelctl.services.serve import serve as serve_model
-
-    prepared = _prepare(ref, _options(ctx_size, gpu_layers, cache_type, threads, no_pull, force), quiet=False)
-
-    def ready(url: str) -> None:
-        print(f"modelctl: serving {prepared.short} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
-
-    serve_model(prepared, host=host, port=port, embeddings=embeddings, on_ready=ready)
-
-
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
-    app.command("serve")(serve)

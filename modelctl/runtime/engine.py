@@ -7,8 +7,10 @@ llama.cpp's load logs are hidden unless ``verbose`` (the CLI's ``--debug``).
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +145,49 @@ class Engine:
                 hint="shorten it, or run with a larger --ctx-size",
             )
         max_tokens = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-        return Reply(self._llm, messages, sampling, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
+        start = functools.partial(self._llm.create_chat_completion, messages=messages)
+        return Reply(self._llm, start, sampling, max_tokens=max_tokens, prompt_tokens=prompt_tokens, chat=True)
+
+    def generate(self, prompt: str, sampling: Sampling) -> Reply:
+        """Continue ``prompt`` as plain text, no chat template (``/v1/completions``, Ollama's ``raw``)."""
+        prompt_tokens = len(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+        room = self.n_ctx - prompt_tokens
+        if room < 1:
+            raise UsageError(
+                f"the prompt ({prompt_tokens} tokens) fills the whole context window ({self.n_ctx})",
+                hint="shorten it, or serve with a larger --ctx-size",
+            )
+        max_tokens = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+        start = functools.partial(self._llm.create_completion, prompt=prompt)
+        return Reply(self._llm, start, sampling, max_tokens=max_tokens, prompt_tokens=prompt_tokens, chat=False)
+
+    def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+        """One L2-normalised vector per input, and the tokens read.
+
+        The context is created for generation; embeddings are switched on for this call only
+        (``llama_set_embeddings``), so one loaded model answers both. A model without its own pooling (a generative
+        model) gives a vector per token: they are averaged, as an embedding model with mean pooling would.
+        """
+        import llama_cpp
+
+        llm = self._llm
+        limit = min(self.n_ctx, int(llm.n_batch))
+        counts = [len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)) for text in inputs]
+        longest = max(counts, default=0)
+        if longest > limit:
+            raise UsageError(
+                f"an input of {longest} tokens is longer than the {limit} one embedding can read",
+                hint="split it into shorter inputs",
+            )
+        llm.context_params.embeddings = True
+        llama_cpp.llama_set_embeddings(llm.ctx, True)
+        try:
+            vectors = [_pooled(llm.embed(text)) for text in inputs]
+        finally:
+            llama_cpp.llama_set_embeddings(llm.ctx, False)
+            llm.context_params.embeddings = False
+            llm.reset()  # embedding cleared the KV cache: the next prompt is read from its start
+        return vectors, sum(counts)
 
     def complete(self, messages: list[Message], sampling: Sampling, *, model: str) -> dict[str, Any]:
         """A whole answer as an OpenAI ``chat.completion`` object (``modelctl run --json``)."""
@@ -214,13 +258,22 @@ class Reply(Answer):
     """
 
     def __init__(
-        self, llm: Any, messages: list[Message], sampling: Sampling, *, max_tokens: int, prompt_tokens: int
+        self,
+        llm: Any,
+        start: Callable[..., Any],
+        sampling: Sampling,
+        *,
+        max_tokens: int,
+        prompt_tokens: int,
+        chat: bool,
     ) -> None:
         super().__init__(prompt_tokens=prompt_tokens)
         self._llm = llm
-        self._messages = messages
+        self._start = start
+        """llama-cpp-python's streaming call with its prompt bound: chat completion, or plain completion."""
         self._sampling = sampling
         self._max_tokens = max_tokens
+        self._chat = chat
 
     def __iter__(self) -> Iterator[str]:
         import llama_cpp
@@ -231,8 +284,7 @@ class Reply(Answer):
         started = time.perf_counter()
         first: float | None = None
         pieces: list[str] = []
-        stream = llm.create_chat_completion(
-            messages=self._messages,
+        stream = self._start(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k,
@@ -247,7 +299,7 @@ class Reply(Answer):
                 choice = chunk["choices"][0]
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
-                piece = choice.get("delta", {}).get("content")
+                piece = choice.get("delta", {}).get("content") if self._chat else choice.get("text")
                 if piece:
                     if first is None:
                         first = time.perf_counter()
@@ -271,6 +323,15 @@ class Reply(Answer):
                 generation_seconds=ended - (first or ended),
                 decoded_tokens=decoded,
             )
+
+
+def _pooled(output: list[Any]) -> list[float]:
+    """One unit vector from ``Llama.embed``'s answer for one text: a vector, or a vector per token (averaged)."""
+    rows: list[list[float]] = output if output and isinstance(output[0], list) else [output]
+    width = len(rows[0]) if rows else 0
+    mean = [sum(row[i] for row in rows) / len(rows) for i in range(width)]
+    norm = math.sqrt(sum(x * x for x in mean)) or 1.0
+    return [x / norm for x in mean]
 
 
 def _token_text(llm: Any, token: int) -> str:

@@ -18,18 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from modelctl import errors
 from modelctl.errors import ModelctlError, RuntimeCrashed
 from modelctl.runtime.conversation import Message, Sampling, Stats
 from modelctl.runtime.engine import Answer, LoadSpec, completion
-
-if TYPE_CHECKING:
-    from modelctl.runtime.server import ServeSpec
 
 SIGNALS = {
     "SIGSEGV": "segmentation fault",
@@ -40,7 +36,7 @@ SIGNALS = {
     "SIGKILL": "killed, as the kernel's out-of-memory killer does",
     "SIGTERM": "terminated",
 }
-PHASES = {"load": "loading", "prompt": "reading the prompt for", "generation": "generating with", "serving": "serving"}
+PHASES = {"load": "loading", "prompt": "reading the prompt for", "generation": "generating with"}
 _ERRORS: dict[str, type[ModelctlError]] = {
     cls.__name__: cls
     for cls in (errors.UsageError, errors.NotFound, errors.IntegrityError, errors.GGUFError, errors.DoesNotFit)
@@ -207,9 +203,37 @@ class WorkerEngine:
         started = self._worker.expect("started")
         return WorkerReply(self._worker, self, prompt_tokens=int(started[1]), sent=sent)
 
+    def generate(self, prompt: str, sampling: Sampling) -> WorkerReply:
+        """Start a plain-text continuation of ``prompt`` (no chat template); iterate the reply for its text."""
+        self._settle()
+        sent = time.perf_counter()
+        self._worker.phase = "prompt"
+        self._worker.send(("complete", prompt, sampling))
+        started = self._worker.expect("started")
+        return WorkerReply(self._worker, self, prompt_tokens=int(started[1]), sent=sent)
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """One unit vector per text, and the tokens read."""
+        self._settle()
+        self._worker.phase = "prompt"
+        self._worker.send(("embed", texts))
+        answer: dict[str, Any] = self._worker.expect("ok")[1]
+        self._worker.phase = "idle"
+        return answer["vectors"], int(answer["tokens"])
+
     def complete(self, messages: list[Message], sampling: Sampling, *, model: str) -> dict[str, Any]:
         """A whole answer as an OpenAI ``chat.completion`` object (``modelctl run --json``)."""
         return completion(self.chat(messages, sampling), model=model)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker process still runs (it may have been killed while idle)."""
+        return self._worker.proc.poll() is None
+
+    def cancel(self) -> None:
+        """Ask the worker to end the answer in progress, even before its first piece (safe from any thread)."""
+        with contextlib.suppress(OSError):
+            self._worker.conn.send(("cancel",))
 
     def close(self) -> None:
         """Unload the model and end the worker (killed if it does not end within a few seconds)."""
@@ -301,35 +325,3 @@ def spawn(*, verbose: bool) -> Worker:
 def start(spec: LoadSpec, *, name: str, worker: Worker | None = None) -> WorkerEngine:
     """Load ``spec`` in ``worker`` (a new one when None; seconds for large models); RuntimeCrashed if it dies."""
     return WorkerEngine(spec, name=name, worker=worker)
-
-
-def serve(
-    spec: ServeSpec, *, on_ready: Callable[[str], None] | None = None, worker: Worker | None = None
-) -> None:
-    """Serve ``spec`` from a worker process until interrupted (Ctrl-C / SIGTERM), or until it crashes
-    (RuntimeCrashed: the API is down, so the command says so and exits 9 rather than hang on a dead port)."""
-    load = spec.load
-    worker = worker or Worker(verbose=load.verbose)
-    worker.describe(name=spec.model_name, settings=load.describe(), cpu_buffers=load.cpu_buffers)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        worker.hello()
-        worker.send(("serve", spec))
-        url = worker.expect("ready")[1]
-        worker.phase = "serving"
-        if on_ready is not None:
-            on_ready(str(url))
-        try:
-            worker.recv()  # nothing more is sent: this returns only when the worker ends
-        except RuntimeCrashed:
-            if worker.proc.returncode != 0:
-                raise
-    except KeyboardInterrupt:
-        worker.close(None)  # SIGTERM: uvicorn finishes the requests in flight
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        worker.close(None)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt

@@ -5,11 +5,12 @@ killer's SIGKILL). Running it here, in a child of the command, lets the parent r
 :mod:`modelctl.runtime.process`). The protocol is a sequence of pickled tuples on a
 ``multiprocessing.connection.Connection``; both ends are modelctl, started together, so pickle is safe here.
 
-Parent -> worker: ``("serve", ServeSpec)`` alone (an HTTP server until SIGTERM, ``("ready", url)`` once it
-listens), or ``("load", LoadSpec)`` first, then ``("count", messages)``, ``("chat", messages, Sampling)``,
-``("cancel",)`` (while an answer streams), ``("close",)``.
+Parent -> worker: ``("load", LoadSpec)`` first, then ``("count", messages)``, ``("chat", messages, Sampling)``,
+``("complete", prompt, Sampling)`` (plain text, no template), ``("embed", texts)``, ``("cancel",)`` (while an
+answer streams), ``("close",)``.
 Worker -> parent: ``("hello", capabilities)`` as soon as llama.cpp is imported; ``("ready", facts)``;
-``("ok", value)``; for a chat ``("started", prompt_tokens)``, then ``("piece", text)``..., ``("end", result)``;
+``("ok", value)``; for a chat or a completion ``("started", prompt_tokens)``, then ``("piece", text)``...,
+``("end", result)``;
 ``("error", kind, message, hint)`` for a refusal (a ModelctlError); ``("fatal", text)`` for a Python error,
 after which the worker exits with status 70.
 
@@ -27,8 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from modelctl.errors import ModelctlError
-from modelctl.runtime import server
-from modelctl.runtime.engine import load
+from modelctl.runtime.engine import Reply, load
 
 EXIT_PYTHON_ERROR = 70
 """Exit status after a Python error in the worker (sysexits' EX_SOFTWARE)."""
@@ -57,8 +57,6 @@ def serve(conn: Connection) -> int:
         first = conn.recv()
     except EOFError:
         return 0
-    if first[0] == "serve":
-        return _serve_http(conn, first[1])
     if first[0] != "load":
         raise RuntimeError(f"expected a load request, got {first[0]!r}")
 
@@ -83,21 +81,16 @@ def serve(conn: Connection) -> int:
             if op == "count":
                 conn.send(("ok", engine.count(request[1])))
             elif op == "chat":
-                _chat(conn, engine, request[1], request[2])
+                _stream(conn, engine.chat(request[1], request[2]))
+            elif op == "complete":
+                _stream(conn, engine.generate(request[1], request[2]))
+            elif op == "embed":
+                vectors, tokens = engine.embed(request[1])
+                conn.send(("ok", {"vectors": vectors, "tokens": tokens}))
             else:
                 raise RuntimeError(f"unknown request {op!r}")
         except ModelctlError as exc:
             conn.send(("error", type(exc).__name__, exc.message, exc.hint))
-
-
-def _serve_http(conn: Connection, spec: Any) -> int:
-    """Run llama-cpp-python's OpenAI server for ``spec`` (a ServeSpec) until SIGTERM; ``ready`` once listening."""
-
-    try:
-        server.serve(spec, on_ready=lambda url: conn.send(("ready", url)))
-    except ModelctlError as exc:
-        conn.send(("error", type(exc).__name__, exc.message, exc.hint))
-    return 0
 
 
 def _facts(engine: Any) -> dict[str, Any]:
@@ -111,8 +104,8 @@ def _facts(engine: Any) -> dict[str, Any]:
     }
 
 
-def _chat(conn: Connection, engine: Any, messages: list[dict[str, str]], sampling: Any) -> None:
-    reply = engine.chat(messages, sampling)
+def _stream(conn: Connection, reply: Reply) -> None:
+    """Send an answer piece by piece, stopping after the piece in progress when the parent cancels it."""
     conn.send(("started", reply.prompt_tokens))
     for piece in reply:
         conn.send(("piece", piece))
