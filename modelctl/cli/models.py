@@ -18,7 +18,7 @@ def list_(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only model IDs."),
 ) -> None:
     """List the models in the local store."""
-    from modelctl.services.models import list_models
+    from modelctl.services.models import DAMAGED, list_models
 
     rows = list_models(settings())
     if json_out:
@@ -37,7 +37,7 @@ def list_(
                     r.architecture or "-",
                     r.model_id,
                     render.age(r.created),
-                    render.size(r.size),
+                    "damaged: modelctl verify --repair" if r.format == DAMAGED else render.size(r.size),
                 )
                 for r in rows
             ],

@@ -17,7 +17,7 @@ from modelctl import digest as _digest
 from modelctl import reference
 from modelctl.config import Config
 from modelctl.digest import Digest
-from modelctl.errors import NotFound, UsageError
+from modelctl.errors import IntegrityError, NotFound, UsageError
 from modelctl.store import models as local
 
 # The sources (httpx, the registry client) are imported only by inspect --remote: list, rm and path stay light.
@@ -59,7 +59,11 @@ def list_models(config: Config) -> list[ModelRow]:
         return []
     rows = []
     for name, desc in store.entries():
-        entry = local.load(store, name, desc)
+        try:
+            entry = local.load(store, name, desc)
+        except (IntegrityError, NotFound):  # one damaged model must not hide the others: verify --repair mends it
+            rows.append(_damaged_row(name, desc.digest))
+            continue
         model = entry.model
         rows.append(
             ModelRow(
@@ -76,6 +80,25 @@ def list_models(config: Config) -> list[ModelRow]:
             )
         )
     return rows
+
+
+DAMAGED = "damaged"
+"""The format shown for a model whose manifest or config is missing or corrupt (``modelctl verify --repair``)."""
+
+
+def _damaged_row(name: str, digest: Digest) -> ModelRow:
+    return ModelRow(
+        name=name,
+        short=reference.parse(name).short,
+        parameters=None,
+        quantization=None,
+        architecture=None,
+        model_id=digest.hex[:12],
+        digest=digest,
+        created=None,
+        size=0,
+        format=DAMAGED,
+    )
 
 
 def inspect_local(config: Config, text: str) -> dict[str, Any]:

@@ -103,6 +103,10 @@ def test_repair_restores_a_damaged_manifest_from_the_registry(
     found = modelctl("verify", "--json", ref)
     assert found.returncode == 5
     assert [(d["digest"], d["models"]) for d in json.loads(found.stdout)["damaged"]] == [(manifest, [ref])]
+    listed = modelctl("list", "--json")  # one damaged model is shown as such, not a failed list
+    assert listed.returncode == 0, listed.stderr
+    assert [(m["reference"], m["format"]) for m in json.loads(listed.stdout)] == [(ref, "damaged")]
+    assert "damaged: modelctl verify --repair" in modelctl("list").stdout
     repaired = modelctl("verify", "--repair", ref)
     assert repaired.returncode == 0, repaired.stderr
     assert f"restored {ref}" in repaired.stdout
