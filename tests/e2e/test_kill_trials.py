@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from helpers import oci_layout, servers
 from helpers.faults import FaultProxy
-from helpers.ggufs import big_blob
+from helpers.ggufs import big_blob, sha256_file
 from helpers.oci_layout import OCILayout
-from helpers.pulls import home, pull_command, sha256_of, store_is_consistent
+from helpers.pulls import home, pull_command, store_is_consistent
 
 SIZE = 256 << 20
 KILLS = 10
@@ -73,7 +73,7 @@ def test_sigkill_at_ten_random_moments_then_resume(tmp_path: Path) -> None:
             served = proxy.bytes_served()
     assert store_is_consistent() == {ref: layout.manifest_descriptor("1")["digest"]}
     blob = home() / "store" / "blobs" / "sha256" / digest.removeprefix("sha256:")
-    assert sha256_of(blob) == digest
+    assert sha256_file(blob) == digest
     assert served <= MAX_RATIO * SIZE, f"served {served / SIZE:.3f}x the blob over {KILLS} kills"
     when = [f"{a:.2f}s" if a is not None else f"{m / SIZE:.3f}" for m, a in zip(thresholds, early, strict=True)]
     print(f"kill trials: {KILLS} kills at {when} (of the blob, or s after the start); served {served / SIZE:.3f}x")

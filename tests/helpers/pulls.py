@@ -4,12 +4,13 @@ with the documented exit code and a hint, and the store is consistent (``index.j
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers.ggufs import sha256_file
 
 ERROR_PREFIX = "modelctl: error: "
 
@@ -41,14 +42,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
     return message
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(4 << 20):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def store_is_consistent() -> dict[str, str]:
     """Check the store and return its tags (reference -> manifest digest).
 
@@ -59,7 +52,7 @@ def store_is_consistent() -> dict[str, str]:
     blobs = store / "blobs" / "sha256"
     present = set()
     for blob in blobs.iterdir() if blobs.is_dir() else ():
-        assert sha256_of(blob) == f"sha256:{blob.name}", f"{blob} does not hold what its name says"
+        assert sha256_file(blob) == f"sha256:{blob.name}", f"{blob} does not hold what its name says"
         present.add(blob.name)
     tags = {}
     for entry in index["manifests"]:
