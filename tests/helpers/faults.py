@@ -165,6 +165,8 @@ class FaultProxy:
         of ``n`` (else ``page_size``) sorted tags after ``last``, with a ``Link: <...>; rel="next"``."""
         self.served: collections.Counter[str] = collections.Counter()
         self.log: list[Served] = []
+        self.connections = 0
+        """Connections accepted (a client that fails the TLS handshake is counted too)."""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -257,6 +259,11 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with proxy._lock:
+                proxy.connections += 1
 
         def handle(self) -> None:
             # a client that failed the TLS handshake or went away
