@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Protocol
 
-from modelctl.errors import IntegrityError
+from modelctl.errors import IntegrityError, shown
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hasher
@@ -46,7 +46,7 @@ class Digest(str):
             return text
         if not isinstance(text, str) or not _PATTERN.fullmatch(text):
             raise IntegrityError(
-                f"malformed digest {text!r}",
+                f"malformed digest {shown(text)}",
                 hint="expected sha256: and 64 lowercase hex digits (or sha512: and 128)",
             )
         return super().__new__(cls, text)
@@ -88,7 +88,7 @@ def is_hex_prefix(text: str, algorithm: str = SHA256) -> bool:
 
 def new_hasher(algorithm: str = SHA256) -> Hasher:
     if algorithm not in HEX_LENGTHS:
-        raise IntegrityError(f"unsupported digest algorithm {algorithm!r}", hint="modelctl reads sha256 and sha512")
+        raise IntegrityError(f"unsupported digest algorithm {shown(algorithm)}", hint="modelctl reads sha256, sha512")
     return hashlib.new(algorithm)
 
 

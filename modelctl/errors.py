@@ -176,3 +176,10 @@ class Interrupted(ModelctlError):
     def by(cls, exc: BaseException, message: str) -> Interrupted:
         """The Interrupted for the interrupt ``exc`` (KeyboardInterrupt or Terminated) with ``message``."""
         return cls(message, signum=signal_of(exc))
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a value from outside (a digest, a name, a media type) goes into a
+    one-line message, and a hostile one may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,7 +8,7 @@ from typing import Any
 
 from modelctl import digest as _digest
 from modelctl.digest import Digest
-from modelctl.errors import IntegrityError
+from modelctl.errors import IntegrityError, shown
 from modelctl.oci import mediatypes as mt
 from modelctl.oci import safejson
 
@@ -129,7 +129,7 @@ def parse(
             digest=digest,
         )
     if doc.get("schemaVersion") != 2:
-        raise IntegrityError(f"unsupported manifest schemaVersion {doc.get('schemaVersion')!r}")
+        raise IntegrityError(f"unsupported manifest schemaVersion {shown(doc.get('schemaVersion'))}")
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise IntegrityError("malformed manifest: layers must be a list")

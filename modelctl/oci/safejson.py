@@ -37,6 +37,8 @@ def _nesting(structure: bytes, limit: int) -> str | None:
     """None when the brackets of ``structure`` balance within ``limit`` levels, else what is wrong. Each pass
     removes the innermost ``[]`` pairs (objects count as arrays), so linear work per level, all in C."""
     brackets = structure.translate(_BRACKETS, _NOT_BRACKETS)
+    if b"[" * (limit + 1) in brackets:  # the common hostile shape, found in one scan
+        return f"it nests deeper than {limit} levels"
     for _ in range(limit):
         shorter = brackets.replace(b"[]", b"")
         if not shorter:

@@ -24,7 +24,7 @@ from modelctl import atomic
 from modelctl import digest as _digest
 from modelctl.config import Config
 from modelctl.digest import Digest
-from modelctl.errors import INTERRUPTS, DigestMismatch, IntegrityError, Interrupted, NotFound
+from modelctl.errors import INTERRUPTS, DigestMismatch, IntegrityError, Interrupted, NotFound, shown
 from modelctl.oci import descriptor, safejson
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
@@ -171,13 +171,13 @@ def _safe_parts(member: tarfile.TarInfo, archive: str) -> list[str]:
     name = member.name
     if not name or "\x00" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise IntegrityError(
-            f"{archive}: refused member {name!r}: absolute or malformed name",
+            f"{archive}: refused member {shown(name)}: absolute or malformed name",
             hint="the archive is not a plain OCI layout; nothing was loaded",
         )
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise IntegrityError(
-            f"{archive}: refused member {name!r}: its name leaves the archive (..)",
+            f"{archive}: refused member {shown(name)}: its name leaves the archive (..)",
             hint="the archive is hostile or corrupt; nothing was loaded",
         )
     return parts
@@ -188,9 +188,9 @@ def _kind(member: tarfile.TarInfo) -> str | None:
     if member.isdir():
         return None
     if member.issym():
-        return f"a symbolic link (to {member.linkname!r})"
+        return f"a symbolic link (to {shown(member.linkname)})"
     if member.islnk():
-        return f"a hard link (to {member.linkname!r})"
+        return f"a hard link (to {shown(member.linkname)})"
     if member.ischr() or member.isblk():
         return "a device"
     if member.isfifo():
@@ -220,7 +220,7 @@ def _read_archive(
                 what = _kind(member)
                 if what is not None:
                     raise IntegrityError(
-                        f"{archive}: refused member {member.name!r}: it is {what}",
+                        f"{archive}: refused member {shown(member.name)}: it is {what}",
                         hint="an OCI layout archive holds plain files only; nothing was loaded",
                     )
                 if member.isdir():
@@ -235,14 +235,14 @@ def _read_archive(
                     digest = _digest.parse(f"{parts[1]}:{parts[2]}")
                     if digest is None:
                         raise IntegrityError(
-                            f"{archive}: refused member {member.name!r}: not a {parts[1]} blob name"
+                            f"{archive}: refused member {shown(member.name)}: not a {parts[1]} blob name"
                         )
                     _stage(tar, member, digest, archive, store, staging)
                     if progress is not None:
                         progress(digest, member.size)
                 elif parts[:1] == ["blobs"]:
                     raise IntegrityError(
-                        f"{archive}: unsupported blob {member.name!r}",
+                        f"{archive}: unsupported blob {shown(member.name)}",
                         hint="modelctl reads sha256 and sha512 blobs only; nothing was loaded",
                     )
                 elif len(skipped) < MAX_LISTED:
@@ -347,7 +347,7 @@ def _parse_index(raw: bytes, archive: str) -> names.Listed:
     for item in doc["manifests"]:
         desc = Descriptor.from_json(item, where=f"index.json entry of {archive}")
         if desc.media_type not in (*mt.MANIFESTS, *mt.INDEXES):
-            raise IntegrityError(f"{archive}: index.json entry {desc.digest} has media type {desc.media_type!r}")
+            raise IntegrityError(f"{archive}: index.json entry {desc.digest} has media type {shown(desc.media_type)}")
         plain = Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
         out.append((desc.annotations.get(mt.REF_NAME), plain))
     return out

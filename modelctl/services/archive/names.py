@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from modelctl import reference
 from modelctl.digest import Digest
-from modelctl.errors import IntegrityError, ModelctlError, UsageError
+from modelctl.errors import IntegrityError, ModelctlError, UsageError, shown
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.reference import Reference
@@ -88,7 +88,7 @@ def _full(name: str, archive: str) -> str:
     try:
         return str(reference.parse(name))
     except ModelctlError:
-        raise IntegrityError(f"{archive}: index.json names an invalid reference {name!r}", hint=_NOTHING) from None
+        raise IntegrityError(f"{archive}: index.json names an invalid reference {shown(name)}", hint=_NOTHING) from None
 
 
 def _under(repository: Reference, name: str, archive: str) -> str:
@@ -98,5 +98,5 @@ def _under(repository: Reference, name: str, archive: str) -> str:
             return str(repository.with_tag(name))
         own = reference.parse(name)
     except ModelctlError:
-        raise IntegrityError(f"{archive}: index.json names an invalid tag {name!r}", hint=_NOTHING) from None
+        raise IntegrityError(f"{archive}: index.json names an invalid tag {shown(name)}", hint=_NOTHING) from None
     return str(Reference(repository.registry, repository.repository, own.tag, own.digest))

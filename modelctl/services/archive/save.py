@@ -79,6 +79,8 @@ def save_to_path(
 ) -> ArchiveResult:
     """``save`` into a file: written beside it under a temporary name, renamed into place when complete."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory", hint=f"give -o a file name, e.g. -o {path / 'models.tar'}")
     if not path.parent.is_dir():
         raise UsageError(
             f"directory {path.parent} does not exist", hint="create it, or give -o a path in an existing one"
