@@ -2,10 +2,12 @@
 
 Formats (FACTS.md section 1): Docker Model Runner (``application/vnd.docker.ai.*``, config v0.1/v0.2,
 snake_case), CNCF ModelPack (``application/vnd.cncf.model.*`` and the pre-rename
-``application/vnd.cnai.model.*``, camelCase config) and Ollama's registry (``application/vnd.ollama.image.*``
-layers under a container-image config). Everything here is untrusted input: wrong JSON types raise
-:class:`IntegrityError` with one line, annotated file paths are checked so they can never leave a model's
-directory, and field order never matters. The caller verifies the config bytes against
+``application/vnd.cnai.model.*``, camelCase config), Ollama's registry (``application/vnd.ollama.image.*``
+layers under a container-image config) and model images (``modelctl package --format image``: an ordinary OCI
+image whose tar layers each hold one file under ``/models/``, named by the layer's ``org.cncf.model.filepath``;
+:class:`Packed` says where a file sits, the store unpacks it). Everything here is untrusted input: wrong JSON
+types raise :class:`IntegrityError` with one line, annotated file paths are checked so they can never leave a
+model's directory, and field order never matters. The caller verifies the config bytes against
 ``manifest.config.digest`` (the store and the registry client do).
 """
 
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from modelctl.digest import Digest
+from modelctl.digest import parse as parse_digest
 from modelctl.errors import IntegrityError, UnsupportedFormat
 from modelctl.oci import mediatypes as mt
 from modelctl.oci import safejson
@@ -28,6 +32,14 @@ from modelctl.oci.descriptor import Descriptor, Manifest
 DOCKER = "docker"
 MODELPACK = "modelpack"
 OLLAMA = "ollama"
+IMAGE = "image"
+
+IMAGE_ROOT = "models/"
+"""Where a model image keeps its files (KServe's modelcars and RamaLama's car images use the same directory)."""
+LABEL_PREFIX = "modelctl."
+"""Image config labels modelctl writes the model's facts under (``modelctl.architecture`` and so on)."""
+_TAR_LAYERS = {mt.OCI_LAYER_TAR: False, mt.OCI_LAYER_TAR_GZIP: True, mt.DOCKER_LAYER_TAR_GZIP: True}
+"""Image layer media types modelctl unpacks, and whether each is gzip-compressed."""
 
 _MODELPACK_MANIFESTS = tuple(p + "manifest.v1+json" for p in mt.MODELPACK_PREFIXES)
 _MODELPACK_CONFIGS = tuple(p + "config.v1+json" for p in mt.MODELPACK_PREFIXES)
@@ -40,7 +52,22 @@ _MAX_COMPONENT = 255
 MAX_CONFIG = 4 << 20
 """Bytes a model config may have: real ones are a few KiB (Docker's leaves GGUF arrays of more than 50 items out)."""
 
-_SUPPORTED_HINT = "modelctl reads Docker model artifacts (ai/...), CNCF ModelPack models and Ollama models"
+_SUPPORTED_HINT = (
+    "modelctl reads Docker model artifacts (ai/...), CNCF ModelPack models, Ollama models and model images "
+    "(modelctl package --format image)"
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Packed:
+    """A file that is one member of a tar layer (the image format) rather than the layer's whole blob."""
+
+    layer: Descriptor
+    member: str
+    """The member's path inside the tar, ``models/<file path>`` (a leading ``/`` or ``./`` also matches)."""
+    diff_id: Digest
+    """The image config's digest of the uncompressed tar: what unpacking verifies."""
+    gzip: bool
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -48,7 +75,7 @@ class Model:
     """What a model artifact holds, whatever its format. Descriptors point at blobs; nothing is downloaded."""
 
     format: str
-    """``docker``, ``modelpack`` or ``ollama``."""
+    """``docker``, ``modelpack``, ``ollama`` or ``image``."""
     manifest_digest: str
     gguf: tuple[Descriptor, ...] = ()
     """GGUF weights in shard order; empty for a model modelctl cannot run (safetensors, tar-packed)."""
@@ -79,10 +106,12 @@ class Model:
     """Docker config's ``gguf`` map (GGUF metadata rendered as strings); empty for other formats."""
     config: Mapping[str, Any] = field(default_factory=dict)
     """The parsed config JSON."""
+    packed: Mapping[Digest, Packed] = field(default_factory=dict)
+    """Layer digest -> the file inside it, for layers that must be unpacked (the image format); empty otherwise."""
 
 
 def classify(manifest: Manifest) -> str:
-    """``docker``, ``modelpack`` or ``ollama``; :class:`UnsupportedFormat` for anything else."""
+    """``docker``, ``modelpack``, ``ollama`` or ``image``; :class:`UnsupportedFormat` for anything else."""
     config_type = manifest.config.media_type
     layer_types = {layer.media_type for layer in manifest.layers}
     if config_type == mt.DOCKER_MODEL_CONFIG_PRERELEASE or mt.DOCKER_PRERELEASE_FILE in layer_types:
@@ -95,12 +124,15 @@ def classify(manifest: Manifest) -> str:
         return DOCKER
     if manifest.artifact_type in _MODELPACK_MANIFESTS or config_type in _MODELPACK_CONFIGS:
         return MODELPACK
-    if config_type == mt.OLLAMA_CONFIG:
-        if any(t.startswith(mt.OLLAMA_PREFIX) for t in layer_types):
+    if config_type in (mt.OLLAMA_CONFIG, mt.OCI_IMAGE_CONFIG):
+        if config_type == mt.OLLAMA_CONFIG and any(t.startswith(mt.OLLAMA_PREFIX) for t in layer_types):
             return OLLAMA
+        if any(layer.media_type in _TAR_LAYERS and _annotated_name(layer) for layer in manifest.layers):
+            return IMAGE
         raise UnsupportedFormat(
             f"unsupported model format {_printable(config_type)}",
-            hint="this is a container image, not a model",
+            hint="this is a container image, not a model: modelctl runs images whose layers name their file "
+            "under /models/ (modelctl package --format image)",
         )
     if config_type.startswith("application/vnd.docker.ai."):
         raise UnsupportedFormat(
@@ -121,6 +153,8 @@ def from_manifest(manifest: Manifest, config: bytes) -> Model:
         fields = _docker(manifest, doc)
     elif kind == MODELPACK:
         fields = _modelpack(manifest, doc)
+    elif kind == IMAGE:
+        fields = _image(manifest, doc)
     else:
         fields = _ollama(manifest, doc)
     gguf = _shard_order(fields.pop("gguf"))
@@ -228,6 +262,8 @@ def _modelpack(manifest: Manifest, doc: dict[str, Any]) -> dict[str, Any]:
                 slots.gguf.append(layer)
         elif match.group(1) == "doc" and _LICENSE_NAME.fullmatch(base):
             slots.licenses.append(layer)
+        elif match.group(1) == "weight.config" and base.endswith(".jinja"):
+            slots.put("chat_template", layer)
         else:
             slots.other.append(layer)
     return slots.fields() | {
@@ -236,6 +272,63 @@ def _modelpack(manifest: Manifest, doc: dict[str, Any]) -> dict[str, Any]:
         "architecture": _text(cfg, "architecture", "config.architecture"),
         "created": _text(_object(doc, "descriptor"), "createdAt", "descriptor.createdAt"),
     }
+
+
+def _image(manifest: Manifest, doc: dict[str, Any]) -> dict[str, Any]:
+    """A model image: each annotated tar layer holds one file under ``/models/``; its role follows its name
+    (``.gguf`` weights, ``mmproj`` in the name a projector, ``.jinja`` a chat template, LICENSE a license)."""
+    diff_ids = _diff_ids(_object(doc, "rootfs"), len(manifest.layers))
+    slots = _Slots()
+    packed: dict[Digest, Packed] = {}
+    for layer, diff_id in zip(manifest.layers, diff_ids, strict=True):
+        name = _annotated_name(layer)
+        gzip = _TAR_LAYERS.get(layer.media_type)
+        if name is None or gzip is None:
+            slots.other.append(layer)  # a base layer, or one modelctl cannot unpack: kept, not used
+            continue
+        if not gzip and diff_id != layer.digest:
+            raise IntegrityError(
+                f"malformed image config: rootfs.diff_ids names {diff_id} for the uncompressed layer {layer.digest}",
+                hint="the image is corrupt; package it again",
+            )
+        packed[layer.digest] = Packed(layer=layer, member=IMAGE_ROOT + name, diff_id=diff_id, gzip=gzip)
+        base = PurePosixPath(name).name.lower()
+        if base.endswith(".gguf") and "mmproj" in base:
+            slots.put("mmproj", layer)
+        elif base.endswith(".gguf"):
+            slots.gguf.append(layer)
+        elif base.endswith(".jinja"):
+            slots.put("chat_template", layer)
+        elif _LICENSE_NAME.fullmatch(base):
+            slots.licenses.append(layer)
+        else:
+            slots.other.append(layer)
+    labels = _object(_object(doc, "config"), "Labels")
+    return slots.fields() | {
+        "parameters": _size_text(_text(labels, LABEL_PREFIX + "parameters", "Labels", number=True)),
+        "quantization": _text(labels, LABEL_PREFIX + "quantization", "Labels"),
+        "architecture": _text(labels, LABEL_PREFIX + "architecture", "Labels"),
+        "context_size": _context_size(labels.get(LABEL_PREFIX + "context_size")),
+        "created": _text(doc, "created", "created"),
+        "packed": packed,
+    }
+
+
+def _diff_ids(rootfs: Mapping[str, Any], count: int) -> list[Digest]:
+    """``rootfs.diff_ids``: one digest per layer, in layer order."""
+    values = rootfs.get("diff_ids")
+    if not isinstance(values, list) or len(values) != count:
+        raise IntegrityError(
+            "malformed image config: rootfs.diff_ids must list one digest per layer",
+            hint="the image is corrupt; package it again",
+        )
+    out: list[Digest] = []
+    for value in values:
+        parsed = parse_digest(value) if isinstance(value, str) else None
+        if parsed is None:
+            raise IntegrityError(f"malformed image config: bad diff_id {_printable(str(value))}")
+        out.append(parsed)
+    return out
 
 
 def _ollama(manifest: Manifest, doc: dict[str, Any]) -> dict[str, Any]:

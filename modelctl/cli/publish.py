@@ -24,9 +24,15 @@ def package(
     context_size: int | None = typer.Option(None, "--context-size", min=1, help="Default context size."),
     card: Path | None = typer.Option(None, "--card", help="Model card (Markdown), attached as a referrer."),
     created: str | None = typer.Option(None, "--created", help="RFC 3339 time (default: SOURCE_DATE_EPOCH or now)."),
+    format_: str = typer.Option(
+        "docker",
+        "--format",
+        metavar="docker|modelpack|image",
+        help="Docker model-spec artifact, CNCF ModelPack artifact, or OCI image with the files under /models/.",
+    ),
     push_too: bool = typer.Option(False, "--push", help="Push after packaging."),
 ) -> None:
-    """Package GGUF file(s) as a Docker model-spec artifact in the local store."""
+    """Package GGUF file(s) as a model artifact in the local store (Docker model-spec, ModelPack or an image)."""
     from modelctl import reference
     from modelctl.services.package import PackageInput
     from modelctl.services.package import package as do_package
@@ -40,6 +46,7 @@ def package(
         context_size=context_size,
         card=card,
         created=created,
+        format=format_,
     )
     result = do_package(settings(), refs, spec)
     print(f"packaged {result.digest} ({render.size(result.size)}) as {', '.join(str(r) for r in refs)}")
@@ -78,7 +85,10 @@ registry_app = typer.Typer(help="Run modelctl's own OCI registry.", no_args_is_h
 
 @registry_app.command("serve")
 def registry_serve(
-    root: Path = typer.Option(Path("registry-data"), "--root", help="Storage directory."),
+    root: Path | None = typer.Option(None, "--root", help="Storage directory [default: registry-data]."),
+    store: bool = typer.Option(
+        False, "--store", help="Serve this machine's store ($MODELCTL_HOME/store) read-only: pulls only."
+    ),
     addr: str = typer.Option("127.0.0.1:5050", "--addr", metavar="HOST:PORT"),
     htpasswd: Path | None = typer.Option(None, "--htpasswd", help="bcrypt htpasswd file: push needs credentials."),
     proxy: str | None = typer.Option(None, "--proxy", metavar="URL", help="Pull-through cache of this upstream."),
@@ -87,14 +97,19 @@ def registry_serve(
         False, "--allow-sparse", help="Accept manifests whose layers were never pushed (sparse copies)."
     ),
 ) -> None:
-    """Serve an OCI Distribution v1.1 registry (push, pull, referrers, pull-through cache)."""
+    """Serve an OCI Distribution v1.1 registry (push, pull, referrers, pull-through cache, or a store read-only)."""
     import registry
 
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError(f"bad --addr {addr!r}", hint="use HOST:PORT, e.g. 127.0.0.1:5050")
+    if store and (root is not None or proxy is not None or allow_sparse):
+        raise UsageError(
+            "--store serves this machine's store as it is", hint="leave out --root, --proxy and --allow-sparse"
+        )
     registry.serve(
         root=root,
+        store=settings().store_dir if store else None,
         host=host.strip("[]") or "127.0.0.1",
         port=int(port),
         htpasswd=htpasswd,

@@ -7,6 +7,10 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_LAYER_TAR_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 NONDISTRIBUTABLE = (
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
@@ -39,6 +43,9 @@ DOCKER_PRERELEASE_FILE = "application/vnd.docker.ai.model.file.v1+gguf"
 MODELPACK_MANIFEST = "application/vnd.cncf.model.manifest.v1+json"
 MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 MODELPACK_PREFIXES = ("application/vnd.cncf.model.", "application/vnd.cnai.model.")
+MODELPACK_WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
+MODELPACK_WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
+MODELPACK_DOC = "application/vnd.cncf.model.doc.v1.raw"
 
 # Ollama
 OLLAMA_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -55,6 +62,8 @@ REF_NAME = "org.opencontainers.image.ref.name"
 FILEPATH = "org.cncf.model.filepath"
 FILEPATH_CNAI = "org.cnai.model.filepath"
 TITLE = "org.opencontainers.image.title"
+FILE_METADATA = "org.cncf.model.file.metadata+json"
+CREATED = "org.opencontainers.image.created"
 
 # Model cards attached as referrers
 MODEL_CARD_ARTIFACT = "application/vnd.modelctl.card.v1"

@@ -1,6 +1,8 @@
-"""package: turn local GGUF file(s) into a Docker Model Runner v0.1 artifact in the local store.
+"""package: turn local GGUF file(s) into a model artifact in the local store, in one of three shapes (``--format``):
+Docker Model Runner's v0.1 artifact (the default), a CNCF ModelPack artifact, or an OCI image with the files under
+``/models/`` (the last two: :mod:`modelctl.services.package_formats`).
 
-The config follows Docker's model-spec field by field (snake_case, string values, ``context_size`` an integer,
+The Docker config follows Docker's model-spec field by field (snake_case, string values, ``context_size`` an integer,
 the ``gguf`` map of metadata as strings without arrays longer than 50 items), so ``docker model`` reads what we
 write. Digests are deterministic: the creation time comes from ``--created`` or ``SOURCE_DATE_EPOCH``.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from modelctl.gguf import FileSource, read_header
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.reference import Reference
+from modelctl.services import package_formats as formats
 from modelctl.store import Layout
 from modelctl.store import models as local
 
@@ -43,6 +47,8 @@ class PackageInput:
     context_size: int | None = None
     card: Path | None = None
     created: str | None = None
+    format: str = formats.DOCKER
+    """``docker``, ``modelpack`` or ``image``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,6 +64,15 @@ def package(config: Config, refs: Sequence[Reference], spec: PackageInput) -> Pa
             raise NotFound(f"{path} does not exist", hint="check the path")
     if not spec.gguf:
         raise UsageError("no GGUF file given", hint="pass --gguf FILE (once per shard, in order)")
+    if spec.format not in formats.FORMATS:
+        raise UsageError(f"unknown --format {spec.format!r}", hint="use docker, modelpack or image")
+    if spec.created is not None:
+        check_created(spec.created)
+    if spec.format == formats.MODELPACK and spec.context_size is not None:
+        raise UsageError(
+            "a ModelPack config has no field for a context size",
+            hint="drop --context-size, or use --format docker or image",
+        )
     store = local.layout(config)
     store.ensure()
     total = sum(p.stat().st_size for p in [*spec.gguf, *spec.license, spec.mmproj, spec.chat_template] if p)
@@ -89,24 +104,64 @@ def _package(
 ) -> PackageResult:
     """Copy the files in (``layers`` grows as each is stored), write config and manifest, tag (``tagged``)."""
     shards = len(spec.gguf)
-    for i, path in enumerate(spec.gguf, start=1):
-        name = path.name if shards > 1 else (path.name or f"model-{i}.gguf")
-        layers.append(add_file(config, store, path, mt.DOCKER_GGUF, name))
-    for path in spec.license:
-        layers.append(add_file(config, store, path, mt.DOCKER_LICENSE, path.name))
+    files = [
+        (path, "gguf", path.name if shards > 1 else (path.name or f"model-{i}.gguf"))
+        for i, path in enumerate(spec.gguf, start=1)
+    ]
+    files += [(path, "license", path.name) for path in spec.license]
     if spec.mmproj:
-        layers.append(add_file(config, store, spec.mmproj, mt.DOCKER_MMPROJ, spec.mmproj.name))
+        files.append((spec.mmproj, "mmproj", spec.mmproj.name))
     if spec.chat_template:
-        layers.append(add_file(config, store, spec.chat_template, mt.DOCKER_CHAT_TEMPLATE, spec.chat_template.name))
-    desc, created = write_model(
-        store, layers, first_gguf=spec.gguf[0], context_size=spec.context_size, created=_created(spec)
-    )
+        files.append((spec.chat_template, "chat_template", spec.chat_template.name))
+    mtime = formats.file_mtime()
+    for path, role, name in files:
+        layers.append(_add_layer(config, store, path, role, name, spec.format, mtime))
+    created = _created(spec)
+    if spec.format == formats.DOCKER:
+        desc, created = write_model(
+            store, layers, first_gguf=spec.gguf[0], context_size=spec.context_size, created=created
+        )
+    else:
+        facts = _facts(spec.gguf[0], created, spec.context_size)
+        write = formats.write_modelpack if spec.format == formats.MODELPACK else formats.write_image
+        desc = write(store, layers, facts)
     for ref in refs:
         store.tag(str(ref), desc)
         tagged.append(ref)
     if spec.card:
         attach_card(store, desc, spec.card.read_bytes(), created=created)
     return PackageResult(reference=str(refs[0]), digest=desc.digest, size=sum(x.size for x in layers) + desc.size)
+
+
+_DOCKER_TYPES = {
+    "gguf": mt.DOCKER_GGUF,
+    "license": mt.DOCKER_LICENSE,
+    "mmproj": mt.DOCKER_MMPROJ,
+    "chat_template": mt.DOCKER_CHAT_TEMPLATE,
+}
+
+
+def _add_layer(config: Config, store: Layout, path: Path, role: str, name: str, fmt: str, mtime: int) -> Descriptor:
+    """One input file into the store as the layer ``fmt`` wants for ``role`` (gguf, license, mmproj, ...)."""
+    if fmt == formats.IMAGE:
+        return formats.add_tar_layer(config, store, path, formats.role_name(name, role), mtime)
+    stored = add_file(config, store, path, _DOCKER_TYPES[role], name)
+    if fmt == formats.MODELPACK:
+        return formats.modelpack_layer(stored, role, formats.role_name(name, role), mtime)
+    return stored
+
+
+def _facts(first_gguf: Path, created: str, context_size: int | None) -> formats.Facts:
+    header = read_header(FileSource(first_gguf))
+    name = header.metadata.get("general.name")
+    return formats.Facts(
+        architecture=header.architecture or "unknown",
+        parameters=parameter_count(header),
+        quantization=quantization(header) or "unknown",
+        name=name.strip() or None if isinstance(name, str) else None,
+        created=created,
+        context_size=context_size,
+    )
 
 
 def write_model(
@@ -192,6 +247,25 @@ def add_file(
     else:
         store.commit_blob(tmp, digest)
     return Descriptor(media_type=media_type, digest=digest, size=size, annotations={mt.FILEPATH: name})
+
+
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
+def check_created(text: str) -> str:
+    """``--created`` must be an RFC 3339 time (it goes into the config and the manifest as is): UsageError else."""
+    valid = _RFC3339.fullmatch(text) is not None
+    if valid:
+        try:
+            datetime.fromisoformat(text.upper().replace(" ", "T"))
+        except ValueError:  # 2025-02-30 matches the pattern
+            valid = False
+    if not valid:
+        raise UsageError(
+            f"--created {text[:60]!r} is not an RFC 3339 time",
+            hint="write it as 2025-01-31T12:00:00Z (or with an offset, +02:00)",
+        )
+    return text
 
 
 def _created(spec: PackageInput) -> str:

@@ -22,6 +22,7 @@ from modelctl.digest import HEX_LENGTHS, SHA512, Digest, is_hex_prefix
 from modelctl.errors import NotFound, UsageError
 from modelctl.oci import descriptor
 from modelctl.oci.descriptor import Descriptor, Manifest
+from modelctl.store import unpack
 from modelctl.store.layout import Layout
 
 
@@ -108,14 +109,18 @@ def resolve(store: Layout, text: str) -> LocalModel:
 
 
 def materialise(config: Config, store: Layout, local: LocalModel) -> list[Path]:
-    """Create (or repair) the symlink view of a model; return the GGUF paths in shard order.
+    """Create (or repair) the symlink view of a model (a model image's files unpacked instead, see
+    :mod:`modelctl.store.unpack`); return the GGUF paths in shard order.
 
     GGUF shards always get llama.cpp's split names (``model-00001-of-00003.gguf``), whatever their annotations say,
     so that llama.cpp finds shard 2 beside shard 1; other layers keep their (sanitised) annotated names.
     """
     target_dir = files_dir(config, local.manifest.digest)
     names = file_names(local)
-    link_files(store, target_dir, names)
+    packed = local.model.packed  # a model image's files sit inside tar layers: copied out, not linked
+    link_files(store, target_dir, {d: n for d, n in names.items() if d not in packed})
+    for digest, file in packed.items():
+        unpack.unpack(store, file, target_dir / names[digest])
     return [target_dir / names[d.digest] for d in local.model.gguf]
 
 
