@@ -12,6 +12,9 @@ STAMP="$VENV/.installed"
 need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+# package --format image is unpacked by umoci and by a private containerd daemon in the tests
+command -v umoci >/dev/null 2>&1 || need_apt+=(umoci)
+command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
 # the chat page test drives a real browser (headless Chromium)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
