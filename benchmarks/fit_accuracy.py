@@ -13,6 +13,7 @@ Targets (issue 5): weights, KV cache and output within 0.1 MiB; compute within +
 
     .venv/bin/python benchmarks/fit_accuracy.py            # the full table (Markdown) on stdout
     .venv/bin/python benchmarks/fit_accuracy.py --quick    # SmolLM2 at two contexts and two generated shapes
+    .venv/bin/python benchmarks/fit_accuracy.py --gpu-logs tests/fixtures/gpu_logs [--json]   # published GPU logs
 
 It writes the table to docs/fit_accuracy.md as well, and exits 1 when a target is missed.
 """
@@ -33,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, Path(__file__).resolve().parent):  # modelctl, and gpu_logs beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from modelctl import cpu  # noqa: E402
 from modelctl.fit.estimate import Estimate, estimate  # noqa: E402
@@ -418,9 +420,7 @@ def table(rows: Sequence[Row]) -> str:
 
 def summary(rows: Sequence[Row]) -> str:
     misses = [r for r in rows if r.problems]
-    worst = {
-        key: max(abs(r.predicted[key] - r.truth[key]) for r in rows) for key in ("weights", "kv_cache", "output")
-    }
+    worst = {key: max(abs(r.predicted[key] - r.truth[key]) for r in rows) for key in ("weights", "kv_cache", "output")}
     errors = [r.compute_error for r in rows]
     return (
         f"{len(rows)} comparisons, {len(misses)} outside the targets (weights, KV, output within {EXACT_MIB} MiB; "
@@ -480,11 +480,48 @@ def run(*, quick: bool = False, workdir: Path | None = None) -> list[Row]:
     return rows
 
 
+GPU_SECTION = "\n## GPU backends"
+"""Where docs/fit_accuracy.md's GPU part starts: the CPU run keeps it, the --gpu-logs run rewrites it."""
+
+
+def gpu_main(directory: Path, *, as_json: bool, write: bool) -> int:
+    """Compare every record in ``directory`` (benchmarks/gpu_logs.py); exit 1 when a record of the bundled
+    llama.cpp misses a target."""
+    import gpu_logs
+
+    with tempfile.TemporaryDirectory() as work:
+        results = gpu_logs.run(directory, Path(work))
+    if as_json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        print(gpu_logs.table(results) + "\n\n" + gpu_logs.summary(results))
+    if write:
+        doc = ROOT / "docs" / "fit_accuracy.md"
+        head = doc.read_text().split(GPU_SECTION, 1)[0].rstrip("\n")
+        doc.write_text(
+            head
+            + "\n"
+            + GPU_SECTION
+            + "\n\n"
+            + gpu_logs.DOC
+            + "\n\n"
+            + gpu_logs.summary(results)
+            + "\n\n"
+            + gpu_logs.table(results)
+            + "\n"
+        )
+    return 1 if any(r.misses() for r in results if not r.apart) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2 at two contexts and two generated shapes")
     parser.add_argument("--no-write", action="store_true", help="do not write docs/fit_accuracy.md")
+    parser.add_argument("--gpu-logs", type=Path, metavar="DIR", help="compare with the GPU load logs in DIR")
+    parser.add_argument("--json", action="store_true", help="with --gpu-logs: JSON rows per record")
     args = parser.parse_args(argv)
+    if args.gpu_logs is not None:
+        return gpu_main(args.gpu_logs, as_json=args.json, write=not args.no_write and not args.json)
     rows = run(quick=args.quick)
     text = table(rows)
     note = summary(rows)
@@ -494,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{where}\n\n{text}\n\n{note}" + (f"\n\n{skipped}" if skipped else ""))
     if not args.no_write and not args.quick:
         doc = ROOT / "docs" / "fit_accuracy.md"
+        old = doc.read_text() if doc.exists() else ""
+        gpu_part = GPU_SECTION + old.split(GPU_SECTION, 1)[1] if GPU_SECTION in old else ""
         doc.write_text(
             "# Fit check accuracy (CPU, llama-cpp-python 0.3.36)\n\n"
             f"Measured on {name}; llama.cpp's CPU features: `{features}`.\n\n"
@@ -512,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + note
             + (f"\n\n{skipped}" if skipped else "")
             + "\n"
+            + gpu_part
         )
     return 1 if any(r.problems for r in rows) else 0
 

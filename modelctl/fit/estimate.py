@@ -426,18 +426,28 @@ def compute_buffer(
     peak_layers = max(attention, recurrent, 3 * f_t + 6 * e_t, ffn_step + small)
     if not n_gpus or not device_of:
         return [max(out_step, peak_layers)]
+    # a GPU's allocator packs the graph tighter than the CPU's (fitted to llama.cpp's CUDA and Metal reports,
+    # benchmarks/gpu_logs.py): the scores stand on the masks, one feed-forward block and two batch rows; the logits
+    # on one batch row
+    if fa:
+        gpu_layers = max(masks + 3 * f_t + 2 * e_t, recurrent)
+    else:
+        attn_layers = [(layer, swa_cells if layer.swa else cells) for layer in shape.layers if layer.has_kv]
+        scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
+        gpu_layers = max(scores + masks + f_t + 2 * e_t, 3 * f_t + 2 * e_t, recurrent)
+    gpu_out = shape.n_vocab * t * 4 + (3 if shape.softcap_logits else 1) * e_t
     out = [0] * (n_gpus + 1)
     output_dev = device_of[-1]
     for dev in set(device_of[:-1]):
-        out[dev] = max(out[dev], peak_layers)
-    out[output_dev] = max(out[output_dev], out_step)
-    inputs = e_t + masks  # what a split receives: the batch's hidden state and the masks
+        out[dev] = max(out[dev], peak_layers if dev == 0 else gpu_layers)
+    out[output_dev] = max(out[output_dev], out_step if output_dev == 0 else gpu_out)
     if out[0] == 0:
-        # the host keeps the inputs (embeddings of the batch, positions, masks) for the GPUs
-        out[0] = inputs * copies
+        # the host keeps the inputs for the GPUs: the batch's embeddings (one per pipeline stage), the masks,
+        # token ids and positions
+        out[0] = e_t * copies + masks + 6 * t * 4
     for dev in range(1, n_gpus + 1):
         if out[dev] and copies > 1:
-            out[dev] += (copies - 1) * inputs  # a copy of the stage's inputs per pipeline stage
+            out[dev] += (copies - 1) * e_t  # the hidden state a stage receives, once per pipeline copy
     return out
 
 

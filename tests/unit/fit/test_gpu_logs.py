@@ -1,0 +1,98 @@
+"""The fit estimate against GPU load logs people published (tests/fixtures/gpu_logs, benchmarks/gpu_logs.py): every
+record of the bundled llama.cpp within the issue's targets (KV exact to 0.1 MiB, compute +15% / -0%, model buffers
+within 1%), records from builds that allocate differently named and reported apart."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+LOGS = ROOT / "tests" / "fixtures" / "gpu_logs"
+MODEL_KEYS = {
+    "arch", "n_vocab", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_head_kv", "n_embd_head_k", "n_embd_head_v",
+    "n_ff", "n_ff_exp", "n_swa", "n_expert", "n_expert_used", "tensor_types", "size_mib",
+}  # fmt: skip
+SETTINGS_KEYS = {
+    "n_ctx", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "n_seq_max", "kv_unified", "swa_full",
+    "offload_kqv", "gpu_layers", "n_cpu_moe", "split_mode", "tensor_split",
+}  # fmt: skip
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_logs", ROOT / "benchmarks" / "gpu_logs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_logs", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+gl = _module()
+RECORDS = gl.load(LOGS)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    work = tmp_path_factory.mktemp("gpu-logs")
+    return {r.record: r for r in gl.run(LOGS, work)}
+
+
+@pytest.mark.parametrize(("name", "record"), RECORDS, ids=[n for n, _ in RECORDS])
+def test_record_is_numbers_with_a_source(name: str, record: dict[str, object]) -> None:
+    assert str(record["source"]).startswith("https://")
+    assert record["backend"] in ("cuda", "rocm", "vulkan", "metal")
+    model, settings = record["model"], record["settings"]
+    assert isinstance(model, dict) and set(model) >= MODEL_KEYS
+    assert isinstance(settings, dict) and set(settings) >= SETTINGS_KEYS
+    devices = record["devices"]
+    assert isinstance(devices, list) and all({"name", "total_mib", "free_mib"} <= set(d) for d in devices)
+    buffers = record["buffers"]
+    assert isinstance(buffers, list) and buffers
+    for b in buffers:
+        assert b["phase"] in ("model", "kv", "compute", "output") and isinstance(b["mib"], float | int)
+    apart = record.get("allocates_differently")
+    if apart:
+        assert isinstance(apart, dict) and apart["change"] and str(apart["pr"]).startswith("https://github.com/")
+
+
+MATCHING = [(n, r) for n, r in RECORDS if not r.get("allocates_differently")]
+
+
+@pytest.mark.parametrize(("name", "record"), MATCHING, ids=[n for n, _ in MATCHING])
+def test_bundled_llama_cpp_records_are_within_the_targets(
+    name: str, record: dict[str, object], results: dict[str, object]
+) -> None:
+    result = results[name]
+    assert result.rows and not result.apart  # type: ignore[attr-defined]
+    misses = result.misses()  # type: ignore[attr-defined]
+    assert not misses, [(m.phase, m.device, m.logged_mib, m.predicted_mib) for m in misses]
+
+
+def test_some_records_were_not_used_to_calibrate(results: dict[str, object]) -> None:
+    held_out = [n for n, r in RECORDS if not r.get("calibration") and not r.get("allocates_differently")]
+    assert held_out, "every matching record was used to fit the GPU compute formula"
+    assert {results[n].backend for n in held_out}  # type: ignore[attr-defined]
+
+
+def test_apart_records_are_reported_apart(results: dict[str, object]) -> None:
+    text = gl.summary(list(results.values()))
+    assert "records from builds that allocate differently" in text
+    assert all(r.apart == bool(dict(RECORDS)[n].get("allocates_differently")) for n, r in results.items())  # type: ignore[attr-defined]
+
+
+def test_the_rebuilt_header_has_the_logged_tensor_mix(tmp_path: Path) -> None:
+    from modelctl.gguf import FileSource, ggml_type_name, read_header
+
+    name, record = next((n, r) for n, r in RECORDS if r["model"]["tensor_types"] and "q4_0" in n)
+    path = gl.write_header(record["model"], tmp_path / "m.gguf")
+    header = read_header(FileSource(path))
+    counts: dict[str, int] = {}
+    for t in header.tensors:
+        counts[ggml_type_name(t.ggml_type).lower()] = counts.get(ggml_type_name(t.ggml_type).lower(), 0) + 1
+    assert counts == {k.lower(): v for k, v in record["model"]["tensor_types"].items()}, name
+    assert path.stat().st_size == header.file_size and path.stat().st_blocks * 512 < path.stat().st_size  # sparse
