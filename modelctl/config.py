@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelctl import mirrors as _mirrors
 from modelctl.cpu import CPU_BUFFERS
 from modelctl.errors import UsageError
+from modelctl.mirrors import Mirror
 
 ENV_VARS = (
     "MODELCTL_HOME",
@@ -30,6 +32,12 @@ ENV_VARS = (
 class Config:
     home: Path
     mirrors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """``MODELCTL_MIRRORS``: mirror URLs per registry (the short form; it wins over the file for a registry)."""
+    mirror_hosts: Mapping[str, tuple[Mirror, ...]] = field(default_factory=dict)
+    """The mirror file's hosts per registry (``mirrors.toml`` in ``config_dir``)."""
+    config_dir: Path | None = None
+    """Where modelctl's configuration files live: ``$MODELCTL_HOME`` when set, else the platform's user config
+    directory (``~/.config/modelctl``)."""
     insecure_registries: frozenset[str] = frozenset()
     docker_config: Path = Path.home() / ".docker"
     parts: int = 8
@@ -53,6 +61,13 @@ class Config:
     def ingest_dir(self) -> Path:
         return self.home / "ingest"
 
+    def mirrors_for(self, registry: str) -> tuple[Mirror, ...]:
+        """The hosts to ask before ``registry``, in order: the short form's when it names the registry, else the
+        file's."""
+        if registry in self.mirrors:
+            return tuple(Mirror(url=url) for url in self.mirrors[registry])
+        return tuple(self.mirror_hosts.get(registry, ()))
+
     def is_insecure(self, registry: str) -> bool:
         """Plain HTTP for loopback registries (as Docker does) and those listed in MODELCTL_INSECURE_REGISTRIES."""
         if registry.startswith("["):
@@ -73,17 +88,20 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
     env = os.environ if environ is None else environ
     home = env.get("MODELCTL_HOME")
     if home:
-        home_path = Path(home).expanduser()
+        home_path = config_dir = Path(home).expanduser()
     else:
         import platformdirs
 
         home_path = Path(platformdirs.user_data_dir("modelctl"))
+        config_dir = Path(platformdirs.user_config_dir("modelctl"))
     docker_config = (
         Path(env["DOCKER_CONFIG"]).expanduser() if env.get("DOCKER_CONFIG") else Path.home() / ".docker"
     )
     return Config(
         home=home_path,
         mirrors=parse_mirrors(env.get("MODELCTL_MIRRORS", "")),
+        mirror_hosts=_mirrors.load(config_dir / _mirrors.FILE_NAME),
+        config_dir=config_dir,
         insecure_registries=frozenset(
             x.strip() for x in env.get("MODELCTL_INSECURE_REGISTRIES", "").split(",") if x.strip()
         ),
@@ -100,16 +118,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
 
 def parse_mirrors(text: str) -> dict[str, tuple[str, ...]]:
     """``docker.io=http://127.0.0.1:5050,docker.io=https://m2`` -> ``{"docker.io": ("http://...", "https://m2")}``."""
-    out: dict[str, list[str]] = {}
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        registry, sep, url = item.partition("=")
-        if not sep or not registry or not url.startswith(("http://", "https://")):
-            raise UsageError(
-                f"bad MODELCTL_MIRRORS entry {item!r}",
-                hint="use REGISTRY=http(s)://HOST[:PORT], comma-separated",
-            )
-        out.setdefault(registry.strip(), []).append(url.rstrip("/"))
-    return {k: tuple(v) for k, v in out.items()}
+    return {registry: tuple(m.url for m in hosts) for registry, hosts in _mirrors.parse_short(text).items()}
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:

@@ -2,9 +2,11 @@
 
 ``Bearer`` challenges are answered from the token service (``GET <realm>?service=&scope=``, HTTP Basic only
 when credentials exist; an identity token is exchanged with an OAuth2 ``refresh_token`` POST); tokens are
-cached per (realm, service, scope) until shortly before they expire. ``Basic`` challenges are answered with
-the stored credentials. Once a host has challenged, later requests to it carry the cached token up front, so
-parallel ranged reads do not each pay a 401 round trip. Credentials never reach a log or an error message.
+cached per (host, realm, service, scope) until shortly before they expire: a token fetched with one host's
+credentials is never sent to another host, even one that names the same token service (a mirror that passes the
+registry's challenge through). ``Basic`` challenges are answered with the stored credentials. Once a host has
+challenged, later requests to it carry the cached token up front, so parallel ranged reads do not each pay a 401
+round trip. Credentials never reach a log or an error message.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class RegistryAuth(httpx.Auth):
         self._lock = threading.Lock()
         self._creds: dict[str, Credentials | None] = {}
         self._challenges: dict[str, Challenge] = {}
-        self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
+        self._tokens: dict[tuple[str, str, str, tuple[str, ...]], _Token] = {}
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         host = request.url.netloc.decode("ascii")
@@ -135,7 +137,7 @@ class RegistryAuth(httpx.Auth):
             request.headers["Authorization"] = _basic(creds)
         else:
             scopes = self._scopes(request, challenge)
-            key = (challenge.realm, challenge.params.get("service", ""), scopes)
+            key = (host, challenge.realm, challenge.params.get("service", ""), scopes)
             if sent == "bearer":
                 with self._lock:
                     self._tokens.pop(key, None)
@@ -161,7 +163,7 @@ class RegistryAuth(httpx.Auth):
                 return None
             request.headers["Authorization"] = _basic(creds)
             return "basic"
-        key = (challenge.realm, challenge.params.get("service", ""), self._scopes(request, challenge))
+        key = (host, challenge.realm, challenge.params.get("service", ""), self._scopes(request, challenge))
         with self._lock:
             token = self._tokens.get(key)
         if token is None or token.expires <= self._clock():

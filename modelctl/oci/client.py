@@ -1,8 +1,10 @@
 """RegistryClient: the OCI distribution API (manifests, blobs, tags, referrers, uploads) over httpx.
 
-Reads walk the registry's mirrors first, then the upstream, falling back on any failure; the most useful
-error wins when all fail (not found / denied beat unreachable). Once a repository's manifest came from an
-endpoint, its blobs are asked there first. Small reads retry temporary errors with jittered exponential
+Reads walk the registry's mirrors that may answer them first (a tag needs a ``resolve`` host, content by digest a
+``pull`` one: see :mod:`modelctl.oci.endpoints`), then the upstream, falling back on any failure; the most useful
+error wins when all fail (not found / denied beat unreachable). Mirrors that failed a repository's manifest are
+asked for its blobs last. A 400/401/403 from where a registry redirected to (an expired pre-signed URL) is a
+temporary error: the retry asks the registry again. Small reads retry temporary errors with jittered exponential
 backoff that honours ``Retry-After``; ``open_blob`` never retries (the download engine owns its retries).
 Everything read is bounded and digest-checked. Safe to share between threads.
 """
@@ -28,10 +30,12 @@ from modelctl.digest import Digest
 from modelctl.errors import AuthError, DigestMismatch, IntegrityError, ModelctlError, NotFound, RegistryError
 from modelctl.oci import credentials as _credentials
 from modelctl.oci import descriptor as _descriptor
+from modelctl.oci import endpoints as _endpoints
 from modelctl.oci import mediatypes as mt
 from modelctl.oci import transport as _transport
 from modelctl.oci.auth import CredentialLookup, RegistryAuth
 from modelctl.oci.descriptor import Descriptor, Index, Manifest
+from modelctl.oci.endpoints import PULL, RESOLVE, Endpoint
 from modelctl.oci.transport import BlobReader
 from modelctl.reference import Reference
 
@@ -69,8 +73,11 @@ class RegistryClient:
         self._config = config
         self._sleep = sleep
         lookup = credentials if credentials is not None else partial(_credentials.lookup, config)
-        self._http = _transport.build_client(config, auth=RegistryAuth(lookup), transport=transport)
-        self._sticky: dict[tuple[str, str], str] = {}
+        self._http = _transport.build_client(
+            config, auth=RegistryAuth(lookup), transport=transport, mounts=_endpoints.tls_mounts(config)
+        )
+        self._demoted: dict[tuple[str, str], frozenset[Endpoint]] = {}
+        """Per (registry, repository): the endpoints that failed its manifest, asked last for its blobs."""
         self._lock = threading.Lock()
 
     def __enter__(self) -> RegistryClient:
@@ -108,9 +115,9 @@ class RegistryClient:
         """The manifest or index ``ref`` names, and its media type (the Content-Type, or the document's own
         ``mediaType`` when the registry sent a generic type such as text/plain)."""
 
-        def fetch(base: str) -> tuple[Manifest | Index, str]:
+        def fetch(at: Endpoint) -> tuple[Manifest | Index, str]:
             headers = {"Accept": ", ".join(accept)}
-            response = self._open(base, ref, "GET", f"manifests/{ref.identifier}", what=str(ref), headers=headers)
+            response = self._open(at, ref, "GET", f"manifests/{ref.identifier}", what=str(ref), headers=headers)
             try:
                 body = _transport.read_bounded(response, MAX_MANIFEST_SIZE, what=f"manifest of {ref}")
             finally:
@@ -122,18 +129,18 @@ class RegistryClient:
             try:
                 doc = _descriptor.parse(body, known, algorithm=algorithm, what=f"manifest of {ref}")
             except IntegrityError as exc:
-                exc.hint = exc.hint or f"{_display(base)} serves a broken or hostile manifest; nothing was stored"
+                exc.hint = exc.hint or f"{at.host} serves a broken or hostile manifest; nothing was stored"
                 raise
             return doc, known or doc.media_type
 
-        return self._walk(ref, fetch, retry=True, remember=True)
+        return self._walk(ref, fetch, retry=True, remember=True, capability=_manifest_capability(ref))
 
     def head_manifest(self, ref: Reference) -> Descriptor | None:
         """The descriptor of ``ref``'s manifest without downloading it; None when it does not exist."""
 
-        def probe(base: str) -> Descriptor | None:
+        def probe(at: Endpoint) -> Descriptor | None:
             headers = {"Accept": ", ".join(mt.MANIFEST_ACCEPT)}
-            response = self._open(base, ref, "HEAD", f"manifests/{ref.identifier}", what=str(ref), headers=headers)
+            response = self._open(at, ref, "HEAD", f"manifests/{ref.identifier}", what=str(ref), headers=headers)
             response.close()
             header = response.headers.get("Docker-Content-Digest") or ref.digest
             size = _transport.int_header(response, "Content-Length")
@@ -146,7 +153,7 @@ class RegistryClient:
             return Descriptor(media_type=media_type, digest=digest, size=size)
 
         try:
-            found = self._walk(ref, probe, retry=True)
+            found = self._walk(ref, probe, retry=True, capability=_manifest_capability(ref))
             if found is not None:
                 return found
             doc, media_type = self.get_manifest(ref)
@@ -159,8 +166,8 @@ class RegistryClient:
         digest = Digest(digest)
         what = f"blob {digest} of {ref.name}"
 
-        def fetch(base: str) -> bytes:
-            response = self._open(base, ref, "GET", f"blobs/{digest}", what=what)
+        def fetch(at: Endpoint) -> bytes:
+            response = self._open(at, ref, "GET", f"blobs/{digest}", what=what)
             try:
                 body = _transport.read_bounded(response, max_size, what=what)
             finally:
@@ -177,9 +184,9 @@ class RegistryClient:
         digest = Digest(digest)
         what = f"blob {digest} of {ref.name}"
 
-        def probe(base: str) -> int:
+        def probe(at: Endpoint) -> int:
             try:
-                response = self._open(base, ref, "HEAD", f"blobs/{digest}", what=what)
+                response = self._open(at, ref, "HEAD", f"blobs/{digest}", what=what)
                 response.close()
                 size = _transport.int_header(response, "Content-Length")
                 if size is not None:
@@ -189,14 +196,14 @@ class RegistryClient:
             except ModelctlError:
                 pass
             response = self._open(
-                base, ref, "GET", f"blobs/{digest}", what=what, headers={"Range": "bytes=0-0"}, ok=(200, 206)
+                at, ref, "GET", f"blobs/{digest}", what=what, headers={"Range": "bytes=0-0"}, ok=(200, 206)
             )
             try:
                 reader = _transport.BlobReader(response, start=0, end=None)
             finally:
                 response.close()
             if reader.total is None:
-                raise RegistryError(f"registry {_display(base)} did not say the size of {what}", temporary=False)
+                raise RegistryError(f"registry {at.host} did not say the size of {what}", temporary=False)
             return reader.total
 
         return self._walk(ref, probe, retry=True, sticky=True)
@@ -212,8 +219,8 @@ class RegistryClient:
         headers = {"Range": f"bytes={start}-{'' if end is None else end}"} if start or end is not None else {}
         what = f"blob {digest} of {ref.name}"
 
-        def fetch(base: str) -> BlobReader:
-            response = self._open(base, ref, "GET", f"blobs/{digest}", what=what, headers=headers, ok=(200, 206, 416))
+        def fetch(at: Endpoint) -> BlobReader:
+            response = self._open(at, ref, "GET", f"blobs/{digest}", what=what, headers=headers, ok=(200, 206, 416))
             if response.status_code == 416:
                 response.close()
                 raise _transport.range_refused(response, what=what, start=start)
@@ -232,7 +239,7 @@ class RegistryClient:
     def tags(self, ref: Reference) -> list[str]:
         """Every tag of ``ref``'s repository, following ``Link`` pagination."""
         out: list[str] = []
-        for doc in self._pages(ref, "tags/list", what=f"repository {ref.name}"):
+        for doc in self._pages(ref, "tags/list", what=f"repository {ref.name}"):  # a listing: resolve hosts
             items = doc.get("tags") or []
             if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
                 raise RegistryError(f"registry {ref.registry} sent a malformed tag list", temporary=False)
@@ -264,8 +271,8 @@ class RegistryClient:
     def blob_exists(self, ref: Reference, digest: Digest) -> bool:
         digest = Digest(digest)
 
-        def probe(base: str) -> bool:
-            self._open(base, ref, "HEAD", f"blobs/{digest}", what=f"blob {digest} of {ref.name}", push=True).close()
+        def probe(at: Endpoint) -> bool:
+            self._open(at, ref, "HEAD", f"blobs/{digest}", what=f"blob {digest} of {ref.name}", push=True).close()
             return True
 
         try:
@@ -276,11 +283,11 @@ class RegistryClient:
     def mount_blob(self, ref: Reference, digest: Digest, from_repository: str) -> bool:
         """Ask the registry to link ``digest`` from another repository; False when it would not."""
         digest = Digest(digest)
-        base = self.endpoint_for(ref.registry)
+        at = _endpoints.upstream(self._config, ref.registry)
         scopes = (*_scopes(ref, push=True), f"repository:{from_repository}:pull")
         params = {"mount": digest, "from": from_repository}
         response = self._open(
-            base,
+            at,
             ref,
             "POST",
             "blobs/uploads/",
@@ -305,8 +312,8 @@ class RegistryClient:
         """Upload a blob: one POST + PUT (monolithic), or POST, PATCHes of ``chunk_size`` bytes, PUT."""
         digest = Digest(digest)
         what = f"upload of {digest} to {ref.name}"
-        base = self.endpoint_for(ref.registry)
-        response = self._open(base, ref, "POST", "blobs/uploads/", what=what, push=True, ok=(202,), content=b"")
+        at = _endpoints.upstream(self._config, ref.registry)
+        response = self._open(at, ref, "POST", "blobs/uploads/", what=what, push=True, ok=(202,), content=b"")
         response.close()
         location = _transport.location(response, what)
         hashing = _digest.Hashing(digest.algorithm)
@@ -357,9 +364,9 @@ class RegistryClient:
         if ref.digest and ref.digest != digest:
             raise DigestMismatch(ref.digest, digest, what=f"manifest for {ref}")
 
-        def put(base: str) -> Digest:
+        def put(at: Endpoint) -> Digest:
             response = self._open(
-                base,
+                at,
                 ref,
                 "PUT",
                 f"manifests/{ref.tag or digest}",
@@ -379,42 +386,44 @@ class RegistryClient:
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _endpoints(self, ref: Reference, *, push: bool, sticky: bool) -> list[str]:
-        upstream = self.endpoint_for(ref.registry)
+    def _endpoints(self, ref: Reference, *, capability: str, push: bool, sticky: bool) -> list[Endpoint]:
         if push:
-            return [upstream]
-        order = list(dict.fromkeys([*self._config.mirrors.get(ref.registry, ()), upstream]))
+            return [_endpoints.upstream(self._config, ref.registry)]
+        order = _endpoints.for_registry(self._config, ref.registry, capability)
         if sticky:
             with self._lock:
-                first = self._sticky.get((ref.registry, ref.repository))
-            if first in order:
-                order.remove(first)
-                order.insert(0, first)
+                demoted = self._demoted.get((ref.registry, ref.repository), frozenset())
+            order = [e for e in order if e not in demoted] + [e for e in order if e in demoted]
         return order
 
     def _walk(
         self,
         ref: Reference,
-        op: Callable[[str], T],
+        op: Callable[[Endpoint], T],
         *,
         retry: bool,
+        capability: str = PULL,
         push: bool = False,
         sticky: bool = False,
         remember: bool = False,
-        endpoints: Sequence[str] | None = None,
+        endpoints: Sequence[Endpoint] | None = None,
     ) -> T:
+        """Run ``op`` on each endpoint in turn until one succeeds; ``remember``: the ones that failed before it are
+        asked last for the repository's blobs (``sticky``)."""
         attempts = 1 + (max(0, self._config.retries) if retry else 0)
         for attempt in range(attempts):
             failures: list[ModelctlError] = []
-            for base in endpoints or self._endpoints(ref, push=push, sticky=sticky):
+            failed: list[Endpoint] = []
+            for at in endpoints or self._endpoints(ref, capability=capability, push=push, sticky=sticky):
                 try:
-                    result = op(base)
+                    result = op(at)
                 except ModelctlError as exc:
                     failures.append(exc)
+                    failed.append(at)
                     continue
                 if remember:
                     with self._lock:
-                        self._sticky[(ref.registry, ref.repository)] = base
+                        self._demoted[(ref.registry, ref.repository)] = frozenset(failed)
                 return result
             best = max(enumerate(failures), key=lambda item: (_usefulness(item[1]), item[0]))[1]
             if attempt + 1 >= attempts or not (isinstance(best, RegistryError) and best.temporary):
@@ -424,7 +433,7 @@ class RegistryClient:
 
     def _open(
         self,
-        base: str,
+        at: Endpoint,
         ref: Reference,
         method: str,
         path: str,
@@ -437,21 +446,26 @@ class RegistryClient:
         scopes: tuple[str, ...] | None = None,
         ok: tuple[int, ...] = (200,),
     ) -> httpx.Response:
-        """One request to one endpoint; a streamed response with an expected status, or a typed error."""
-        url = f"{base}/v2/{ref.repository}/{path}"
+        """One request to one endpoint (with its query and headers); a streamed response with an expected status,
+        or a typed error."""
+        configured = at.headers
         request = self._http.build_request(
             method,
-            url,
-            headers=headers,
-            params=params,
+            at.url(ref.repository, path),
+            headers={**configured, **(headers or {})},
+            params={**at.params, **(params or {})} or None,
             content=content,
-            extensions={_transport.SCOPES: scopes or _scopes(ref, push=push)},
+            extensions={
+                _transport.SCOPES: scopes or _scopes(ref, push=push),
+                _transport.ORIGIN_HEADERS: tuple(configured),
+            },
         )
         response = _transport.send(self._http, request)
         if response.status_code in ok:
             return response
         try:
-            raise _transport.error_for(response, what=what, registry=_display(base), push=push)
+            refused = _transport.redirect_refused(response, request.url, what=what, registry=at.host)
+            raise refused or _transport.error_for(response, what=what, registry=at.host, push=push)
         finally:
             response.close()
 
@@ -489,11 +503,11 @@ class RegistryClient:
     ) -> Iterator[dict[str, Any]]:
         """JSON documents of a paginated listing; every page comes from the endpoint that served the first."""
 
-        def first(base: str) -> tuple[dict[str, Any], httpx.URL | None, str]:
-            response = self._open(base, ref, "GET", path, what=what, headers={"Accept": accept}, params=params)
-            return (*_transport.json_page(response, MAX_LIST_PAGE, what=what), base)
+        def first(at: Endpoint) -> tuple[dict[str, Any], httpx.URL | None, Endpoint]:
+            response = self._open(at, ref, "GET", path, what=what, headers={"Accept": accept}, params=params)
+            return (*_transport.json_page(response, MAX_LIST_PAGE, what=what), at)
 
-        doc, next_url, base = self._walk(ref, first, retry=True)
+        doc, next_url, at = self._walk(ref, first, retry=True, capability=RESOLVE)
         yield doc
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
@@ -502,22 +516,26 @@ class RegistryClient:
             seen.add(str(next_url))
             page_url = next_url
 
-            def fetch(_: str, page_url: httpx.URL = page_url) -> tuple[dict[str, Any], httpx.URL | None]:
+            def fetch(_: Endpoint, page_url: httpx.URL = page_url) -> tuple[dict[str, Any], httpx.URL | None]:
+                configured = at.headers
                 request = self._http.build_request(
                     "GET",
                     page_url,
-                    headers={"Accept": accept},
-                    extensions={_transport.SCOPES: _scopes(ref, push=False)},
+                    headers={**configured, "Accept": accept},
+                    extensions={
+                        _transport.SCOPES: _scopes(ref, push=False),
+                        _transport.ORIGIN_HEADERS: tuple(configured),
+                    },
                 )
                 response = _transport.send(self._http, request)
                 if response.status_code != 200:
                     try:
-                        raise _transport.error_for(response, what=what, registry=_display(base))
+                        raise _transport.error_for(response, what=what, registry=at.host)
                     finally:
                         response.close()
                 return _transport.json_page(response, MAX_LIST_PAGE, what=what)
 
-            doc, next_url = self._walk(ref, fetch, retry=True, endpoints=[base])
+            doc, next_url = self._walk(ref, fetch, retry=True, endpoints=[at])
             yield doc
 
 
@@ -526,6 +544,11 @@ class RegistryClient:
 
 def _scopes(ref: Reference, *, push: bool) -> tuple[str, ...]:
     return (f"repository:{ref.repository}:{'pull,push' if push else 'pull'}",)
+
+
+def _manifest_capability(ref: Reference) -> str:
+    """A manifest named by its tag needs a host that may resolve tags; one pinned by digest any that may pull."""
+    return PULL if ref.digest else RESOLVE
 
 
 def _display(base: str) -> str:

@@ -3,9 +3,9 @@
 One ``httpx.Client`` per :class:`~modelctl.oci.client.RegistryClient`, shared by all its threads. TLS is
 verified; ``trust_env`` makes httpx honour ``HTTPS_PROXY``/``NO_PROXY`` and ``SSL_CERT_FILE``/``SSL_CERT_DIR``
 (one SSL context is built up front and shared by the direct and proxy transports). Redirects are followed
-here, not by httpx: ``Range`` survives every hop and ``Authorization`` is dropped when the origin (scheme, host
-and port) changes: a 307 to a CDN carries a signed URL, never our token, and another port of the same host may
-be another service. :class:`BlobReader` streams one blob response as raw bytes.
+here, not by httpx: ``Range`` survives every hop and ``Authorization`` (with a mirror's configured headers) is
+dropped when the origin (scheme, host and port) changes: a 307 to a CDN carries a signed URL, never our token, and
+another port of the same host may be another service. :class:`BlobReader` streams one blob response as raw bytes.
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ MAX_REDIRECTS = 5
 USER_AGENT = f"modelctl/{__version__}"
 SCOPES = "modelctl.scopes"
 """Request extension naming the token scopes a request needs (read by ``auth.RegistryAuth``)."""
+ORIGIN_HEADERS = "modelctl.origin_headers"
+"""Request extension naming headers that, like ``Authorization``, stay with the request's origin (a mirror's
+configured headers): :func:`send` drops them on a redirect to another origin."""
 
 READ_SIZE = 1 << 20
 """Bytes per socket read on HTTP/1.1 connections (httpcore's default is 64 KiB)."""
+_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
 _ERROR_BODY_LIMIT = 64 << 10
 _INFLATE_STEP = 64 << 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -61,25 +65,37 @@ def registry_for_host(netloc: str) -> str:
 
 
 def build_client(
-    config: Config, *, auth: httpx.Auth | None = None, transport: httpx.BaseTransport | None = None
+    config: Config,
+    *,
+    auth: httpx.Auth | None = None,
+    transport: httpx.BaseTransport | None = None,
+    mounts: Mapping[str, httpx.BaseTransport] | None = None,
 ) -> httpx.Client:
-    """The shared client: verified TLS, env proxies and CA bundle, a pool sized for parallel ranged reads."""
+    """The shared client: verified TLS, env proxies and CA bundle, a pool sized for parallel ranged reads.
+
+    ``mounts`` are transports of their own for some origins (a mirror with its own CA file); ``transport``
+    replaces the network for every origin (tests), those included."""
     _raise_read_size()
     timeout = httpx.Timeout(
         connect=config.connect_timeout, read=config.stall_timeout, write=config.stall_timeout, pool=120.0
     )
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
     return httpx.Client(
         auth=auth,
         transport=transport,
+        mounts=None if transport is not None else mounts,
         verify=httpx.create_ssl_context(verify=True, trust_env=True),
         trust_env=True,
         timeout=timeout,
-        limits=limits,
+        limits=_LIMITS,
         follow_redirects=False,
         # identity: a blob's bytes on the wire are the blob (iter_raw, Range offsets and digests agree).
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
+
+
+def http_transport(*, verify: ssl.SSLContext | bool) -> httpx.HTTPTransport:
+    """A direct transport with its own TLS verification and the shared client's pool limits."""
+    return httpx.HTTPTransport(verify=verify, limits=_LIMITS, trust_env=False)
 
 
 def _raise_read_size() -> None:
@@ -110,14 +126,15 @@ def send(client: httpx.Client, request: httpx.Request, *, max_redirects: int = M
         target = request.url.join(location)
         headers = httpx.Headers(request.headers)
         headers.pop("Host", None)
-        if _origin(target) != _origin(request.url):
-            headers.pop("Authorization", None)
+        if origin(target) != origin(request.url):
+            for name in ("Authorization", *request.extensions.get(ORIGIN_HEADERS, ())):
+                headers.pop(name, None)
             auth = None
         request = httpx.Request(request.method, target, headers=headers, extensions=dict(request.extensions))
     raise RegistryError(f"registry {request.url.host} redirected more than {max_redirects} times", temporary=False)
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+def origin(url: httpx.URL) -> tuple[str, str, int | None]:
     """Scheme, host and port (the scheme's default when the URL names none): what a credential is bound to."""
     return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
@@ -173,6 +190,23 @@ def _tls_error(tls: ssl.SSLError, host: str, detail: str) -> RegistryError:
             "its HTTPS port"
         )
     return RegistryError(f"TLS handshake with registry {host} failed: {detail}", temporary=False, hint=hint)
+
+
+def redirect_refused(response: httpx.Response, first: httpx.URL, *, what: str, registry: str) -> RegistryError | None:
+    """A 400/401/403 from the place a registry redirected to (object storage refusing a pre-signed URL, most often
+    because it expired or the clocks disagree): temporary, because the next attempt asks the registry again and gets
+    a freshly signed URL. None for any other answer."""
+    if response.status_code not in (400, 401, 403) or origin(response.url) == origin(first):
+        return None
+    host = response.url.netloc.decode("ascii")
+    return RegistryError(
+        f"the storage {registry} redirected {what} to ({host}) refused it (HTTP {response.status_code}; an expired "
+        "pre-signed URL?)",
+        status=response.status_code,
+        temporary=True,
+        hint=f"modelctl asks {registry} for a new URL on every retry; if this persists, the registry's storage "
+        "settings (its clock, credentials or bucket policy) are wrong: tell its owner",
+    )
 
 
 def range_refused(response: httpx.Response, *, what: str, start: int) -> IntegrityError:
