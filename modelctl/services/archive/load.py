@@ -29,6 +29,7 @@ from modelctl.oci import descriptor, safejson
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.services.archive import names
+from modelctl.services.archive.counted import Counted
 from modelctl.services.archive.result import ArchivedModel, ArchiveResult, Progress
 from modelctl.store import MAX_MANIFEST, TMP_DIR, Layout, graph
 from modelctl.store import models as local
@@ -63,9 +64,10 @@ def load(
     store = local.layout(config)
     store.ensure()
     staging = _Staging(store)
+    counted = Counted(source)
     try:
         with staging:
-            index_raw, skipped = _read_archive(source, name, store, staging, progress)
+            index_raw, skipped = _read_archive(counted, name, store, staging, progress)
             listed = _parse_index(index_raw, name)
             documents = _documents(store, staging, name)
             attached = {n.desc.digest for n in documents if n.subject is not None}
@@ -94,11 +96,11 @@ def load(
                 skipped=(*skipped, *(f"blobs/{d.algorithm}/{d.hex}" for d in unused)),
             )
     except INTERRUPTS as exc:
-        raise Interrupted.by(exc, _interrupted(source, name, staging)) from None
+        raise Interrupted.by(exc, _interrupted(counted, name)) from None
     except OSError as exc:
         if not atomic.disk_full(exc):
             raise
-        read, total = _position(source, staging)
+        read, total = _position(counted)
         raise atomic.no_space(
             staging.dir,
             total if total is not None else read,
@@ -117,22 +119,18 @@ def load_from_path(
         return load(config, f, name=str(path), progress=progress, as_name=as_name)
 
 
-def _position(source: BinaryIO, staging: _Staging) -> tuple[int, int | None]:
-    """(bytes of the archive read, its size when ``source`` is a file): the numbers of an interrupted load."""
+def _position(counted: Counted) -> tuple[int, int | None]:
+    """(bytes of the archive read, its size when it is a file): the numbers of an interrupted or disk-full load."""
     try:
-        read = source.tell()
-    except (OSError, ValueError, AttributeError):
-        read = sum(staging.sizes.values())  # a pipe: the blobs read so far
-    try:
-        st = os.fstat(source.fileno())
+        st = os.fstat(counted.stream.fileno())
         total = st.st_size if stat.S_ISREG(st.st_mode) else None
     except (OSError, ValueError, AttributeError):
         total = None
-    return read, total
+    return counted.count, total
 
 
-def _interrupted(source: BinaryIO, name: str, staging: _Staging) -> str:
-    read, total = _position(source, staging)
+def _interrupted(counted: Counted, name: str) -> str:
+    read, total = _position(counted)
     of = f" of {total}" if total is not None else ""
     return (
         f"interrupted: {read}{of} bytes of {name} read, no model was tagged (the partial files were removed); "
@@ -203,7 +201,7 @@ def _kind(member: tarfile.TarInfo) -> str | None:
 
 
 def _read_archive(
-    source: BinaryIO, archive: str, store: Layout, staging: _Staging, progress: Progress | None
+    source: Counted, archive: str, store: Layout, staging: _Staging, progress: Progress | None
 ) -> tuple[bytes, list[str]]:
     """One pass over the tar: stage and verify every blob; return index.json's bytes and the ignored names."""
     index_raw: bytes | None = None
