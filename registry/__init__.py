@@ -2,11 +2,14 @@
 
 Public API (used by ``modelctl registry serve`` / ``modelctl registry gc`` and ``python -m registry``)::
 
-    serve(*, root, host, port, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0,
-          allow_sparse=False) -> None
-    create_app(*, root, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0,
+    serve(*, host, port, root=None, store=None, htpasswd=None, proxy=None, allow_anonymous_pull=False,
+          tag_ttl=30.0, allow_sparse=False) -> None
+    create_app(*, root=None, store=None, htpasswd=None, proxy=None, allow_anonymous_pull=False, tag_ttl=30.0,
                allow_sparse=False) -> Application
     gc(root, *, grace_seconds=0.0, dry_run=False) -> list[str]        (digests of the removed blobs)
+
+``root`` is the registry's storage directory (``registry-data`` when neither is given); ``store`` serves a modelctl
+store (an OCI image layout) read-only instead.
 
 Imports are deferred so that importing ``registry`` costs nothing until a server is wanted. (The collector lives
 in ``registry.collect``: a submodule named ``gc`` would replace the ``gc`` function on first import.)

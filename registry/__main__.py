@@ -1,4 +1,4 @@
-"""Command line: ``python -m registry --root DIR --addr HOST:PORT ...``; ``python -m registry gc ...``."""
+"""Command line: ``python -m registry --root DIR|--store DIR --addr HOST:PORT ...``; ``python -m registry gc ...``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             print(digest)
         return 0
     parser = argparse.ArgumentParser(prog="python -m registry", description="serve an OCI registry")
-    parser.add_argument("--root", type=Path, required=True, help="storage directory (created if missing)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--root", type=Path, help="storage directory (created if missing)")
+    where.add_argument(
+        "--store", type=Path, metavar="DIR", help="serve this modelctl store ($MODELCTL_HOME/store) read-only"
+    )
     parser.add_argument("--addr", type=parse_addr, default=("127.0.0.1", 5000), help="HOST:PORT (port 0: any free)")
     parser.add_argument("--htpasswd", type=Path, help="htpasswd file with bcrypt hashes: enables Basic auth")
     parser.add_argument("--proxy", metavar="URL", help="upstream registry: run as a read-only pull-through cache")
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         registry.serve(
             root=ns.root,
+            store=ns.store,
             host=host,
             port=port,
             htpasswd=ns.htpasswd,

@@ -22,9 +22,11 @@ from modelctl.errors import RegistryError, UsageError
 from registry import auth, blob_api, discovery, manifest_api, names
 from registry.context import Context
 from registry.errors import RegistryHTTPError
-from registry.proxy import PullThrough, Upstream
+from registry.proxy import PullThrough
 from registry.storage import Storage
+from registry.store_view import StoreView
 from registry.uploads import Uploads
+from registry.upstream import Upstream
 
 Handler = Callable[[web.Request, Context, names.Route], Awaitable[web.StreamResponse]]
 
@@ -66,8 +68,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
                 f"{request.method} is not supported here",
                 headers={"Allow": ", ".join(allowed)},
             )
-        if write and ctx.proxy is not None:
-            raise RegistryHTTPError("UNSUPPORTED", "this registry is a read-only pull-through cache")
+        if write and ctx.read_only is not None:
+            raise RegistryHTTPError("UNSUPPORTED", ctx.read_only)
         return await handler(request, ctx, route)
     except names.GrammarError as exc:
         return RegistryHTTPError(exc.code, exc.message).response()
@@ -81,17 +83,52 @@ async def _add_version_header(_request: web.Request, response: web.StreamRespons
 
 def create_app(
     *,
-    root: Path,
+    root: Path | None = None,
+    store: Path | None = None,
     htpasswd: Path | None = None,
     proxy: str | None = None,
     allow_anonymous_pull: bool = False,
     tag_ttl: float = 30.0,
     allow_sparse: bool = False,
 ) -> web.Application:
-    """Build the registry application over the storage root ``root`` (created if missing).
+    """Build the registry application over the storage root ``root`` (created if missing), or, with ``store``,
+    over a modelctl store served read-only (pulls only).
 
     ``allow_sparse`` accepts manifests whose blobs or child manifests were not pushed (see ``Context``).
     Start-up mistakes (a root that is a file, an unreadable or non-bcrypt htpasswd) raise UsageError."""
+    authenticator = (
+        auth.Authenticator(auth.load_htpasswd(htpasswd), allow_anonymous_pull=allow_anonymous_pull)
+        if htpasswd is not None
+        else None
+    )
+    if store is not None:
+        if root is not None or proxy is not None:
+            raise UsageError("--store serves a modelctl store as it is", hint="leave out --root and --proxy")
+        context = Context(content=_store_view(store), auth=authenticator)
+    else:
+        context = _storage_context(root or Path("registry-data"), proxy, tag_ttl, allow_sparse, authenticator)
+    app = web.Application(handler_args={"max_field_size": 16384})
+    app[CONTEXT] = context
+    app.router.add_route("*", "/v2", _dispatch)
+    app.router.add_route("*", "/v2/{tail:.*}", _dispatch)
+    app.on_response_prepare.append(_add_version_header)
+    pull_through = context.proxy
+    if pull_through is not None:
+
+        async def _start(_app: web.Application) -> None:
+            pull_through.start()
+
+        async def _stop(_app: web.Application) -> None:
+            await pull_through.close()
+
+        app.on_startup.append(_start)
+        app.on_cleanup.append(_stop)
+    return app
+
+
+def _storage_context(
+    root: Path, proxy: str | None, tag_ttl: float, allow_sparse: bool, authenticator: auth.Authenticator | None
+) -> Context:
     try:
         storage = Storage(root)
     except OSError as exc:
@@ -99,31 +136,27 @@ def create_app(
             f"cannot use --root {root}: {exc.strerror or exc}", hint="give a directory (it is created if missing)"
         ) from None
     uploads = Uploads(storage)
-    authenticator = (
-        auth.Authenticator(auth.load_htpasswd(htpasswd), allow_anonymous_pull=allow_anonymous_pull)
-        if htpasswd is not None
-        else None
+    pull_through = PullThrough(Upstream(proxy), storage, uploads, tag_ttl=tag_ttl) if proxy else None
+    return Context(
+        content=storage,
+        storage=storage,
+        uploads=uploads,
+        auth=authenticator,
+        proxy=pull_through,
+        allow_sparse=allow_sparse,
     )
-    upstream = Upstream(proxy) if proxy else None
-    pull_through = PullThrough(upstream, storage, uploads, tag_ttl=tag_ttl) if upstream else None
-    app = web.Application(handler_args={"max_field_size": 16384})
-    app[CONTEXT] = Context(
-        storage=storage, uploads=uploads, auth=authenticator, proxy=pull_through, allow_sparse=allow_sparse
-    )
-    app.router.add_route("*", "/v2", _dispatch)
-    app.router.add_route("*", "/v2/{tail:.*}", _dispatch)
-    app.on_response_prepare.append(_add_version_header)
-    if upstream is not None:
 
-        async def _start(_app: web.Application) -> None:
-            await upstream.start()
 
-        async def _stop(_app: web.Application) -> None:
-            await upstream.close()
-
-        app.on_startup.append(_start)
-        app.on_cleanup.append(_stop)
-    return app
+def _store_view(store: Path) -> StoreView:
+    try:
+        view = StoreView(store)
+    except FileNotFoundError:
+        raise UsageError(
+            f"{store} is not a modelctl store (no index.json)",
+            hint="pull a model first, or point MODELCTL_HOME at the store to serve",
+        ) from None
+    view.recover()
+    return view
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -163,9 +196,10 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
 
 def serve(
     *,
-    root: Path,
     host: str,
     port: int,
+    root: Path | None = None,
+    store: Path | None = None,
     htpasswd: Path | None = None,
     proxy: str | None = None,
     allow_anonymous_pull: bool = False,
@@ -176,6 +210,7 @@ def serve(
     (port 0 picks a free port, and the line shows which)."""
     app = create_app(
         root=root,
+        store=store,
         htpasswd=htpasswd,
         proxy=proxy,
         allow_anonymous_pull=allow_anonymous_pull,

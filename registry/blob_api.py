@@ -1,4 +1,5 @@
-"""Blob endpoints: GET/HEAD (sendfile, Range), DELETE, and uploads (POST, PATCH, PUT, GET, DELETE)."""
+"""Blob endpoints: GET/HEAD (sendfile, Range; a pull-through miss streamed as it arrives), DELETE, and uploads
+(POST, PATCH, PUT, GET, DELETE)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Final
 from aiohttp import web
 
 from modelctl.digest import Digest
-from registry import names
+from registry import fetch, names
 from registry.context import Context
 from registry.errors import RegistryHTTPError
+from registry.fetch import Fetch
 from registry.uploads import Upload
 
 _CONTENT_RANGE: Final = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)")
@@ -31,9 +33,20 @@ def _upload_headers(upload: Upload) -> dict[str, str]:
     }
 
 
+def _blob_headers(digest: Digest, *, ranges: bool = True) -> dict[str, str]:
+    headers = {
+        "Docker-Content-Digest": digest,
+        "Content-Type": "application/octet-stream",
+        "Cache-Control": "max-age=31536000",
+    }
+    if ranges:
+        headers["Accept-Ranges"] = "bytes"
+    return headers
+
+
 async def get(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
     name, digest = route.name, route.digest
-    if not ctx.storage.blob_linked(name, digest):
+    if not ctx.content.blob_linked(name, digest):
         if ctx.proxy is None:
             raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": digest})
         if request.method == "HEAD":
@@ -46,21 +59,22 @@ async def get(request: web.Request, ctx: Context, route: names.Route) -> web.Str
             await head.prepare(request)
             await head.write_eof()
             return head
-        if not await ctx.proxy.fetch_blob(name, digest):
+        outcome = await ctx.proxy.fetch_blob(name, digest)
+        if outcome is False:
             raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": digest})
-    return web.FileResponse(
-        ctx.storage.blob_path(digest),
-        headers={
-            "Docker-Content-Digest": digest,
-            "Content-Type": "application/octet-stream",
-            "Accept-Ranges": "bytes",
-            "Cache-Control": "max-age=31536000",
-        },
-    )
+        if isinstance(outcome, Fetch):
+            if outcome.size is not None and outcome.size <= fetch.WHOLE_BELOW:
+                await outcome.wait_ended()
+            if outcome.error is not None:
+                raise RegistryHTTPError("UNAVAILABLE", outcome.error)
+            if not outcome.verified:
+                return await fetch.stream(request, outcome, _blob_headers(digest, ranges=outcome.size is not None))
+    return web.FileResponse(ctx.content.blob_path(digest), headers=_blob_headers(digest))
 
 
 async def delete(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    if not ctx.storage.unlink_blob(route.name, route.digest):
+    storage, _ = ctx.writable()
+    if not storage.unlink_blob(route.name, route.digest):
         raise RegistryHTTPError("BLOB_UNKNOWN", detail={"digest": route.ref})
     return web.Response(status=202)
 
@@ -68,6 +82,7 @@ async def delete(_request: web.Request, ctx: Context, route: names.Route) -> web
 async def start_upload(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
     """POST: mount from another repository, single-request monolithic upload, or a new session."""
     name, query = route.name, request.query
+    storage, uploads = ctx.writable()
     mount = query.get("mount")
     if mount is not None:
         mount = names.check_digest(mount)
@@ -76,21 +91,21 @@ async def start_upload(request: web.Request, ctx: Context, route: names.Route) -
             names.check_name(source)
         # Without ``from`` any stored blob mounts: access is registry-wide (one htpasswd), so naming a digest
         # reveals nothing a pull of the repository holding it would not.
-        if ctx.storage.blob_linked(source, mount) if source is not None else ctx.storage.has_blob(mount):
-            ctx.storage.link_blob(name, mount)
+        if storage.blob_linked(source, mount) if source is not None else storage.has_blob(mount):
+            storage.link_blob(name, mount)
             return _created(name, mount)
         # Not mountable: fall back to an upload session, as the spec asks (202).
     claimed = query.get("digest")
     if claimed is None or mount is not None:
-        return web.Response(status=202, headers=_upload_headers(ctx.uploads.create(name)))
+        return web.Response(status=202, headers=_upload_headers(uploads.create(name)))
     digest = names.check_digest(claimed)
-    upload = ctx.uploads.create(name, digest.algorithm)
+    upload = uploads.create(name, digest.algorithm)
     try:
-        await ctx.uploads.append(upload, request.content, expected=request.content_length)
-        await ctx.uploads.complete(upload, digest)
+        await uploads.append(upload, request.content, expected=request.content_length)
+        await uploads.complete(upload, digest)
     finally:
         if not upload.done:
-            ctx.uploads.cancel(upload)
+            uploads.cancel(upload)
     return _created(name, digest)
 
 
@@ -119,36 +134,40 @@ def _check_range(request: web.Request, upload: Upload) -> int | None:
 
 
 async def patch_upload(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    upload = ctx.uploads.get(route.name, route.ref)
+    _, uploads = ctx.writable()
+    upload = uploads.get(route.name, route.ref)
     async with upload.lock:
-        upload = ctx.uploads.get(route.name, route.ref)
+        upload = uploads.get(route.name, route.ref)
         expected = _check_range(request, upload)
-        await ctx.uploads.append(upload, request.content, expected=expected)
+        await uploads.append(upload, request.content, expected=expected)
         return web.Response(status=202, headers=_upload_headers(upload))
 
 
 async def finish_upload(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    upload = ctx.uploads.get(route.name, route.ref)
+    _, uploads = ctx.writable()
+    upload = uploads.get(route.name, route.ref)
     async with upload.lock:
-        upload = ctx.uploads.get(route.name, route.ref)
+        upload = uploads.get(route.name, route.ref)
         claimed = request.query.get("digest")
         if claimed is None:
             raise RegistryHTTPError("DIGEST_INVALID", "the closing PUT needs ?digest=")
         digest = names.check_digest(claimed)
         expected = _check_range(request, upload)
         if request.can_read_body and expected != 0:
-            await ctx.uploads.append(upload, request.content, expected=expected)
-        await ctx.uploads.complete(upload, digest)
+            await uploads.append(upload, request.content, expected=expected)
+        await uploads.complete(upload, digest)
     return _created(route.name, digest)
 
 
 async def upload_status(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    upload = ctx.uploads.get(route.name, route.ref)
+    _, uploads = ctx.writable()
+    upload = uploads.get(route.name, route.ref)
     return web.Response(status=204, headers=_upload_headers(upload))
 
 
 async def cancel_upload(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    upload = ctx.uploads.get(route.name, route.ref)
+    _, uploads = ctx.writable()
+    upload = uploads.get(route.name, route.ref)
     async with upload.lock:
-        ctx.uploads.cancel(ctx.uploads.get(route.name, route.ref))
+        uploads.cancel(uploads.get(route.name, route.ref))
     return web.Response(status=204)

@@ -48,7 +48,7 @@ async def ping(_request: web.Request, _ctx: Context, _route: names.Route) -> web
 
 
 async def catalog(request: web.Request, ctx: Context, _route: names.Route) -> web.StreamResponse:
-    page, link = paginate(ctx.storage.repositories(), request.query, "/v2/_catalog")
+    page, link = paginate(ctx.content.repositories(), request.query, "/v2/_catalog")
     return _json({"repositories": page}, headers={"Link": link} if link else None)
 
 
@@ -62,7 +62,7 @@ async def tags(request: web.Request, ctx: Context, route: names.Route) -> web.St
                 raise RegistryHTTPError("NAME_UNKNOWN", detail={"name": name})
             headers = {"Link": link} if link and status == 200 else None
             return web.Response(status=status, body=body, content_type="application/json", headers=headers)
-    found = ctx.storage.tags(name)
+    found = ctx.content.tags(name, ns=request.query.get("ns"))
     if found is None:
         raise RegistryHTTPError("NAME_UNKNOWN", detail={"name": name})
     page, link = paginate(found, request.query, f"/v2/{quote(name)}/tags/list")
@@ -70,7 +70,7 @@ async def tags(request: web.Request, ctx: Context, route: names.Route) -> web.St
 
 
 async def referrers(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
-    descriptors = ctx.storage.referrers(route.name, route.digest)
+    descriptors = ctx.content.referrers(route.name, route.digest)
     headers: dict[str, str] = {}
     artifact_type = request.query.get("artifactType")
     if artifact_type is not None:

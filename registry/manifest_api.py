@@ -32,9 +32,9 @@ async def get(request: web.Request, ctx: Context, route: names.Route) -> web.Str
     elif names.is_digest(reference):
         digest = route.digest
     else:
-        digest = ctx.storage.resolve_tag(name, reference)
-    media_type = ctx.storage.revision_media_type(name, digest) if digest else None
-    raw = ctx.storage.read_manifest(digest) if digest and media_type else None
+        digest = ctx.content.resolve_tag(name, reference, ns=request.query.get("ns"))
+    media_type = ctx.content.revision_media_type(name, digest) if digest else None
+    raw = ctx.content.read_manifest(digest) if digest and media_type else None
     if digest is None or media_type is None or raw is None:
         raise RegistryHTTPError("MANIFEST_UNKNOWN", detail={"name": name, "reference": reference})
     if not acceptable(request.headers.getall("Accept", []), media_type):
@@ -74,6 +74,7 @@ def _store(storage: Storage, name: str, raw: bytes, info: manifests.ManifestInfo
 async def put(request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
     """PUT by tag or digest; ``?tag=`` parameters tag the manifest too (answered with ``OCI-Tag``)."""
     name, reference = route.name, route.ref
+    storage, _ = ctx.writable()
     length = request.content_length
     if length is not None and length > manifests.MAX_MANIFEST_BYTES:
         raise RegistryHTTPError("SIZE_INVALID", f"manifest exceeds {manifests.MAX_MANIFEST_BYTES} bytes", status=413)
@@ -84,7 +85,6 @@ async def put(request: web.Request, ctx: Context, route: names.Route) -> web.Str
     info = manifests.parse(raw, request.headers.get("Content-Type"), algorithm)
     if by_digest is not None and by_digest != info.digest:
         raise RegistryHTTPError("DIGEST_INVALID", detail={"reference": reference, "actual": info.digest})
-    storage = ctx.storage
     if not ctx.allow_sparse:
         missing = [d for d in info.blobs if not storage.blob_linked(name, d)]
         missing += [d for d in info.manifests if storage.revision_media_type(name, d) is None]
@@ -109,10 +109,11 @@ async def put(request: web.Request, ctx: Context, route: names.Route) -> web.Str
 async def delete(_request: web.Request, ctx: Context, route: names.Route) -> web.StreamResponse:
     """By digest: the manifest and every tag on it. By tag: the tag only (untag)."""
     name, reference = route.name, route.ref
+    storage, _ = ctx.writable()
     if names.is_digest(reference):
-        found = ctx.storage.delete_manifest(name, route.digest)
+        found = storage.delete_manifest(name, route.digest)
     else:
-        found = ctx.storage.delete_tag(name, reference)
+        found = storage.delete_tag(name, reference)
     if not found:
         raise RegistryHTTPError("MANIFEST_UNKNOWN", detail={"name": name, "reference": reference})
     return web.Response(status=202)

@@ -1,123 +1,46 @@
-"""Pull-through cache: misses are fetched from an upstream registry, verified, stored, then served locally.
+"""Pull-through cache: misses are fetched from an upstream registry, streamed to the clients, verified and stored.
 
 Tags are resolved upstream (the answer is kept for a short TTL, and the last known one is used while the
 upstream is unreachable); digests are immutable: anything by digest that is stored is served without asking.
-The upstream's 401 challenge is answered with the Bearer token flow (or Basic with credentials given in the
-upstream URL, ``https://user:password@host``).
+A blob miss starts one upstream GET, whatever the number of clients asking: its bytes are written to an upload
+file and hashed as they arrive, and every client reads that file as it grows (:mod:`registry.fetch`), the first
+byte going out as soon as it came in. When the upstream's bytes end, the digest decides: the file is renamed into
+the shared blob store, or deleted and every client's connection cut. The connection to the upstream is the
+modelctl client's own (:mod:`registry.upstream`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import logging
+import os
+import threading
 import time
-from collections.abc import Mapping
+from functools import partial
 from typing import Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import aiohttp
+import httpx
 
 from modelctl.digest import Digest
-from modelctl.errors import IntegrityError
 from modelctl.oci import mediatypes as mt
-from modelctl.oci import safejson
 from registry import manifests, names
 from registry.errors import RegistryHTTPError
+from registry.fetch import Fetch
 from registry.storage import Storage
-from registry.uploads import Uploads
+from registry.uploads import Upload, Uploads, write_hashed
+from registry.upstream import Upstream, UpstreamUnavailable, content_length, in_thread
 
 _ACCEPT: Final = ", ".join(mt.MANIFEST_ACCEPT)
-_CHALLENGE_PARAM: Final = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^,\s]*))')
-_TOKEN_LEEWAY_S: Final = 10.0
-MAX_TOKEN_BODY: Final = 1 << 20
-"""A token answer is a few KiB; a larger one is refused instead of read into memory."""
+_NOT_THERE: Final = frozenset({401, 403, 404})
+MAX_TAGS_BODY: Final = 16 << 20
+"""A tags list larger than this is not passed through (10,000 tags are about 300 KiB)."""
 
-
-class UpstreamUnavailable(Exception):
-    """The upstream could not be reached or answered with a server error."""
+log = logging.getLogger("registry")
 
 
 def _unavailable(message: str) -> RegistryHTTPError:
     return RegistryHTTPError("UNAVAILABLE", message)
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """``Bearer realm="...",service="..."`` -> ("bearer", {"realm": ..., "service": ...})."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {
-        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-        for m in _CHALLENGE_PARAM.finditer(rest)
-    }
-    return scheme.lower(), params
-
-
-class Upstream:
-    """An HTTP client for one upstream registry, with its token cache."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"proxy URL must be http(s)://host[:port], got {url!r}")
-        self.base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        self._basic = aiohttp.BasicAuth(parts.username, parts.password or "") if parts.username is not None else None
-        self._tokens: dict[str, tuple[str, float]] = {}
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=60)
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def request(
-        self, method: str, path: str, *, name: str, headers: Mapping[str, str] | None = None
-    ) -> aiohttp.ClientResponse:
-        """Send a request, answering one 401 challenge; the caller releases the response."""
-        assert self._session is not None, "Upstream.start() was not awaited"
-        scope = f"repository:{name}:pull"
-        for attempt in (1, 2):
-            sent = dict(headers or {})
-            token = self._tokens.get(scope)
-            if token is not None and token[1] > time.monotonic():
-                sent["Authorization"] = f"Bearer {token[0]}"
-            try:
-                resp = await self._session.request(
-                    method, self.base + path, headers=sent, auth=None if token else self._basic
-                )
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise UpstreamUnavailable(f"{self.base}: {exc!r}") from None
-            if resp.status >= 500:
-                resp.release()
-                raise UpstreamUnavailable(f"{self.base}{path}: HTTP {resp.status}")
-            if resp.status != 401 or attempt == 2:
-                return resp
-            scheme, params = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
-            if scheme != "bearer" or "realm" not in params:
-                return resp
-            resp.release()
-            await self._fetch_token(params, scope)
-        raise AssertionError("unreachable")
-
-    async def _fetch_token(self, params: Mapping[str, str], scope: str) -> None:
-        assert self._session is not None
-        query = {"scope": params.get("scope") or scope}
-        if "service" in params:
-            query["service"] = params["service"]
-        try:
-            async with self._session.get(params["realm"], params=query, auth=self._basic) as resp:
-                if resp.status != 200:
-                    return
-                raw = await resp.content.read(MAX_TOKEN_BODY + 1)
-            body = safejson.loads(raw, what="token answer", max_size=MAX_TOKEN_BODY)  # json.loads would recurse
-        except (TimeoutError, aiohttp.ClientError, OSError, IntegrityError) as exc:
-            raise UpstreamUnavailable(f"token service {params['realm']}: {exc!r}") from None
-        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
-        if isinstance(token, str):
-            expires_in = body.get("expires_in")
-            ttl = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 60.0
-            self._tokens[scope] = (token, time.monotonic() + max(ttl - _TOKEN_LEEWAY_S, 1.0))
 
 
 class PullThrough:
@@ -129,7 +52,21 @@ class PullThrough:
         self.uploads = uploads
         self.tag_ttl = tag_ttl
         self._tags: dict[tuple[str, str], tuple[Digest, float]] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._inflight: dict[tuple[str, Digest], Fetch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = threading.Event()
+
+    def start(self) -> None:
+        self.upstream.start()
+
+    async def close(self) -> None:
+        """Stop the downloads in flight (their uploads are removed) and close the upstream's connections."""
+        self._closing.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        self.upstream.close()
 
     # -- manifests -----------------------------------------------------------------------------------
     async def resolve(self, name: str, reference: str) -> Digest | None:
@@ -158,29 +95,25 @@ class PullThrough:
 
     async def _resolve_tag_upstream(self, name: str, tag: str) -> Digest | None:
         path = f"/v2/{name}/manifests/{tag}"
-        resp = await self.upstream.request("HEAD", path, name=name, headers={"Accept": _ACCEPT})
-        resp.release()
-        if resp.status in (401, 403, 404):
+        resp = await in_thread(partial(self.upstream.head, path, name=name, headers={"Accept": _ACCEPT}))
+        if resp.status_code in _NOT_THERE:
             return None
         digest = names.stored_digest(resp.headers.get("Docker-Content-Digest", ""))
-        if resp.status == 200 and digest is not None and self.storage.revision_media_type(name, digest):
+        if resp.status_code == 200 and digest is not None and self.storage.revision_media_type(name, digest):
             self.storage.tag_manifest(name, tag, digest)
             return digest
         return await self._fetch_manifest(name, tag)
 
     async def _fetch_manifest(self, name: str, reference: str) -> Digest | None:
         path = f"/v2/{name}/manifests/{reference}"
-        resp = await self.upstream.request("GET", path, name=name, headers={"Accept": _ACCEPT})
-        try:
-            if resp.status in (401, 403, 404):
-                return None
-            if resp.status != 200:
-                raise _unavailable(f"upstream answered {resp.status} for {path}")
-            raw = await manifests.read_limited(resp.content.iter_any())
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _unavailable(f"upstream {path}: {exc!r}") from None
-        finally:
-            resp.release()
+        read = partial(
+            self.upstream.read, path, name=name, limit=manifests.MAX_MANIFEST_BYTES, headers={"Accept": _ACCEPT}
+        )
+        resp, raw = await in_thread(read)
+        if resp.status_code in _NOT_THERE:
+            return None
+        if resp.status_code != 200:
+            raise _unavailable(f"upstream answered {resp.status_code} for {path}")
         pinned = names.stored_digest(reference)
         claimed = reference if pinned is not None else resp.headers.get("Docker-Content-Digest")
         algorithm = pinned.algorithm if pinned is not None else names.STORED_ALGORITHM
@@ -195,68 +128,99 @@ class PullThrough:
     async def head_blob(self, name: str, digest: Digest) -> int | None:
         """The size of an uncached blob as the upstream reports it; None when it has none."""
         try:
-            resp = await self.upstream.request("HEAD", f"/v2/{name}/blobs/{digest}", name=name)
+            resp = await in_thread(partial(self.upstream.head, f"/v2/{name}/blobs/{digest}", name=name))
         except UpstreamUnavailable as exc:
             raise _unavailable(str(exc)) from None
-        resp.release()
-        if resp.status != 200:
+        if resp.status_code != 200:
             return None
-        return resp.content_length if resp.content_length is not None else 0
+        return content_length(resp) or 0
 
-    async def fetch_blob(self, name: str, digest: Digest) -> bool:
-        """Make ``digest`` readable through ``name``; False when the upstream does not have it.
-        Concurrent requests for one blob share one download."""
+    async def fetch_blob(self, name: str, digest: Digest) -> Fetch | bool:
+        """Make ``digest`` readable through ``name``: True once it is stored and linked, False when the upstream
+        does not have it, else the download in flight to stream from. Concurrent requests share one download."""
         if self.storage.has_blob(digest):
             if await self.head_blob(name, digest) is None:
                 return False
             self.storage.link_blob(name, digest)
             return True
         key = (name, digest)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._download(name, digest))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        await asyncio.shield(task)
-        return self.storage.blob_linked(name, digest)
+        fetch = self._inflight.get(key)
+        if fetch is None:
+            fetch = Fetch(digest)
+            self._inflight[key] = fetch
+            task = asyncio.ensure_future(self._download(name, fetch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not await asyncio.shield(fetch.found):
+            return False
+        return fetch
 
-    async def _download(self, name: str, digest: Digest) -> None:
-        path = f"/v2/{name}/blobs/{digest}"
+    async def _download(self, name: str, fetch: Fetch) -> None:
+        error: str | None = "the registry stopped"
         try:
-            resp = await self.upstream.request("GET", path, name=name)
-        except UpstreamUnavailable as exc:
-            raise _unavailable(str(exc)) from None
-        try:
-            if resp.status in (401, 403, 404):
-                return
-            if resp.status != 200:
-                raise _unavailable(f"upstream answered {resp.status} for {path}")
-            upload = self.uploads.create(name, digest.algorithm)
-            try:
-                await self.uploads.append(upload, resp.content, expected=resp.content_length)
-                await self.uploads.complete(upload, digest)
-            except RegistryHTTPError as exc:
-                raise _unavailable(f"upstream blob {path} failed verification: {exc.message}") from None
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise _unavailable(f"upstream {path}: {exc!r}") from None
-            finally:
-                if not upload.done:
-                    self.uploads.cancel(upload)
+            error = await self._receive(name, fetch)
         finally:
-            resp.release()
+            self._inflight.pop((name, fetch.digest), None)
+            fetch.finish(error)
+
+    async def _receive(self, name: str, fetch: Fetch) -> str | None:
+        """Fetch, store and verify; None when the blob is stored, else why not."""
+        path = f"/v2/{name}/blobs/{fetch.digest}"
+        try:
+            resp = await in_thread(partial(self.upstream.open, "GET", path, name=name))
+        except UpstreamUnavailable as exc:
+            return str(exc)
+        upload: Upload | None = None
+        try:
+            if resp.status_code in _NOT_THERE:
+                fetch.absent()
+                return f"{path} is not in the upstream"
+            if resp.status_code != 200:
+                return f"upstream answered {resp.status_code} for {path}"
+            upload = self.uploads.create(name, fetch.digest.algorithm)
+            size = content_length(resp)
+            fetch.start(upload.data, size)
+            loop = asyncio.get_running_loop()
+            upload.offset = await in_thread(partial(self._copy, resp, upload, fetch, size, loop))
+            if size is not None and upload.offset != size:
+                return f"upstream {path} ended after {upload.offset} of {size} bytes"
+            await self.uploads.complete(upload, fetch.digest)
+            return None
+        except RegistryHTTPError as exc:
+            log.warning("registry: upstream blob %s failed verification (%s): deleted", path, exc.detail)
+            return f"upstream blob {path} failed verification"
+        except (UpstreamUnavailable, httpx.HTTPError, OSError) as exc:
+            return f"upstream {path}: {exc}"
+        finally:
+            if upload is not None and not upload.done:
+                self.uploads.cancel(upload)
+            resp.close()
+
+    def _copy(
+        self, resp: httpx.Response, upload: Upload, fetch: Fetch, size: int | None, loop: asyncio.AbstractEventLoop
+    ) -> int:
+        """Runs in a thread: append the body to the upload, hashing, and tell the readers after each piece."""
+        fd = os.open(upload.data, os.O_WRONLY | os.O_APPEND)
+        received = 0
+        try:
+            for chunk in resp.iter_raw():
+                if self._closing.is_set():
+                    raise UpstreamUnavailable("the registry is stopping")
+                received += len(chunk)
+                if size is not None and received > size:
+                    raise UpstreamUnavailable(f"the upstream sent more than the {size} bytes it announced")
+                write_hashed(fd, upload.hasher, [chunk])
+                loop.call_soon_threadsafe(fetch.advance, len(chunk))
+        finally:
+            os.close(fd)
+        return received
 
     # -- tags ----------------------------------------------------------------------------------------
     async def tags(self, name: str, query: str) -> tuple[int, bytes, str | None] | None:
         """The upstream's tag list answer (status, body, Link); None when the upstream is unreachable."""
         path = f"/v2/{quote(name)}/tags/list" + (f"?{query}" if query else "")
         try:
-            resp = await self.upstream.request("GET", path, name=name)
+            resp, body = await in_thread(partial(self.upstream.read, path, name=name, limit=MAX_TAGS_BODY))
         except UpstreamUnavailable:
             return None
-        try:
-            body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return None
-        finally:
-            resp.release()
-        return resp.status, body, resp.headers.get("Link")
+        return resp.status_code, body, resp.headers.get("Link")

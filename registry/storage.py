@@ -29,6 +29,7 @@ from typing import Any, Final
 from modelctl import atomic
 from modelctl.digest import Digest
 from registry import manifests, names
+from registry.catalog import RepositoryList
 from registry.errors import RegistryHTTPError
 
 _MANIFEST_CACHE_BYTES: Final = 64 * 1024 * 1024
@@ -54,6 +55,7 @@ class Storage:
             d.mkdir(parents=True, exist_ok=True)
         self._manifest_cache: OrderedDict[str, bytes] = OrderedDict()
         self._manifest_cache_size = 0
+        self.catalog = RepositoryList(self._walk_repositories)
 
     # -- paths ---------------------------------------------------------------------------------------
     def blobs_dir(self, algorithm: str) -> Path:
@@ -102,6 +104,7 @@ class Storage:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.touch()
         atomic.fsync_dir(link.parent)
+        self.catalog.add(name)
 
     def unlink_blob(self, name: str, digest: Digest) -> bool:
         try:
@@ -149,8 +152,11 @@ class Storage:
             atomic.write(entry, json.dumps(info.referrer_descriptor()).encode())
         if tag is not None:
             atomic.write(self._tag(name, tag), info.digest.encode())
+        self.catalog.add(name)
 
-    def resolve_tag(self, name: str, tag: str) -> Digest | None:
+    def resolve_tag(self, name: str, tag: str, *, ns: str | None = None) -> Digest | None:
+        """The digest ``tag`` points at. ``ns`` (a mirror's ``?ns=<registry>``) is not used: a registry's storage
+        holds one namespace."""
         try:
             digest = self._tag(name, tag).read_text().strip()
         except (FileNotFoundError, NotADirectoryError):
@@ -189,8 +195,8 @@ class Storage:
         d = self.repo_dir(name)
         return (d / "_manifests").is_dir() or (d / "_layers").is_dir()
 
-    def tags(self, name: str) -> list[str] | None:
-        """Sorted tags of ``name``; None when the repository does not exist."""
+    def tags(self, name: str, *, ns: str | None = None) -> list[str] | None:
+        """Sorted tags of ``name``; None when the repository does not exist (``ns``: see :meth:`resolve_tag`)."""
         try:
             entries = os.listdir(self._tags_dir(name))
         except (FileNotFoundError, NotADirectoryError):
@@ -216,14 +222,17 @@ class Storage:
                 out.append(descriptor)
         return out
 
-    def repositories(self) -> list[str]:
-        """Every repository name, sorted (a directory walk: only the catalog and gc scan)."""
+    def repositories(self) -> tuple[str, ...]:
+        """Every repository name, sorted (walked once, then kept current: see :mod:`registry.catalog`)."""
+        return self.catalog.names()
+
+    def _walk_repositories(self) -> list[str]:
         found: list[str] = []
         for dirpath, dirnames, _ in os.walk(self.repos_dir):
             if "_manifests" in dirnames or "_layers" in dirnames:
                 found.append(os.path.relpath(dirpath, self.repos_dir).replace(os.sep, "/"))
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
-        return sorted(n for n in found if names.is_name(n))
+        return [n for n in found if names.is_name(n)]
 
     def iter_blobs(self) -> Iterator[tuple[Digest, Path]]:
         """(digest, path) of every file named like a blob in the shared store, every algorithm, sorted."""

@@ -65,7 +65,7 @@ class Upload:
         return f"0-{max(self.offset - 1, 0)}"
 
 
-def _write(fd: int, hasher: Hasher | None, chunks: list[bytes]) -> None:
+def write_hashed(fd: int, hasher: Hasher | None, chunks: list[bytes]) -> None:
     """Hash and append ``chunks`` (runs in a worker thread; hashlib releases the GIL on large buffers)."""
     if hasher is not None:
         for chunk in chunks:
@@ -139,13 +139,13 @@ class Uploads:
                 if buffered >= _FLUSH_BYTES:
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(None, _write, fd, upload.hasher, chunks)
+                    pending = loop.run_in_executor(None, write_hashed, fd, upload.hasher, chunks)
                     chunks, buffered = [], 0
             if pending is not None:
                 await pending
                 pending = None
             if chunks:
-                await loop.run_in_executor(None, _write, fd, upload.hasher, chunks)
+                await loop.run_in_executor(None, write_hashed, fd, upload.hasher, chunks)
             if expected is not None and received != expected:
                 raise RegistryHTTPError("SIZE_INVALID", f"request body has {received} bytes, declared {expected}")
         except BaseException:
