@@ -175,7 +175,9 @@ class Pool:
     @contextlib.asynccontextmanager
     async def lease(self, name: str, *, keep_alive: float | None = None) -> AsyncIterator[Lease]:
         """Wait for the turn of the model ``name`` names (loading it first when needed) and hold it."""
-        model = await self.call(self.models.identify, name)
+        # On the loop, not in a thread: the queue's order is the order requests arrive in (a stat and a dict
+        # lookup once the name is known; the first time, a read of the store's index and the model's manifest).
+        model = self.models.identify(name)
         slot = await self._acquire(model)
         started = time.monotonic()
         try:
@@ -356,8 +358,11 @@ class Pool:
                     deadline = slot.expires_at if deadline is None else min(deadline, slot.expires_at)
             self._wake.clear()
             timeout = None if deadline is None else max(deadline - now, 0.01)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:  # not wait_for: a cancelled wait_for can hang on Python 3.11 when the event fires at once
+                await asyncio.wait({woken}, timeout=timeout)
+            finally:
+                woken.cancel()
 
     async def close(self) -> None:
         """Unload everything (at shutdown)."""
