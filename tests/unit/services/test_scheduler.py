@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from modelctl.fit.devices import Device
 from modelctl.services.serve.budget import Budget, capacity
-from modelctl.services.serve.scheduler import Resident, fits, keep_alive, short_of, total, victims
+from modelctl.services.serve.scheduler import Resident, fits, keep_alive, short_of, victims
 
 MiB = 1 << 20
 
