@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import servers
-from helpers.ggufs import big_blob, small_gguf
+from helpers.ggufs import big_blob, padded_gguf, sha256_file
 from helpers.oci_layout import OCILayout, docker_v01_artifact, inspect_raw, push_layout
 from helpers.servers import RegistryServer
 from helpers.throttle import Throttle
@@ -114,12 +114,6 @@ def modelctl(*args: str, input: bytes | None = None, **env: str) -> subprocess.C
     )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(4 << 20):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def tags() -> dict[str, str]:
@@ -188,22 +182,8 @@ def link(registry: RegistryServer) -> Iterator[Throttle]:
         yield relay
 
 
-def padded_gguf(path: Path, size: int) -> Path:
-    """A parseable GGUF (a small llama header and tensors) followed by random bytes up to ``size``."""
-    small_gguf(path, n_vocab=200)
-    with path.open("ab") as f:
-        left = size - path.stat().st_size
-        while left > 0:
-            f.write(os.urandom(min(left, 4 << 20)))
-            left -= min(left, 4 << 20)
-    return path
 
 
-def sparse_gguf(path: Path, size: int) -> Path:
-    """A parseable GGUF whose tail is a hole: ``size`` bytes that cost no disk (reading them costs no I/O)."""
-    small_gguf(path, n_vocab=200)
-    os.truncate(path, size)
-    return path
 
 
 PULL_LINE = r"modelctl: interrupted: (\d+) of (\d+) bytes kept; run the same command to resume"
@@ -335,7 +315,7 @@ def test_save_to_a_slow_pipe_stops_at_once(tmp_path: Path) -> None:
 
 def test_save_to_a_file_removes_the_partial_archive(tmp_path: Path) -> None:
     """A 1 GiB model whose weights are a hole (no disk, no I/O to read) makes the archive's write take a while."""
-    gguf = sparse_gguf(tmp_path / "model.gguf", 1 << 30)
+    gguf = padded_gguf(tmp_path / "model.gguf", 1 << 30, sparse=True)
     # package copies it in (1 GiB of real writes once): link it into a store built in place instead
     store_model_in_place(gguf, "docker.io/ai/huge:1")
     out = tmp_path / "huge.tar"
@@ -359,34 +339,18 @@ def test_save_to_a_file_removes_the_partial_archive(tmp_path: Path) -> None:
 
 
 def store_model_in_place(gguf: Path, name: str) -> None:
-    """Tag ``gguf`` in the test's store as a Docker v0.1 model, hard-linking the file in (no copy)."""
-    from modelctl.oci import mediatypes as mt
-    from modelctl.oci.descriptor import Descriptor
+    """Tag ``gguf`` in the test's store as a Docker v0.1 model without copying it: the file is hard-linked into
+    blobs/ first, so ``write_model`` finds the blob there and writes only the config and manifest."""
+    from e2e.conftest import write_model  # tests/ is on sys.path
+
     from modelctl.store import Layout
 
     store = Layout(home() / "store")
     store.ensure()
-    digest = sha256_file(gguf)
     staged = store.root / ".tmp" / "in-place"
     os.link(gguf, staged)
-    store.commit_blob(staged, digest)
-    config = json.dumps(
-        {
-            "config": {"format": "gguf", "quantization": "Q8_0", "parameters": "1M", "architecture": "llama"},
-            "descriptor": {"created": "2025-01-01T00:00:00Z"},
-            "rootfs": {"type": "rootfs", "diff_ids": [digest]},
-        }
-    ).encode()
-    config_digest = store.write_blob(config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "config": {"mediaType": mt.DOCKER_MODEL_CONFIG_V01, "digest": config_digest, "size": len(config)},
-            "layers": [{"mediaType": mt.DOCKER_GGUF, "digest": digest, "size": gguf.stat().st_size}],
-        }
-    ).encode()
-    store.tag(name, Descriptor(media_type=mt.OCI_MANIFEST, digest=store.write_blob(manifest), size=len(manifest)))
+    store.commit_blob(staged, sha256_file(gguf))
+    write_model(store, gguf, name)
 
 
 # -- load -----------------------------------------------------------------------------------------------------
@@ -438,7 +402,7 @@ def test_load_from_a_slow_pipe_stops_at_once_and_loads_nothing(tmp_path: Path, m
 
 
 def test_package_stops_at_once_and_tags_nothing(tmp_path: Path) -> None:
-    gguf = sparse_gguf(tmp_path / "model.gguf", 1 << 30)
+    gguf = padded_gguf(tmp_path / "model.gguf", 1 << 30, sparse=True)
     copies = lambda: list((home() / "ingest").glob(".package-*"))  # noqa: E731
     stopped = interrupt(
         ["package", "--gguf", str(gguf), "ai/packaged:1"],

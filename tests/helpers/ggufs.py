@@ -234,3 +234,19 @@ def small_gguf(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def padded_gguf(path: Path, size: int, *, sparse: bool = False) -> Path:
+    """A parseable GGUF (:func:`small_gguf`'s header and tensors) grown to ``size`` bytes with random bytes, or with a
+    hole (``sparse``: no disk used, nothing to read), for tests that need a large model file fast."""
+    small_gguf(path, n_vocab=200)
+    if sparse:
+        os.truncate(path, size)
+        return path
+    with path.open("ab") as f:
+        left = size - path.stat().st_size
+        while left > 0:
+            f.write(os.urandom(min(left, 4 << 20)))
+            left -= min(left, 4 << 20)
+    return path
+

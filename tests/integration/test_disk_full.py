@@ -19,7 +19,6 @@ half-way.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -31,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import servers
-from helpers.ggufs import big_blob, small_gguf
+from helpers.ggufs import big_blob, padded_gguf, sha256_file
 from helpers.oci_layout import OCILayout, docker_v01_artifact, push_layout
 from helpers.servers import RegistryServer
 from helpers.throttle import Throttle
@@ -131,12 +129,6 @@ def one_line(result: subprocess.CompletedProcess[str]) -> re.Match[str]:
     return found
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(4 << 20):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def store_intact(expected_tags: dict[str, str] | None = None) -> None:
@@ -162,12 +154,6 @@ def modelctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "modelctl", *args], capture_output=True, text=True, timeout=120)
 
 
-def padded_gguf(path: Path, size: int) -> Path:
-    """A parseable GGUF (a small llama header and tensors) followed by random bytes up to ``size``."""
-    small_gguf(path, n_vocab=200)
-    with path.open("ab") as f:
-        f.write(os.urandom(size - path.stat().st_size))
-    return path
 
 
 # -- pull: download and commit --------------------------------------------------------------------------------
@@ -180,25 +166,20 @@ class Published:
     digest: str
 
 
-@pytest.fixture()
-def registry(tmp_path: Path) -> Iterator[RegistryServer]:
-    with servers.docker_registry(tmp_path / "registry") as server:
-        yield server
-
 
 @pytest.fixture()
-def link(registry: RegistryServer) -> Iterator[Throttle]:
-    with Throttle(registry.host, rate=MIB) as relay:
+def link(docker_registry: RegistryServer) -> Iterator[Throttle]:
+    with Throttle(docker_registry.host, rate=MIB) as relay:
         yield relay
 
 
 @pytest.fixture()
-def published(registry: RegistryServer, link: Throttle, tmp_path: Path) -> Published:
+def published(docker_registry: RegistryServer, link: Throttle, tmp_path: Path) -> Published:
     layer = tmp_path / "big.gguf"
     digest = big_blob(layer, BLOB)
     layout = OCILayout(tmp_path / "layout")
     docker_v01_artifact(layout, "big", [layer], digests={layer: digest})
-    push_layout(layout, "big", registry, "ai/big:1")
+    push_layout(layout, "big", docker_registry, "ai/big:1")
     return Published(f"{link.host}/ai/big:1", layer, digest)
 
 
