@@ -200,7 +200,7 @@ def redirect_refused(response: httpx.Response, first: httpx.URL, *, what: str, r
         return None
     host = response.url.netloc.decode("ascii")
     return RegistryError(
-        f"the storage {registry} redirected {what} to ({host}) refused it (HTTP {response.status_code}; an expired "
+        f"{host}, where {registry} redirected {what}, refused it (HTTP {response.status_code}; an expired "
         "pre-signed URL?)",
         status=response.status_code,
         temporary=True,

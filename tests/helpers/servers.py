@@ -61,7 +61,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(root: Path, port: int, htpasswd: Path | None, token: TokenAuthority | None, log_level: str = "warn") -> str:
+def _config(
+    root: Path,
+    port: int,
+    htpasswd: Path | None,
+    token: TokenAuthority | None,
+    log_level: str = "warn",
+    storage: Sequence[str] | None = None,
+) -> str:
     lines = [
         "version: 0.1",
         "log:",
@@ -69,8 +76,7 @@ def _config(root: Path, port: int, htpasswd: Path | None, token: TokenAuthority 
         "  accesslog:",
         "    disabled: true",
         "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {root / 'data'}",
+        *(storage or ["  filesystem:", f"    rootdirectory: {root / 'data'}"]),
         "  delete:",
         "    enabled: true",
         "  maintenance:",
@@ -115,11 +121,14 @@ def docker_registry(
     htpasswd: tuple[str, str] | None = None,
     token: TokenAuthority | None = None,
     token_credentials: tuple[str, str] | None = None,
+    storage: Sequence[str] | None = None,
 ) -> Iterator[RegistryServer]:
     """Run ``docker-registry serve`` with its data under ``root``; yield once ``/v2/`` answers.
 
     ``htpasswd=(user, password)`` turns on Basic auth; ``token`` turns on token auth (``token_credentials``
-    are the account the returned :class:`RegistryServer` names, for pushing). The process is always reaped."""
+    are the account the returned :class:`RegistryServer` names, for pushing); ``storage`` replaces the filesystem
+    driver's lines under ``storage:`` (indented two spaces: ``["  s3:", "    bucket: x", ...]``). The process is
+    always reaped."""
     if not DOCKER_REGISTRY.is_file():
         raise AssertionError(f"{DOCKER_REGISTRY} is missing: apt-get install docker-registry (make setup does it)")
     root.mkdir(parents=True, exist_ok=True)
@@ -128,7 +137,7 @@ def docker_registry(
     for attempt in range(3):  # the free port can be taken between our probe and the server's bind
         port = free_port()
         config = root / "config.yml"
-        config.write_text(_config(root, port, htpasswd_path, token))
+        config.write_text(_config(root, port, htpasswd_path, token, storage=storage))
         log = root / "registry.log"
         with log.open("wb") as err:
             proc = subprocess.Popen(
