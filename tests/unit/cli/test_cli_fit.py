@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 from helpers.ggufs import tiny_llama, tiny_llama_split
-
-from modelctl.cli.app import run
+from unit.cli.test_cli_local import invoke as run_cli  # tests/ is on sys.path
 
 
 def invoke(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["modelctl", *args])
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # run reads piped input
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, monkeypatch, *args)
 
 
 def test_fit_of_a_local_file_reads_it_in_place(

@@ -4,10 +4,8 @@ within 1%), records from builds that allocate differently named and reported apa
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -23,16 +21,9 @@ SETTINGS_KEYS = {
 }  # fmt: skip
 
 
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_logs", ROOT / "benchmarks" / "gpu_logs.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_logs", module)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_logs as gl  # noqa: E402
 
-
-gl = _module()
 RECORDS = gl.load(LOGS)
 
 
