@@ -51,6 +51,7 @@ _MAX_PATH = 1024
 _MAX_COMPONENT = 255
 MAX_CONFIG = 4 << 20
 """Bytes a model config may have: real ones are a few KiB (Docker's leaves GGUF arrays of more than 50 items out)."""
+_BROKEN_CONFIG = "its publisher wrote a broken config, or it was tampered with; modelctl cannot read this model"
 
 _SUPPORTED_HINT = (
     "modelctl reads Docker model artifacts (ai/...), CNCF ModelPack models, Ollama models and model images "
@@ -440,9 +441,9 @@ def _check_relative(name: str) -> str:
 
 
 def _parse_json(data: bytes) -> dict[str, Any]:
-    doc = safejson.loads(data, what="model config", max_size=MAX_CONFIG)
+    doc = safejson.loads(data, what="model config", max_size=MAX_CONFIG, hint=_BROKEN_CONFIG)
     if not isinstance(doc, dict):
-        raise IntegrityError("malformed model config: expected a JSON object")
+        raise IntegrityError("malformed model config: expected a JSON object", hint=_BROKEN_CONFIG)
     return doc
 
 

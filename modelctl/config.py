@@ -94,6 +94,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
 
         home_path = Path(platformdirs.user_data_dir("modelctl"))
         config_dir = Path(platformdirs.user_config_dir("modelctl"))
+    _check_directory(home_path, f"MODELCTL_HOME={home}" if home else f"modelctl's data directory {home_path}")
     docker_config = (
         Path(env["DOCKER_CONFIG"]).expanduser() if env.get("DOCKER_CONFIG") else Path.home() / ".docker"
     )
@@ -114,6 +115,20 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         hf_endpoint=env.get("HF_ENDPOINT") or None,
         cpu_buffers=_choice(env, "MODELCTL_CPU_BUFFERS", CPU_BUFFERS),
     )
+
+
+def _check_directory(path: Path, name: str) -> None:
+    """UsageError unless ``path`` is a directory or can become one: a file there (or in place of a parent) would
+    make ``list`` silently empty and ``pull`` fail half-way."""
+    for part in (path, *path.parents):
+        if part.is_dir():
+            return
+        if part.exists():
+            where = "" if part == path else f" ({part} is a file)"
+            raise UsageError(
+                f"{name} is not a directory{where}",
+                hint="point MODELCTL_HOME at a directory (modelctl creates it when it is missing)",
+            )
 
 
 def parse_mirrors(text: str) -> dict[str, tuple[str, ...]]:

@@ -143,12 +143,20 @@ def parse(text: str) -> Reference:
 def _split_registry(text: str) -> tuple[str, str]:
     first, sep, rest = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        if not _HOST.fullmatch(first):
-            raise InvalidReference(
-                f"invalid reference {text!r}: bad registry host {first!r}", hint="use host[:port]/repository"
-            )
-        return first, rest
+        return registry_host(first, text), rest
     return DEFAULT_REGISTRY, text
+
+
+def registry_host(host: str, original: str | None = None) -> str:
+    """``host`` if it is a registry address (``host[:port]``, ``[v6]:port``) with a port of 1-65535, else
+    InvalidReference naming ``original`` (the reference it came from; ``host`` itself by default)."""
+    what = f"invalid reference {original!r}" if original is not None else f"invalid registry {host!r}"
+    if not _HOST.fullmatch(host):
+        raise InvalidReference(f"{what}: bad registry host {host!r}", hint="use host[:port]/repository")
+    port = "" if host.endswith("]") else host.rpartition(":")[2]
+    if port.isdigit() and not 0 < int(port) < 65536:
+        raise InvalidReference(f"{what}: port {port} of {host!r} is out of range", hint="ports are 1-65535")
+    return host
 
 
 def _check_repository(path: str, original: str, *, hugging_face: bool) -> str:

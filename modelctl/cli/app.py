@@ -16,6 +16,7 @@ app = typer.Typer(
     help="Pull, verify, fit-check and run open models from OCI registries.",
     no_args_is_help=True,
     add_completion=False,
+    suggest_commands=False,  # click already says "Did you mean ...?"; typer's would say it a second time
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

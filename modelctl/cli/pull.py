@@ -36,6 +36,8 @@ def pull(
         raise UsageError("no model given", hint="modelctl pull REF... (or --locked FILE)")
     else:
         parsed = [reference.parse(r) for r in refs]
+    if lock is not None:
+        lockfile.check_target(lock)  # now, not after the download
     out = reporter(quiet=quiet or json_out)
     try:
         results = pull_models(settings(), parsed, out, verify=verify)

@@ -263,6 +263,8 @@ def _decoded(response: httpx.Response, what: str) -> Iterator[bytes]:
         yield inflate.flush()
     except zlib.error as exc:
         raise IntegrityError(f"{what} is not valid {coding} data ({exc})") from None
+    if not inflate.eof:
+        raise IntegrityError(f"{what} is not valid {coding} data (it ends before its stream does)")
 
 
 def error_for(response: httpx.Response, *, what: str, registry: str, push: bool = False) -> ModelctlError:

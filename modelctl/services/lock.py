@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelctl import reference
-from modelctl.errors import IntegrityError, NotFound
+from modelctl.errors import IntegrityError, NotFound, UsageError
+from modelctl.oci import safejson
 from modelctl.reference import Reference
 from modelctl.services.pull import PullResult
 
 VERSION = 1
+MAX_SIZE = 16 << 20
+"""Bytes a lockfile may have (one line per model: a few KiB)."""
 
 
 def write(path: Path, results: Sequence[PullResult]) -> None:
@@ -25,6 +28,19 @@ def write(path: Path, results: Sequence[PullResult]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def check_target(path: Path) -> None:
+    """Refuse, before anything is downloaded, a ``--lock`` path the pull could not write: a directory, a missing or
+    unwritable directory, or a file that is not a lockfile (UsageError, exit 2; IntegrityError for the last)."""
+    if path.is_dir():
+        raise UsageError(f"lockfile {path} is a directory", hint=f"give --lock a file, e.g. {path / 'models.lock'}")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"lockfile directory {parent} does not exist", hint="create it, or give --lock another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write the lockfile in {parent}", hint="check its permissions")
+    _existing(path)
 
 
 def read(path: Path) -> list[Reference]:
@@ -41,7 +57,7 @@ def _existing(path: Path) -> dict[str, str]:
 
 def _entries(path: Path) -> list[dict[str, str]]:
     try:
-        doc = json.loads(path.read_text())
+        doc = safejson.loads(path.read_bytes(), what=f"lockfile {path}", max_size=MAX_SIZE)
         models = doc["models"]
         if doc.get("version") != VERSION or not isinstance(models, list):
             raise ValueError
@@ -49,7 +65,7 @@ def _entries(path: Path) -> list[dict[str, str]]:
             if not isinstance(e.get("reference"), str) or not isinstance(e.get("digest"), str):
                 raise ValueError
         return list(models)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IntegrityError):
         raise IntegrityError(
             f"lockfile {path} is not a modelctl lockfile (version {VERSION})",
             hint="regenerate it with: modelctl pull --lock FILE REF...",

@@ -18,7 +18,7 @@ from typing import Protocol
 from modelctl import artifact, atomic, sources, transfer
 from modelctl.config import Config
 from modelctl.digest import Digest
-from modelctl.errors import INTERRUPTS, Interrupted, ModelctlError, NoSpace, NotFound
+from modelctl.errors import INTERRUPTS, Interrupted, ModelctlError, NoSpace, NotFound, UnsupportedFormat
 from modelctl.fit.settings import RunSettings
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
@@ -116,6 +116,11 @@ def _fetch_and_tag(
     resolved = source.resolve(store)
     if resolved.warning:
         reporter.warning(resolved.warning)
+    if not resolved.model.gguf:  # nothing path, run or fit could use: refused before a byte is fetched
+        raise UnsupportedFormat(
+            f"{source.reference.short} has no GGUF layer: there is nothing to run in it",
+            hint="modelctl pulls and runs GGUF models only; nothing was downloaded or tagged",
+        )
     damaged = store_verify.recheck(store, resolved.layers, reporter.warning, full=verify, progress=hashing(reporter))
     if damaged and resolved.local:
         resolved = source.resolve(store)  # a damaged layer was removed: the local copy no longer stands alone

@@ -14,7 +14,7 @@ from pathlib import Path
 from modelctl import reference
 from modelctl.config import Config
 from modelctl.digest import SHA256, Digest
-from modelctl.errors import INTERRUPTS, Interrupted
+from modelctl.errors import INTERRUPTS, DigestMismatch, IntegrityError, Interrupted
 from modelctl.oci import descriptor
 from modelctl.oci.client import RegistryClient
 from modelctl.oci.descriptor import Descriptor, Manifest
@@ -70,7 +70,14 @@ def push(
                 else:
                     chunk = CHUNK_SIZE if desc.size > CHUNKED_ABOVE else None
                     source = _reading(store.blob_path(desc.digest), desc, progress, stop)
-                    client.upload_blob(ref, desc.digest, desc.size, source, chunk_size=chunk)
+                    try:
+                        client.upload_blob(ref, desc.digest, desc.size, source, chunk_size=chunk)
+                    except IntegrityError as exc:  # what was read from the store is not what its name says
+                        why = "its content" if isinstance(exc, DigestMismatch) else "its size"
+                        raise IntegrityError(
+                            f"the local copy of blob {desc.digest} of {entry.name} is damaged ({why} does not match)",
+                            hint=f"repair it with: modelctl verify --repair {entry.name}; then push again",
+                        ) from None
                     outcome = "uploaded"
                 with lock:
                     counts[outcome] += 1

@@ -54,3 +54,13 @@ def test_bad_numbers_are_usage_errors(value: str, tmp_path: Path) -> None:
 def test_plain_http_only_for_loopback_and_listed(registry: str, insecure: bool, tmp_path: Path) -> None:
     cfg = Config(home=tmp_path, insecure_registries=frozenset({"registry.local:5000"}))
     assert cfg.is_insecure(registry) is insecure
+
+
+@pytest.mark.parametrize("below", ["", "sub/dir"])
+def test_a_home_on_a_file_is_a_usage_error(tmp_path: Path, below: str) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    home = afile / below if below else afile
+    with pytest.raises(UsageError, match=f"MODELCTL_HOME={home} is not a directory"):
+        from_env({"MODELCTL_HOME": str(home)})
+    assert from_env({"MODELCTL_HOME": str(tmp_path / "new" / "home")}).home == tmp_path / "new" / "home"

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from modelctl import reference
 from modelctl.errors import InvalidReference
 from modelctl.reference import Reference, parse
 
@@ -74,6 +75,9 @@ def test_parts() -> None:
         ("https://example.com/ai/x", "URL schemes"),
         ("hf.co/onlyone", "hf.co/<org>/<repo>"),
         ("example.com:99999999/x", "bad registry host"),
+        ("localhost:99999/ai/x", "port 99999 of 'localhost:99999' is out of range"),
+        ("127.0.0.1:65536/ai/x", "out of range"),
+        ("[::1]:0/ai/x", "out of range"),
         ("a/" + "b" * 300, "longer than"),
     ],
 )
@@ -115,3 +119,9 @@ def test_normalising_is_idempotent_and_round_trips(
     if tag:
         assert ref.tag == tag  # tags keep their case
     assert ref.repository == ref.repository.lower()
+
+
+@pytest.mark.parametrize("host", ["localhost:1", "127.0.0.1:65535", "[::1]:5000", "[::1]", "reg.example"])
+def test_ports_in_range(host: str) -> None:
+    assert reference.registry_host(host) == host
+    assert parse(f"{host}/ai/x").registry == host.lower()

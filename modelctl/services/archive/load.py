@@ -113,6 +113,8 @@ def load(
 def load_from_path(
     config: Config, path: Path, *, progress: Progress | None = None, as_name: str | None = None
 ) -> ArchiveResult:
+    if as_name is not None:
+        names.target(as_name)  # a bad --name is the first thing to say
     if not Path(path).is_file():
         raise NotFound(f"archive {path} does not exist", hint="give the file modelctl save wrote")
     with Path(path).open("rb") as f:

@@ -1,0 +1,83 @@
+"""A loopback HTTP server standing in for a hostile registry: it answers ``/v2/`` like one, then whatever bytes a
+test puts on a path (a manifest nested 50,000 deep, a gzip bomb), which a real registry would refuse to store.
+
+    with HostileRegistry() as reg:
+        reg.serve("/v2/ai/x/manifests/1", body, content_type=OCI_MANIFEST)
+        ... modelctl pull {reg.host}/ai/x:1 ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Answer:
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class HostileRegistry:
+    def __init__(self) -> None:
+        self.answers: dict[str, Answer] = {}
+        self.requests: list[str] = []
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, path: str, body: bytes, *, content_type: str = "application/json", **headers: str) -> None:
+        """Answer GET and HEAD of ``path`` with ``body``."""
+        self.answers[path] = Answer(body, content_type, {k.replace("_", "-"): v for k, v in headers.items()})
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> HostileRegistry:
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                registry.requests.append(f"{self.command} {self.path}")
+                if self.path == "/v2/":
+                    answer: Answer | None = Answer(b"{}")
+                else:
+                    answer = registry.answers.get(self.path.split("?", 1)[0])
+                if answer is None:
+                    body = json.dumps({"errors": [{"code": "NAME_UNKNOWN", "message": "unknown"}]}).encode()
+                    answer, status = Answer(body), 404
+                else:
+                    status = 200
+                self.send_response(status)
+                self.send_header("Content-Type", answer.content_type)
+                self.send_header("Content-Length", str(len(answer.body)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    with contextlib.suppress(OSError):  # the client hung up once it had seen enough
+                        self.wfile.write(answer.body)
+
+            do_HEAD = do_GET
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
