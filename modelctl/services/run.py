@@ -6,7 +6,6 @@ and a model that is present locally needs no network at all. ``serve`` prepares 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from modelctl.errors import DoesNotFit, IntegrityError, NotFound, UsageError
 from modelctl.fit.report import fit_local
 from modelctl.fit.settings import CACHE_TYPES, RunSettings
 from modelctl.fit.synthetic import card_variants
+from modelctl.oci import safejson
 from modelctl.runtime.conversation import Sampling
 from modelctl.runtime.engine import LoadSpec
 from modelctl.runtime.process import spawn
@@ -295,8 +295,8 @@ def sampling_from_params(store: Layout | None, desc: Descriptor | None, notes: l
     if desc is None or store is None:
         return sampling
     try:
-        doc = json.loads(store.read_blob(desc.digest, max_size=1 << 20))
-    except (ValueError, UnicodeDecodeError):
+        doc = safejson.loads(store.read_blob(desc.digest, max_size=1 << 20), what="params layer", max_size=1 << 20)
+    except IntegrityError:
         notes.append("the model's params layer is not JSON; using default sampling")
         return sampling
     if not isinstance(doc, dict):

@@ -62,3 +62,10 @@ def test_a_params_layer_that_is_not_json_is_a_note(tmp_path: Path) -> None:
     notes: list[str] = []
     assert sampling_from_params(*params(tmp_path, b"\xff not json"), notes) == Sampling()
     assert notes and "not JSON" in notes[0]
+
+
+def test_a_params_layer_nested_50000_deep_is_a_note(tmp_path: Path) -> None:
+    notes: list[str] = []
+    deep = b'{"a":' * 50_000 + b"1" + b"}" * 50_000  # json.loads: RecursionError
+    assert sampling_from_params(*params(tmp_path, deep), notes) == Sampling()
+    assert notes and "not JSON" in notes[0]
