@@ -6,10 +6,13 @@ from typing import Any
 
 import httpx
 
-from modelctl.errors import AuthError, ModelctlError, NotFound, RegistryError, UsageError
+from modelctl.errors import AuthError, IntegrityError, ModelctlError, NotFound, RegistryError, UsageError
+from modelctl.oci import safejson
 from modelctl.services.serve.options import parse_host, url
 
 TIMEOUT = 30.0
+MAX_ANSWER = 16 << 20
+"""Bytes of a server's answer parsed (ps lists a few models); a deeper or larger one is read as no answer."""
 
 
 def base_url(host: str) -> str:
@@ -41,8 +44,8 @@ def _call(method: str, host: str, path: str, *, api_key: str | None, json: Any =
             hint="start one with modelctl serve, or point MODELCTL_HOST (or --host) at it",
         ) from None
     try:
-        doc: Any = response.json()
-    except ValueError:
+        doc: Any = safejson.loads(response.content, what=f"answer of {base}", max_size=MAX_ANSWER)
+    except IntegrityError:
         doc = {}
     message = _message(doc) or f"HTTP {response.status_code}"
     if response.status_code == 401:
