@@ -11,7 +11,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -362,9 +362,15 @@ def load(spec: LoadSpec) -> Engine:
 
 
 def weight_buffers(spec: LoadSpec) -> contextlib.AbstractContextManager[None]:
-    """The block in which ``Llama(...)`` loads with the spec's extra CPU weight buffers (see modelctl.cpu)."""
+    """The block in which ``Llama(...)`` loads with the spec's extra CPU weight buffers (see modelctl.cpu).
+
+    With layers offloaded no tensor overrides are set: an override would pin a GPU layer's matrices to the host, and
+    llama.cpp turns pipeline parallelism off whenever overrides exist. The CPU layers then load without CPU_REPACK on
+    an AMX CPU (still never AMX), which the fit check's host figure already covers (it counts the repacked copy)."""
 
     choice = cpu.weight_buffers(spec.cpu_buffers, cpu.features())
+    if spec.n_gpu_layers != 0 and choice.repack_by_override:
+        choice = replace(choice, repack_by_override=False)
     return applied(choice, spec.files or (spec.model_path,))
 
 
