@@ -57,13 +57,27 @@ class PullResult:
         }
 
 
-def pull(config: Config, refs: Sequence[Reference], reporter: Reporter, *, verify: bool = False) -> list[PullResult]:
+def pull(
+    config: Config, refs: Sequence[Reference], reporter: Reporter, *, verify: bool = False, use_local: bool = False
+) -> list[PullResult]:
     """Pull ``refs``. Layers already present are checked by size (a ``stat``), and with ``verify`` by content too;
-    a damaged one is fetched again."""
+    a damaged one is fetched again. ``use_local``: a tag the store holds complete is used as it is, without asking
+    its registry (``pull --output``: no network when the model is present)."""
     store = local.layout(config)
     store.ensure()
+    if use_local:
+        refs = [_pinned(store, ref) for ref in refs]
     with sources.Sources(config) as found:
         return [_pull_one(config, store, found.for_reference(ref), reporter, verify) for ref in refs]
+
+
+def _pinned(store: Layout, ref: Reference) -> Reference:
+    """``ref`` pinned to the manifest the store holds under its name: a digest-pinned reference whose model is
+    complete in the store resolves there. Hugging Face references keep their own offline rule."""
+    if ref.digest or ref.is_hugging_face:
+        return ref
+    held = [desc.digest for name, desc in store.entries() if name == str(ref)]
+    return ref.with_digest(held[0]) if held else ref
 
 
 def _pull_one(config: Config, store: Layout, source: sources.Source, reporter: Reporter, verify: bool) -> PullResult:
