@@ -126,21 +126,18 @@ def _edit(doc: Any, path: tuple[Any, ...], value: Any, *, delete: bool = False) 
     if not path:
         return None if delete else value
     head, rest = path[0], path[1:]
+    out: Any
     if isinstance(doc, dict) and head in doc:
         out = dict(doc)
-        if delete and not rest:
-            del out[head]
-        else:
-            out[head] = _edit(doc[head], rest, value, delete=delete)
-        return out
-    if isinstance(doc, list) and isinstance(head, int) and head < len(doc):
-        items = list(doc)
-        if delete and not rest:
-            del items[head]
-        else:
-            items[head] = _edit(doc[head], rest, value, delete=delete)
-        return items
-    return doc
+    elif isinstance(doc, list) and isinstance(head, int) and head < len(doc):
+        out = list(doc)
+    else:
+        return doc
+    if delete and not rest:
+        del out[head]
+    else:
+        out[head] = _edit(doc[head], rest, value, delete=delete)
+    return out
 
 
 def edit_json(seed: Any, changes: list[tuple[int, int, int]]) -> Any:

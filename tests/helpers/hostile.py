@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import threading
 from dataclasses import dataclass, field
+
+from helpers.servers import serving
 
 
 @dataclass
@@ -26,8 +27,8 @@ class HostileRegistry:
     def __init__(self) -> None:
         self.answers: dict[str, Answer] = {}
         self.requests: list[str] = []
+        self._stack = contextlib.ExitStack()
         self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def serve(self, path: str, body: bytes, *, content_type: str = "application/json", **headers: str) -> None:
         """Answer GET and HEAD of ``path`` with ``body``."""
@@ -37,6 +38,14 @@ class HostileRegistry:
     def host(self) -> str:
         assert self._server is not None
         return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def answer(self, path: str) -> tuple[int, Answer]:
+        if path == "/v2/":
+            return 200, Answer(b"{}")
+        found = self.answers.get(path.split("?", 1)[0])
+        if found is not None:
+            return 200, found
+        return 404, Answer(json.dumps({"errors": [{"code": "NAME_UNKNOWN", "message": "unknown"}]}).encode())
 
     def __enter__(self) -> HostileRegistry:
         registry = self
@@ -49,15 +58,7 @@ class HostileRegistry:
 
             def do_GET(self) -> None:
                 registry.requests.append(f"{self.command} {self.path}")
-                if self.path == "/v2/":
-                    answer: Answer | None = Answer(b"{}")
-                else:
-                    answer = registry.answers.get(self.path.split("?", 1)[0])
-                if answer is None:
-                    body = json.dumps({"errors": [{"code": "NAME_UNKNOWN", "message": "unknown"}]}).encode()
-                    answer, status = Answer(body), 404
-                else:
-                    status = 200
+                status, answer = registry.answer(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(len(answer.body)))
@@ -70,14 +71,8 @@ class HostileRegistry:
 
             do_HEAD = do_GET
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = self._stack.enter_context(serving(Handler))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        self._stack.close()

@@ -8,11 +8,13 @@ is a context manager that waits until ``/v2/`` answers and always reaps the proc
 from __future__ import annotations
 
 import contextlib
+import http.server
 import re
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,22 @@ class TokenAuthority(Protocol):
     def issuer(self) -> str: ...
     @property
     def rootcertbundle(self) -> Path: ...
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[http.server.ThreadingHTTPServer]:
+    """A ThreadingHTTPServer for ``handler`` on a free loopback port, served from a daemon thread; shut down, closed
+    and joined on exit."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def free_port() -> int:

@@ -45,38 +45,32 @@ def model_file(home: Path, ref: str) -> Path:
     return Path(result.stdout.strip())
 
 
-def test_a_tag_only_archive_needs_a_repository(source: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("written", "says", "hint", "name", "expected"),
+    [
+        (":v1", "only by the tag 'v1'", "modelctl load --name REPOSITORY", "ai/tiny", "docker.io/ai/tiny:v1"),
+        ("", "names no model", "modelctl load --name REPOSITORY:TAG", "ai/other:x", "docker.io/ai/other:x"),
+    ],
+    ids=["oci-archive:FILE:TAG", "oci-archive:FILE"],
+)
+def test_an_archive_without_a_repository_needs_a_name(
+    source: tuple[Path, Path], tmp_path: Path, written: str, says: str, hint: str, name: str, expected: str
+) -> None:
     home, gguf = source
-    archive = tmp_path / "tagged.tar"
-    skopeo("copy", "--quiet", f"oci:{home / 'store'}:{FULL}", f"oci-archive:{archive}:v1")
+    archive = tmp_path / "skopeo.tar"
+    skopeo("copy", "--quiet", f"oci:{home / 'store'}:{FULL}", f"oci-archive:{archive}{written}")
     target = tmp_path / "target"
-
     refused = modelctl("load", "-i", str(archive), home=target)
-    one_line_error(refused, 2, says="only by the tag 'v1'", hint="modelctl load --name REPOSITORY")
-    assert listed(target) == {}  # not docker.io/ai/v1:latest
-
-    loaded = modelctl("load", "--name", "ai/tiny", "-i", str(archive), home=target)
+    one_line_error(refused, 2, says=says, hint=hint)
+    assert listed(target) == {}  # neither docker.io/ai/v1:latest nor anything else
+    loaded = modelctl("load", "--name", name, "-i", str(archive), home=target)
     assert loaded.returncode == 0, loaded.stderr
-    assert "loaded docker.io/ai/tiny:v1" in loaded.stdout
-    assert listed(target) == {"docker.io/ai/tiny:v1": listed(home)[FULL]}
-    assert sha256_file(model_file(target, "ai/tiny:v1")) == sha256_file(gguf)
-
+    assert f"loaded {expected}" in loaded.stdout
+    assert listed(target) == {expected: listed(home)[FULL]}
+    assert sha256_file(model_file(target, expected)) == sha256_file(gguf)
     renamed = modelctl("load", "--name", "registry.example:5000/team/tiny:prod", "-i", str(archive), home=target)
     assert renamed.returncode == 0, renamed.stderr
     assert "registry.example:5000/team/tiny:prod" in listed(target)
-
-
-def test_an_unnamed_archive_loads_under_the_name_given(source: tuple[Path, Path], tmp_path: Path) -> None:
-    home, gguf = source
-    archive = tmp_path / "unnamed.tar"
-    skopeo("copy", "--quiet", f"oci:{home / 'store'}:{FULL}", f"oci-archive:{archive}")
-    target = tmp_path / "target"
-    refused = modelctl("load", "-i", str(archive), home=target)
-    one_line_error(refused, 2, says="names no model", hint="modelctl load --name REPOSITORY:TAG")
-    loaded = modelctl("load", "--name", "ai/other:x", "-i", str(archive), home=target)
-    assert loaded.returncode == 0, loaded.stderr
-    assert list(listed(target)) == ["docker.io/ai/other:x"]
-    assert sha256_file(model_file(target, "ai/other:x")) == sha256_file(gguf)
 
 
 def test_a_full_name_still_loads_as_written_and_can_be_renamed(source: tuple[Path, Path], tmp_path: Path) -> None:
