@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import os
 import tarfile
 import tempfile
@@ -50,6 +51,26 @@ def unpack(store: Layout, packed: Packed, target: Path) -> Path:
     st = target.stat()
     _stamp(target).write_text(f"{packed.layer.digest} {st.st_size} {st.st_mtime_ns}\n")
     return target
+
+
+HEAD_BYTES = 64 << 10
+"""What :func:`member_span` needs of a layer's start: the member's headers (a few blocks; pax records included)."""
+
+
+def member_span(head: bytes, member: str) -> tuple[int, int] | None:
+    """Where ``member``'s bytes sit in an uncompressed tar whose first bytes are ``head``: (offset, size), or None
+    when its header is not within ``head`` or it is not a plain file. Lets the fit check read a GGUF header
+    inside an image layer by ranges, as it reads a raw layer."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r|", tarinfo=_Header) as tar:
+            for count, info in enumerate(tar, start=1):
+                if _normal(info.name) == member:
+                    return (info.offset_data, info.size) if info.isreg() else None
+                if count >= MAX_MEMBERS:
+                    return None
+    except (tarfile.TarError, EOFError, IntegrityError):
+        return None
+    return None
 
 
 def _is_current(packed: Packed, target: Path) -> bool:

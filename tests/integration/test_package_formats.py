@@ -279,6 +279,24 @@ def test_modelctl_pulls_every_format(docker_registry: RegistryServer, inputs: In
     assert gguf.stat().st_mtime_ns == Path(json.loads(again.stdout)["models"][0]["files"][0]).stat().st_mtime_ns
 
 
+def test_remote_fit_reads_the_gguf_inside_an_image_layer(
+    docker_registry: RegistryServer, inputs: Inputs, tmp_path: Path
+) -> None:
+    """The fit check reads GGUF headers by ranges before any download; in an image they start after the tar
+    headers, and the verdict is the same as for the raw layer of the docker format."""
+    reports = {}
+    for fmt in ("docker", "image"):
+        ref = publish(docker_registry, fmt, inputs, tmp_path / "publisher")
+        fit = modelctl("fit", ref, "--json", home=tmp_path / "user")
+        assert fit.returncode == 0, fit.stderr
+        reports[fmt] = json.loads(fit.stdout)
+    assert reports["image"]["verdict"] == reports["docker"]["verdict"] == "fits"
+    (image,), (docker,) = reports["image"]["devices"], reports["docker"]["devices"]
+    assert image["buffers"] == docker["buffers"] and image["need"] == docker["need"]  # free RAM varies between runs
+    listed = modelctl("list", home=tmp_path / "user")
+    assert tmp_path.name not in listed.stdout and "formats/" not in listed.stdout  # nothing was pulled
+
+
 def test_run_an_image_format_model(docker_registry: RegistryServer, smollm2_gguf: Path, tmp_path: Path) -> None:
     """SmolLM2 published as an image, run by a user who never had it: pull, unpack, answer."""
     ref = f"{docker_registry.host}/ai/smollm2-image:135M-Q4_1"

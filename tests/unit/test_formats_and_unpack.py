@@ -293,6 +293,16 @@ def test_truncated_and_oversized_headers(tmp_path: Path, monkeypatch: pytest.Mon
         unpack.unpack(*stored(tmp_path / "b", long_name), tmp_path / "o2" / "model.gguf")
 
 
+def test_member_span_finds_the_file_after_its_headers() -> None:
+    long_name = "models/" + "n" * 150 + ".gguf"  # past ustar's 100 bytes: a pax header comes first
+    blob = tar_bytes(("models/", b"", tarfile.DIRTYPE), ("./" + long_name, GOOD, REG), ("models/link", None, SYM))
+    offset, size = unpack.member_span(blob, long_name) or (0, 0)
+    assert blob[offset : offset + size] == GOOD and offset > 1024
+    assert unpack.member_span(blob, "models/link") is None  # not a plain file
+    assert unpack.member_span(blob[:600], long_name) is None  # its header is not in the bytes given
+    assert unpack.member_span(b"not a tar" * 100, long_name) is None
+
+
 # -- reading manifests --------------------------------------------------------------------------------------------
 
 
