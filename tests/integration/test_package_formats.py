@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import servers
 from helpers.ggufs import tiny_llama
 from helpers.servers import RegistryServer
 
@@ -206,12 +207,7 @@ def containerd() -> Iterator[Containerd]:
             time.sleep(0.1)
         yield daemon
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        servers.stop(proc, timeout=15)
         log.close()
         shutil.rmtree(base, ignore_errors=True)
 
