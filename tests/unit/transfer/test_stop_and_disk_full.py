@@ -90,6 +90,26 @@ def test_a_stop_set_before_the_start_downloads_nothing(
     assert server.requests == 0 and not partial_dir(ingest, describe(blob)).exists()
 
 
+def test_a_stop_ends_the_wait_for_another_process_downloading_the_same_blob(
+    fetch: Fetch, source: HttpRangeSource, server: BlobServer, blob: bytes, ingest: Path
+) -> None:
+    import filelock
+
+    desc = describe(blob)
+    ingest.mkdir(parents=True)
+    other = filelock.FileLock(str(ingest / f"{desc.digest.hex}.lock"))  # another pull holds the blob
+    other.acquire()
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Stopped):
+            fetch(desc, source, stop=stop)
+    finally:
+        other.release()
+    assert time.monotonic() - started < 1.0 and server.requests == 0
+
+
 def test_no_room_to_preallocate_leaves_no_partial(
     fetch: Fetch, source: HttpRangeSource, blob: bytes, ingest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
