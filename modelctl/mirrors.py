@@ -12,11 +12,9 @@ Parsed once into frozen values; a mistake is a one-line ``UsageError`` naming th
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from modelctl.errors import UsageError
 
@@ -80,6 +78,8 @@ def parse(text: str, *, where: str, base: Path) -> dict[str, tuple[Mirror, ...]]
     """Parse a mirrors file: ``[[registry."<name>".hosts]]`` tables, in the order they are to be tried.
 
     ``where`` names the file in errors; a relative ``ca`` path is relative to ``base``."""
+    import tomllib  # only where there is a file: a 6 ms import every command would pay
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -154,6 +154,8 @@ def _host(table: dict[str, Any], at: str, base: Path) -> Mirror:
 
 
 def _url(value: object, at: str) -> str:
+    from urllib.parse import urlsplit
+
     hint = 'e.g. url = "http://127.0.0.1:30020"'
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise UsageError(f"{at}: url must be an http:// or https:// URL", hint=hint)
