@@ -24,7 +24,7 @@ from modelctl import digest as _digest
 from modelctl.config import Config
 from modelctl.digest import Digest
 from modelctl.errors import IntegrityError, UsageError
-from modelctl.store import Layout
+from modelctl.store import Layout, unpack
 from modelctl.store import models as local
 
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES})
@@ -70,7 +70,11 @@ def place(config: Config, reference: str, digest: Digest, directory: Path) -> Pl
     planned = [(layer_digest, directory / name, name) for layer_digest, name in file_names(model)]
     for _, target, name in planned:  # every name first: a refusal leaves nothing half-placed
         _check_inside(root, target, name)
-    linked = sum(_put(store, layer_digest, target) for layer_digest, target, _ in planned)
+    packed = model.model.packed  # a model image's files sit inside tar layers: copied out, never the tar itself
+    linked = sum(
+        _unpack(store, packed[digest], target) if digest in packed else _put(store, digest, target)
+        for digest, target, _ in planned
+    )
     return Placed(directory=directory, files=tuple(target for _, target, _ in planned), linked=linked)
 
 
@@ -102,6 +106,12 @@ def _check_inside(root: Path, target: Path, name: str) -> None:
         )
     if target.is_dir() and not target.is_symlink():
         raise IntegrityError(f"{target} is a directory, where the model has the file {name!r}", hint="remove it")
+
+
+def _unpack(store: Layout, packed: artifact.Packed, target: Path) -> int:
+    """Copy (0 links) the file a tar layer holds to ``target``, checked against the layer's diff_id."""
+    unpack.unpack(store, packed, target)
+    return 0
 
 
 def _put(store: Layout, digest: Digest, target: Path) -> int:

@@ -275,6 +275,18 @@ def test_modelctl_pulls_every_format(docker_registry: RegistryServer, inputs: In
     assert gguf.stat().st_mtime_ns == Path(json.loads(again.stdout)["models"][0]["files"][0]).stat().st_mtime_ns
 
 
+def test_pull_output_copies_the_file_out_of_an_image_layer(
+    docker_registry: RegistryServer, inputs: Inputs, tmp_path: Path
+) -> None:
+    """``pull --output DIR`` (the init-container route) puts the GGUF in DIR, not the tar layer that holds it."""
+    ref = publish(docker_registry, "image", inputs, tmp_path / "publisher")
+    out = tmp_path / "out"
+    pulled = modelctl("pull", ref, "--output", str(out), home=tmp_path / "user")
+    assert pulled.returncode == 0, pulled.stderr
+    for path in (inputs.gguf, inputs.mmproj, inputs.license, inputs.template):
+        assert sha256(out / path.name) == sha256(path)
+
+
 def test_remote_fit_reads_the_gguf_inside_an_image_layer(
     docker_registry: RegistryServer, inputs: Inputs, tmp_path: Path
 ) -> None:
