@@ -72,8 +72,8 @@ def place(config: Config, reference: str, digest: Digest, directory: Path) -> Pl
         _check_inside(root, target, name)
     packed = model.model.packed  # a model image's files sit inside tar layers: copied out, never the tar itself
     linked = sum(
-        _unpack(store, packed[digest], target) if digest in packed else _put(store, digest, target)
-        for digest, target, _ in planned
+        _unpack(store, packed[layer], target) if layer in packed else _put(store, layer, target)
+        for layer, target, _ in planned
     )
     return Placed(directory=directory, files=tuple(target for _, target, _ in planned), linked=linked)
 
