@@ -25,11 +25,14 @@ GRACE = POLL + ENGINE_GRACE + 0.2
 """Long enough for the download engine to notice ``stop``, abort its reads and save its state."""
 
 
-def each(fn: Callable[[T], R], items: Sequence[T], *, workers: int, stop: threading.Event) -> list[R]:
+def each(
+    fn: Callable[[T], R], items: Sequence[T], *, workers: int, stop: threading.Event, grace: float = GRACE
+) -> list[R]:
     """``fn`` over ``items`` on up to ``workers`` threads, results in order.
 
     A failure does not cut the others short (their work is kept); the first one is raised once all have ended.
-    An interrupt in the calling (main) thread sets ``stop``, waits at most ``GRACE`` and is re-raised."""
+    An interrupt in the calling (main) thread sets ``stop``, waits at most ``grace`` (0 when the workers have
+    nothing to save) and is re-raised."""
     if not items:
         return []
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="modelctl-work")
@@ -52,7 +55,7 @@ def each(fn: Callable[[T], R], items: Sequence[T], *, workers: int, stop: thread
     except INTERRUPTS:
         interrupted = True
         stop.set()
-        wait(futures, timeout=GRACE)
+        wait(futures, timeout=grace)
         raise
     finally:
         pool.shutdown(wait=not interrupted, cancel_futures=True)

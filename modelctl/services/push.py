@@ -85,7 +85,7 @@ def push(
                 if on_blob:
                     on_blob(desc, outcome)
 
-            parallel.each(one, blobs, workers=PARALLEL_BLOBS, stop=stop)
+            parallel.each(one, blobs, workers=PARALLEL_BLOBS, stop=stop, grace=0.0)  # an upload saves nothing
             algorithm = entry.manifest.digest.algorithm  # a model pulled by a sha512 digest keeps that name
             digest = client.put_manifest(ref, entry.manifest.raw, entry.manifest.media_type, algorithm=algorithm)
             manifest_pushed = True
@@ -93,7 +93,7 @@ def push(
                 raw = store.read_blob(referrer.digest, max_size=4 << 20)
                 attached = descriptor.parse(raw, referrer.media_type, algorithm=referrer.digest.algorithm)
                 if isinstance(attached, Manifest):
-                    parallel.each(one, _unique(attached.blobs), workers=PARALLEL_BLOBS, stop=stop)
+                    parallel.each(one, _unique(attached.blobs), workers=PARALLEL_BLOBS, stop=stop, grace=0.0)
                     client.put_manifest(
                         Reference(ref.registry, ref.repository, None, referrer.digest), raw, referrer.media_type
                     )
