@@ -205,6 +205,7 @@ class RegistryAuth(httpx.Auth):
         headers = {
             "User-Agent": request.headers.get("User-Agent", transport.USER_AGENT),
             "Accept": "application/json",
+            "Accept-Encoding": "identity",  # as every registry request: read_bounded inflates nothing but gzip/deflate
         }
         extensions = {k: v for k, v in request.extensions.items() if k == "timeout"}
         if creds is not None and creds.identity_token:
@@ -247,7 +248,7 @@ class RegistryAuth(httpx.Auth):
         try:
             body = transport.read_bounded(response, _TOKEN_BODY_LIMIT, what=what)
         except IntegrityError as exc:
-            raise RegistryError(str(exc), temporary=False) from None
+            raise _broken(registry, exc.message) from None
         finally:
             response.close()
         response._content = body  # httpx reads the response again once the flow moves on: give it these bytes
@@ -262,14 +263,19 @@ def token_answer(body: bytes, registry: str) -> tuple[str, float]:
     try:
         doc = safejson.loads(body, what=f"answer of the token service of {registry}", max_size=_TOKEN_BODY_LIMIT)
     except IntegrityError as exc:
-        raise RegistryError(str(exc), temporary=False) from None
+        raise _broken(registry, exc.message) from None
     value = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
     header_safe = isinstance(value, str) and value.isascii() and value.isprintable()
     if not isinstance(value, str) or not header_safe or not 0 < len(value) <= _TOKEN_LIMIT:
-        raise RegistryError(f"token service of {registry} answered without a token", temporary=False)
+        raise _broken(registry, f"token service of {registry} answered without a token")
     expires_in = doc.get("expires_in")
     usable = isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and 0 < expires_in < _MAX_LIFETIME
     return value, float(expires_in) if usable else DEFAULT_EXPIRES_IN
+
+
+def _broken(registry: str, message: str) -> RegistryError:
+    """A token service that answered 200 with something else than a token: asking again will not help."""
+    return RegistryError(message, temporary=False, hint=f"the token service of {registry} is broken; tell its operator")
 
 
 def _pick(challenges: list[Challenge]) -> Challenge | None:

@@ -24,7 +24,11 @@ class Answer:
 
 
 class HostileRegistry:
-    def __init__(self) -> None:
+    """``bearer``: every ``/v2/`` request without an Authorization header gets a 401 Bearer challenge whose realm is
+    this server's ``/token`` (which answers what ``serve("/token", ...)`` says)."""
+
+    def __init__(self, *, bearer: bool = False) -> None:
+        self.bearer = bearer
         self.answers: dict[str, Answer] = {}
         self.requests: list[str] = []
         self._stack = contextlib.ExitStack()
@@ -39,7 +43,10 @@ class HostileRegistry:
         assert self._server is not None
         return f"127.0.0.1:{self._server.server_address[1]}"
 
-    def answer(self, path: str) -> tuple[int, Answer]:
+    def answer(self, path: str, authorization: str | None) -> tuple[int, Answer]:
+        if self.bearer and path.startswith("/v2/") and not authorization:
+            challenge = f'Bearer realm="http://{self.host}/token",service="hostile"'
+            return 401, Answer(b'{"errors":[{"code":"UNAUTHORIZED"}]}', headers={"WWW-Authenticate": challenge})
         if path == "/v2/":
             return 200, Answer(b"{}")
         found = self.answers.get(path.split("?", 1)[0])
@@ -58,7 +65,7 @@ class HostileRegistry:
 
             def do_GET(self) -> None:
                 registry.requests.append(f"{self.command} {self.path}")
-                status, answer = registry.answer(self.path)
+                status, answer = registry.answer(self.path, self.headers.get("Authorization"))
                 self.send_response(status)
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(len(answer.body)))

@@ -2,9 +2,9 @@
 
 A real docker-registry stores a model manifest with a field nested 9,999 deep (distribution's own parser stops at
 10,000); a loopback server stands in for a registry that sends what no registry stores: ``{"a":`` x 50,000, a model
-config nested as deep, a 2 MiB gzip body that inflates to 2 GiB. ``pull``, ``inspect --remote`` and ``fit --remote``
-each end in exit 5 with a hint, and nothing is tagged; ``load`` of a tar whose index.json nests as deep ends in
-exit 5 too.
+config nested as deep, a 2 MiB gzip body that inflates to 2 GiB, a token service answering the same nesting.
+``pull``, ``inspect --remote`` and ``fit --remote`` each end in exit 5 with a hint (7 for the token service), and
+nothing is tagged; ``load`` of a tar whose index.json nests as deep ends in exit 5 too.
 """
 
 from __future__ import annotations
@@ -73,6 +73,19 @@ def test_a_model_config_nested_50000_deep(hostile: HostileRegistry, tmp_path: Pa
     hostile.serve(f"/v2/ai/deep/blobs/{digest(DEEP)}", DEEP, content_type="application/octet-stream")
     result = modelctl(*command, f"{hostile.host}/ai/deep:1", home=tmp_path / "home")
     one_line_error(result, 5, says="malformed model config: it nests deeper than 64 levels", hint="publisher")
+    assert tags(tmp_path / "home") == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [(DEEP, "nests deeper than 64 levels"), (b'{"token": ' + b'"x' + b"\\n" * 10 + b'"}', "answered without a token")],
+    ids=["nested-50000", "newline-in-token"],
+)
+def test_a_hostile_token_service(tmp_path: Path, answer: bytes, says: str) -> None:
+    with HostileRegistry(bearer=True) as registry:
+        registry.serve("/token", answer)
+        result = modelctl("pull", f"{registry.host}/ai/x:1", home=tmp_path / "home")
+    one_line_error(result, 7, says=says, hint="the token service of")
     assert tags(tmp_path / "home") == []
 
 
