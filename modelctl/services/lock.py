@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelctl import reference
+from modelctl import atomic, reference
 from modelctl.errors import IntegrityError, NotFound, UsageError
 from modelctl.oci import safejson
 from modelctl.reference import Reference
@@ -25,9 +25,7 @@ MAX_SIZE = 16 << 20
 def write(path: Path, results: Sequence[PullResult]) -> None:
     entries = _existing(path) | {r.reference: str(r.digest) for r in results}
     doc = {"version": VERSION, "models": [{"reference": k, "digest": v} for k, v in sorted(entries.items())]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write(path, (json.dumps(doc, indent=2) + "\n").encode())  # a full disk: exit 8, the old lockfile kept
 
 
 def check_target(path: Path) -> None:
