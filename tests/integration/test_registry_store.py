@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -31,16 +30,6 @@ REPO = "ai/tiny"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-@dataclass(frozen=True)
-class Served:
-    url: str
-    log: Path
-
-    @property
-    def host(self) -> str:
-        return self.url.removeprefix("http://")
-
-
 def modelctl(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "modelctl", *args],
@@ -52,22 +41,22 @@ def modelctl(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
 
 
 @contextlib.contextmanager
-def serve_store(home: Path, *extra: str) -> Iterator[Served]:
-    """``modelctl registry serve --store --addr 127.0.0.1:0`` over ``home``'s store, until the test ends."""
+def serve_store(home: Path) -> Iterator[str]:
+    """``modelctl registry serve --store --addr 127.0.0.1:0`` over ``home``'s store; yields its ``host:port``."""
     log = home.parent / f"{home.name}-serve.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "modelctl", "registry", "serve", "--store", "--addr", "127.0.0.1:0", *extra],
+            [sys.executable, "-m", "modelctl", "registry", "serve", "--store", "--addr", "127.0.0.1:0"],
             env=dict(os.environ, MODELCTL_HOME=str(home)),
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
     try:
         deadline = time.monotonic() + 30
-        while not (found := re.search(r"listening on (http://\S+)", log.read_text())):
+        while not (found := re.search(r"listening on http://(\S+)", log.read_text())):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        yield Served(found.group(1), log)
+        yield found.group(1)
     finally:
         servers.stop(proc)
 
@@ -96,7 +85,7 @@ def test_b_pulls_from_a_with_no_upstream_request(
     asked_before = len(fault_proxy.log)
     with serve_store(store_a) as a:
         home_b = tmp_path / "b"
-        mirror = f"{fault_proxy.host}=http://{a.host}"
+        mirror = f"{fault_proxy.host}=http://{a}"
         result = modelctl(home_b, "pull", "-q", f"{fault_proxy.host}/{REPO}:1", MODELCTL_MIRRORS=mirror)
         assert result.returncode == 0, result.stderr
         assert fault_proxy.log[asked_before:] == [], "B's pull reached the upstream"
@@ -111,7 +100,7 @@ def test_b_pulls_from_a_with_no_upstream_request(
 
         # an independent client reads A's server: the same manifest bytes as the upstream's
         raw = subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{a.host}/{REPO}:1"],
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{a}/{REPO}:1"],
             capture_output=True,
             timeout=60,
             check=True,
@@ -126,7 +115,7 @@ def test_store_server_is_read_only_and_lists_what_the_store_holds(
     layer = sha256_file(gguf)
     index_before = (store_a / "store" / "index.json").read_bytes()
     with serve_store(store_a) as a:
-        c = httpx.Client(base_url=a.url, timeout=30)
+        c = httpx.Client(base_url=f"http://{a}", timeout=30)
         assert c.get("/v2/_catalog").json() == {"repositories": [REPO]}
         assert c.get(f"/v2/{REPO}/tags/list").json() == {"name": REPO, "tags": ["1"]}
         r = c.head(f"/v2/{REPO}/manifests/1", headers={"Accept": OCI_MANIFEST})
@@ -154,7 +143,7 @@ def test_same_name_from_two_registries_needs_ns(tmp_path: Path, store_a: Path, f
     """A model packaged here as ``other.example/ai/tiny:1`` (other bytes) beside the pulled one: without ``?ns=``
     the server refuses to guess; with it, each registry's model. A model added while serving shows at once."""
     with serve_store(store_a) as a:
-        c = httpx.Client(base_url=a.url, timeout=30)
+        c = httpx.Client(base_url=f"http://{a}", timeout=30)
         first = c.get(f"/v2/{REPO}/manifests/1", headers={"Accept": OCI_MANIFEST})
         assert first.status_code == 200
         other = tiny_llama(tmp_path / "other.gguf", seed=7)
