@@ -17,6 +17,7 @@ Settings:
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,11 @@ def repack_types(cpu: CpuFeatures) -> dict[int, int]:
             return dict(REPACK_AVX512)
         return dict(REPACK_AVX2) if "avx2" in cpu.flags else {}
     return {}
+
+
+EXPERT_TENSORS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+"""A MoE layer's expert tensors (llama.cpp's ``LLM_FFN_EXPS_REGEX``): what ``--n-cpu-moe`` keeps in host memory.
+The fit check counts them on the host and the runtime asks llama.cpp to put them there, by this one rule."""
 
 
 def uses_mul_mat(name: str, shape: tuple[int, ...]) -> bool:

@@ -32,14 +32,13 @@ llama-cpp-python 0.3.36):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from modelctl import cpu as _cpu
 from modelctl.cpu import WeightBuffers
 from modelctl.fit.settings import CACHE_TYPES, RunSettings
-from modelctl.fit.shapes import ModelShape, shape_of, tensor_layer
+from modelctl.fit.shapes import Layer, ModelShape, shape_of, tensor_layer
 from modelctl.gguf import GGUFHeader, TensorInfo, merge, row_bytes, type_sizes
 
 KV_PAD = 256
@@ -56,6 +55,11 @@ MAPPED = frozenset({"metal"})
 """Backends that map the model file instead of copying it (``buffer_from_host_ptr``: ``Metal_Mapped``)."""
 PIPELINE_COPIES = 4
 """``GGML_SCHED_MAX_COPIES``: the copies of each split's inputs when llama.cpp pipelines over several GPUs."""
+OFFLOAD_BACKENDS = frozenset({"cuda", "rocm", "vulkan"})
+"""Backends that run a large batch's products on the GPU even where the weights are in host memory (their
+``offload_op``): the scheduler copies such a weight into the first GPU's compute buffer, one at a time."""
+OFFLOAD_MIN_BATCH = 32
+"""Their threshold: batches of this many tokens or more are offloaded (``GGML_OP_OFFLOAD_MIN_BATCH``)."""
 FLASH_HEAD_SIZES = frozenset({64, 80, 96, 112, 128, 256, 576})
 """Head sizes every GPU backend's flash attention kernels take (576: MLA's K); ``auto`` is off for others."""
 
@@ -161,7 +165,8 @@ def estimate(
     weights = _weights(header, shape, place, buffers)
     kv, cells = _kv_cache(shape, settings, ctx, device_of, n_gpus)
     copies = PIPELINE_COPIES if _pipelined(shape, settings, gpu_layers, shares) else 1
-    compute = compute_buffer(shape, settings, ctx, device_of, n_gpus, copies=copies)
+    pulled = _pulled_weights(header, shape, place) if n_gpus and backend in OFFLOAD_BACKENDS else None
+    compute = compute_buffer(shape, settings, ctx, device_of, n_gpus, copies=copies, pulled=pulled)
     output = shape.n_vocab * settings.n_seq * 4
     extra = host_extra(shape, settings, ctx)
     cpu = Buffers(weights=weights[0], kv_cache=kv[0], compute=compute[0], output=output, host_extra=extra)
@@ -249,17 +254,68 @@ def _gpu_bytes(t: TensorInfo, backend: str = "cuda") -> int:
     return _align(size, GPU_ALIGN)
 
 
-EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+EXPERTS = _cpu.EXPERT_TENSORS
 """llama.cpp's ``LLM_FFN_EXPS_REGEX``: the tensors ``--n-cpu-moe`` keeps on the host."""
+
+
+def _host_expert(t: TensorInfo, shape: ModelShape, settings: RunSettings) -> bool:
+    """An expert tensor ``--n-cpu-moe`` keeps on the host (by a tensor override to the CPU's buffer type)."""
+    layer = tensor_layer(t, shape.n_layer)
+    return 0 <= layer < min(settings.n_cpu_moe, shape.n_layer) and EXPERTS.search(t.name) is not None
 
 
 def _device(t: TensorInfo, shape: ModelShape, place: Placement) -> int:
     layer = tensor_layer(t, shape.n_layer)
-    if layer < 0:
-        return 0
-    if 0 <= layer < place.settings.n_cpu_moe and layer < shape.n_layer and EXPERTS.search(t.name):
+    if layer < 0 or _host_expert(t, shape, place.settings):
         return 0
     return place.device_of[layer]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pulled:
+    """Host weights a GPU that offloads large batches copies into its compute buffer, one at a time: the largest
+    matrix of the layers (or experts) kept on the host, the output matrix when it stays there, and the widest K
+    plus V rows of a layer whose cache is in host memory (its attention then runs on the GPU too)."""
+
+    matrix: int = 0
+    output: int = 0
+    kv_rows: int = 0
+    layers: bool = False
+    """Whether whole layers (not only experts) stay on the host."""
+
+
+def _pulled_weights(header: GGUFHeader, shape: ModelShape, place: Placement) -> Pulled:
+    matrix = output = 0
+    for t in header.tensors:
+        if _device(t, shape, place) or not _cpu.uses_mul_mat(t.name, t.shape):
+            continue
+        size = _gpu_bytes(t, place.backend)
+        if tensor_layer(t, shape.n_layer) >= shape.n_layer:
+            output = max(output, size)
+        else:
+            matrix = max(matrix, size)
+    k_type, v_type = CACHE_TYPES[place.settings.type_k], CACHE_TYPES[place.settings.type_v]
+    kv_rows = 0
+    host_layers = False
+    for il, layer in enumerate(shape.layers):
+        if place.device_of[il]:
+            continue
+        host_layers = True
+        if layer.has_kv:
+            width = row_bytes(k_type, layer.n_head_kv * layer.k_len)
+            width += 0 if shape.mla else row_bytes(v_type, layer.n_head_kv * layer.v_len)
+            kv_rows = max(kv_rows, width)
+    if not place.settings.offload_kqv:
+        host_layers = True
+        kv_rows = max(
+            (
+                row_bytes(k_type, layer.n_head_kv * layer.k_len) + row_bytes(v_type, layer.n_head_kv * layer.v_len)
+                for layer in shape.layers
+                if layer.has_kv
+            ),
+            default=0,
+        )
+    return Pulled(matrix=matrix, output=output, kv_rows=kv_rows, layers=host_layers)
 
 
 def _weights(header: GGUFHeader, shape: ModelShape, place: Placement, buffers: WeightBuffers) -> list[int]:
@@ -283,7 +339,9 @@ def _weights(header: GGUFHeader, shape: ModelShape, place: Placement, buffers: W
         elif dev:
             out[dev] += _gpu_bytes(t, place.backend)
         else:
-            copy = _cpu_copy(t, buffers, tied=i == tied_output)
+            # an override to the CPU's buffer type picks from the host list: no extra buffer where they are off
+            pinned = not buffers.use_extra_bufts and _host_expert(t, shape, place.settings)
+            copy = 0 if pinned else _cpu_copy(t, buffers, tied=i == tied_output)
             if copy:
                 out[0] += copy
             else:
@@ -363,6 +421,7 @@ def compute_buffer(
     n_gpus: int = 0,
     *,
     copies: int = 1,
+    pulled: Pulled | None = None,
 ) -> list[int]:
     """The compute buffer per device (CPU first), reserved for the worst-case batch.
 
@@ -388,6 +447,13 @@ def compute_buffer(
     backend, benchmarks/fit_accuracy.py) so that the prediction is not below them; a GPU backend runs the same
     graph, so its buffer uses the same formula for the layers it holds, and the device with the output layer
     takes the logits step.
+
+    On a backend that offloads large batches (:data:`OFFLOAD_BACKENDS`, ``pulled`` given) with a batch of
+    :data:`OFFLOAD_MIN_BATCH` tokens or more, the products of the layers and experts kept on the host run on the
+    first GPU too: it copies their weights in one at a time (llama.cpp's scheduler starts a new split at each such
+    weight so that the copies share one block), so its buffer holds the largest of them beside one step's
+    activations, and the attention of a host layer beside that layer's K and V; the host computes only what a
+    one-token batch needs there, besides the inputs and the batch's hidden state.
     """
     cells, swa_cells = kv_cells(shape, settings, n_ctx)
     n_batch = min(n_ctx, settings.n_batch)
@@ -412,7 +478,7 @@ def compute_buffer(
         if e_t >= FRAGMENT_ROWS:
             # batch rows of 1 MiB and more no longer fit the holes the layers leave: the logits land higher
             out_step += 3 * e_t
-        attn_layers = [(layer, swa_cells if layer.swa else cells) for layer in shape.layers if layer.has_kv]
+        attn_layers = attn_layers_of(shape, cells, swa_cells)
         scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
         kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer, _ in attn_layers), default=0)
         # the previous layer's feed-forward blocks below the scores, as far as the holes reach (see above)
@@ -432,23 +498,40 @@ def compute_buffer(
     if fa:
         gpu_layers = max(masks + 3 * f_t + 2 * e_t, recurrent)
     else:
-        attn_layers = [(layer, swa_cells if layer.swa else cells) for layer in shape.layers if layer.has_kv]
+        attn_layers = attn_layers_of(shape, cells, swa_cells)
         scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
         gpu_layers = max(scores + masks + f_t + 2 * e_t, 3 * f_t + 2 * e_t, recurrent)
     gpu_out = shape.n_vocab * t * 4 + (3 if shape.softcap_logits else 1) * e_t
     out = [0] * (n_gpus + 1)
     output_dev = device_of[-1]
+    # the host keeps the inputs for the GPUs: the batch's embeddings (one per pipeline stage), the masks, token
+    # ids and positions
+    inputs = e_t * copies + masks + 6 * t * 4
+    offload = pulled is not None and t >= OFFLOAD_MIN_BATCH
     for dev in set(device_of[:-1]):
         out[dev] = max(out[dev], peak_layers if dev == 0 else gpu_layers)
     out[output_dev] = max(out[output_dev], out_step if output_dev == 0 else gpu_out)
+    if offload and pulled is not None:
+        steps = [pulled.matrix + 3 * f_t + 2 * e_t if pulled.matrix else 0]
+        if pulled.output:
+            steps.append(pulled.output + logits + e_t)
+        if pulled.layers:
+            steps.append(gpu_layers + pulled.kv_rows * cells)
+            one_token = max((n * layer.n_head * 4 for layer, n in attn_layers_of(shape, cells, swa_cells)), default=0)
+            one_token += 3 * ff * 4 + (shape.n_vocab * 4 if output_dev == 0 else 0)
+            out[0] = inputs + e_t + one_token
+        out[1] = max([out[1], *steps])
     if out[0] == 0:
-        # the host keeps the inputs for the GPUs: the batch's embeddings (one per pipeline stage), the masks,
-        # token ids and positions
-        out[0] = e_t * copies + masks + 6 * t * 4
+        out[0] = inputs
     for dev in range(1, n_gpus + 1):
         if out[dev] and copies > 1:
             out[dev] += (copies - 1) * e_t  # the hidden state a stage receives, once per pipeline copy
     return out
+
+
+def attn_layers_of(shape: ModelShape, cells: int, swa_cells: int) -> list[tuple[Layer, int]]:
+    """The layers with a KV cache and the cells each keeps."""
+    return [(layer, swa_cells if layer.swa else cells) for layer in shape.layers if layer.has_kv]
 
 
 def host_extra(shape: ModelShape, settings: RunSettings, n_ctx: int) -> int:

@@ -20,7 +20,7 @@ from modelctl.fit.devices import Device
 from modelctl.fit.estimate import Buffers, Estimate, estimate, resolve_flash_attn
 from modelctl.fit.plan import GPU_MARGIN, Variants, plan
 from modelctl.fit.settings import RunSettings
-from modelctl.fit.shapes import parameter_count, quantization, shape_of
+from modelctl.fit.shapes import ModelShape, parameter_count, quantization, shape_of, tensor_layer
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -35,6 +35,8 @@ class FitReport:
     verdict: str
     """``fits``, ``partial`` (some layers on the CPU) or ``does_not_fit``."""
     gpu_layers: int
+    n_cpu_moe: int = 0
+    """MoE layers (the first N) whose experts stay in host memory: the request, or the plan's choice."""
     n_layers: int = 0
     """Offloadable layers (the blocks plus the output layer): ``gpu_layers`` of ``n_layers``."""
     max_ctx_size: int | None
@@ -97,7 +99,7 @@ class FitReport:
                 "n_ubatch": s.n_ubatch,
                 "parallel": s.n_seq,
                 "gpu_layers": self.gpu_layers,
-                "n_cpu_moe": s.n_cpu_moe,
+                "n_cpu_moe": self.n_cpu_moe,
                 "split_mode": s.split_mode,
                 "tensor_split": list(s.tensor_split),
             },
@@ -193,11 +195,12 @@ def fit_headers(
     n_ctx = settings.resolved_ctx(trained)
     backend = next((d.kind for d in found if d.is_gpu), "cuda")
 
-    def estimate_at(ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
-        return estimate(header, settings, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers, backend=backend)
+    def estimate_at(ctx: int, ngl: int, split: Sequence[float], moe: int) -> Estimate:
+        placed = replace(settings, n_cpu_moe=moe)
+        return estimate(header, placed, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers, backend=backend)
 
-    def estimate_with_cache(cache: str, ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
-        other = replace(settings, cache_type=cache, cache_type_k=None, cache_type_v=None)
+    def estimate_with_cache(cache: str, ctx: int, ngl: int, split: Sequence[float], moe: int) -> Estimate:
+        other = replace(settings, cache_type=cache, cache_type_k=None, cache_type_v=None, n_cpu_moe=moe)
         return estimate(header, other, n_ctx=ctx, gpu_layers=ngl, gpu_split=split, buffers=buffers, backend=backend)
 
     verdict = plan(
@@ -207,6 +210,8 @@ def fit_headers(
         n_ctx=n_ctx,
         trained_ctx=trained,
         gpu_layers=settings.gpu_layers,
+        n_cpu_moe=settings.n_cpu_moe,
+        expert_layers=expert_layers(header, shape),
         cache_type=settings.cache_type,
         estimate_with_cache=estimate_with_cache,
         margin=GPU_MARGIN,
@@ -220,6 +225,7 @@ def fit_headers(
         needs=verdict.needs,
         verdict=verdict.verdict,
         gpu_layers=verdict.gpu_layers,
+        n_cpu_moe=verdict.n_cpu_moe,
         n_layers=verdict.n_layers,
         max_ctx_size=verdict.max_ctx_size,
         suggestion=verdict.suggestion,
@@ -229,6 +235,15 @@ def fit_headers(
         parameters=parameter_count(header),
         header=header,
     )
+
+
+def expert_layers(header: gguf.GGUFHeader, shape: ModelShape) -> int:
+    """How many of the first layers hold MoE experts (``--n-cpu-moe`` counts layers from the first): 0 for a dense
+    model."""
+    if not shape.n_expert:
+        return 0
+    layers = [tensor_layer(t, shape.n_layer) for t in header.tensors if cpu.EXPERT_TENSORS.search(t.name)]
+    return min(max(layers, default=-1) + 1, shape.n_layer)
 
 
 def as_run_would(settings: RunSettings, model: artifact.Model) -> RunSettings:

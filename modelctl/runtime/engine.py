@@ -33,6 +33,8 @@ class LoadSpec:
     n_batch: int = 512
     n_ubatch: int = 512
     n_gpu_layers: int = 0
+    n_cpu_moe: int = 0
+    """The MoE layers (the first N) whose experts stay in host memory: the fit plan's choice (``--n-cpu-moe``)."""
     type_k: int = 1
     type_v: int = 1
     """ggml type ids of the KV cache (1 = f16), the fit check's cache type."""
@@ -68,8 +70,9 @@ class LoadSpec:
     def describe(self) -> str:
         """The settings in one phrase, for crash reports."""
         cache = {1: "f16", 8: "q8_0", 2: "q4_0"}.get(self.type_k, str(self.type_k))
+        experts = f"experts of {self.n_cpu_moe} layers in RAM, " if self.n_cpu_moe else ""
         return (
-            f"ctx {self.n_ctx}, gpu layers {self.n_gpu_layers}, cache {cache}, "
+            f"ctx {self.n_ctx}, gpu layers {self.n_gpu_layers}, {experts}cache {cache}, "
             f"flash attention {'on' if self.flash_attn else 'off'}, cpu buffers {self.cpu_buffers}"
         )
 
@@ -366,12 +369,15 @@ def weight_buffers(spec: LoadSpec) -> contextlib.AbstractContextManager[None]:
 
     With layers offloaded no tensor overrides are set: an override would pin a GPU layer's matrices to the host, and
     llama.cpp turns pipeline parallelism off whenever overrides exist. The CPU layers then load without CPU_REPACK on
-    an AMX CPU (still never AMX), which the fit check's host figure already covers (it counts the repacked copy)."""
+    an AMX CPU (still never AMX), which the fit check's host figure already covers (it counts the repacked copy).
+    The experts the plan keeps in host memory are overrides only when layers are offloaded (without a GPU they are
+    there anyway, and the override would cost them their CPU_REPACK copy)."""
 
     choice = cpu.weight_buffers(spec.cpu_buffers, cpu.features())
     if spec.n_gpu_layers != 0 and choice.repack_by_override:
         choice = replace(choice, repack_by_override=False)
-    return applied(choice, spec.files or (spec.model_path,))
+    experts = spec.n_cpu_moe if spec.n_gpu_layers != 0 else 0
+    return applied(choice, spec.files or (spec.model_path,), experts)
 
 
 def wrap(llm: Any, spec: LoadSpec) -> Engine:

@@ -2,7 +2,8 @@
 
 They live in ``libggml`` (the backend registry) and ``libggml-base`` (backends, devices, buffer types) in the
 ``llama_cpp/lib`` folder llama-cpp-python installs; llama_cpp has already loaded them, so opening them again costs
-nothing. Used to list the compiled-in backends (``modelctl system``) and to find the CPU_REPACK buffer type.
+nothing. Used to list the compiled-in backends (``modelctl system``) and to find the CPU buffer types tensor
+overrides name (``CPU_REPACK``; ``CPU``, where ``--n-cpu-moe`` keeps a MoE model's experts).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _SIGNATURES: dict[str, tuple[str, type | None, list[type]]] = {
     "ggml_backend_dev_name": ("ggml-base", ctypes.c_char_p, [_P]),
     "ggml_backend_dev_description": ("ggml-base", ctypes.c_char_p, [_P]),
     "ggml_backend_dev_backend_reg": ("ggml-base", _P, [_P]),
+    "ggml_backend_dev_buffer_type": ("ggml-base", _P, [_P]),
     "ggml_backend_buft_name": ("ggml-base", ctypes.c_char_p, [_P]),
 }
 
@@ -44,6 +46,13 @@ class Ggml:
         if name not in _SIGNATURES:
             raise AttributeError(name)
         return _function(self.lib_dir, name)
+
+    def cpu_buffer_type(self) -> int | None:
+        """The CPU device's own buffer type (``ggml_backend_cpu_buffer_type()``, the one llama.cpp compares a tensor
+        override against to keep a weight in host memory), or None without a CPU device."""
+        device = self.ggml_backend_dev_by_type(CPU_DEVICE)
+        buft = self.ggml_backend_dev_buffer_type(device) if device else None
+        return int(buft) if buft else None
 
     def extra_buffer_types(self) -> list[tuple[str, int]]:
         """The CPU device's extra buffer types (``AMX``, ``CPU_REPACK``, ...) as (name, address)."""

@@ -99,6 +99,7 @@ class Prepared:
             "quantization": model.quantization,
             "context": self.load.n_ctx,
             "gpu_layers": self.load.n_gpu_layers,
+            "n_cpu_moe": self.load.n_cpu_moe,
             "fit": self.fit.to_json(),
             "files": [str(p) for p in self.paths],
         }
@@ -157,6 +158,7 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
     gpu_layers = options.gpu_layers if options.gpu_layers is not None else int(report.gpu_layers or 0)
     if not gpu_ok:
         gpu_layers = 0
+    n_cpu_moe = report.n_cpu_moe if gpu_layers else 0  # the plan's experts in RAM: only beside offloaded layers
 
     load = LoadSpec(
         model_path=paths[0],
@@ -164,6 +166,7 @@ def _prepare(config: Config, text: str, options: RunOptions, reporter: Reporter,
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
         n_gpu_layers=gpu_layers,
+        n_cpu_moe=n_cpu_moe,
         type_k=CACHE_TYPES[settings.cache_type],
         type_v=CACHE_TYPES[settings.cache_type],
         flash_attn=settings.flash_attention,

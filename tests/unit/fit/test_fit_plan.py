@@ -19,7 +19,7 @@ COMPUTE = 50 * MIB
 def model(*, cache: str = "f16") -> object:
     kv_scale = 0.5 if cache == "q8_0" else 1.0
 
-    def estimate_at(ctx: int, ngl: int, split: Sequence[float]) -> Estimate:
+    def estimate_at(ctx: int, ngl: int, split: Sequence[float], moe: int = 0) -> Estimate:
         start = N_LAYER + 1 - ngl
         gpu_blocks = max(0, min(ngl, N_LAYER + 1) - 1) if ngl else 0
         kv = int(ctx * KV_PER_TOKEN * kv_scale)
@@ -55,7 +55,7 @@ def run(devices: list[Device], *, n_ctx: int = 4096, gpu_layers: int | None = No
         n_ctx=n_ctx,
         trained_ctx=32768,
         gpu_layers=gpu_layers,
-        estimate_with_cache=lambda cache, ctx, ngl, split: model(cache=cache)(ctx, ngl, split),  # type: ignore[operator]
+        estimate_with_cache=lambda cache, ctx, ngl, split, moe: model(cache=cache)(ctx, ngl, split),  # type: ignore[operator]
         **kw,  # type: ignore[arg-type]
     )
 
