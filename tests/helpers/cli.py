@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+# Peak RSS is read in the child at exit (VmHWM of its own memory after exec): wait4's ru_maxrss would also count
+# the memory of the pytest process it was forked from.
+_MEASURED = (
+    "import atexit, runpy, sys\n"
+    "out = sys.argv.pop(1)\n"
+    "def hwm():\n"
+    "    kb = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+    "    open(out, 'w').write(kb)\n"
+    "atexit.register(hwm)\n"
+    "sys.argv[0] = 'modelctl'\n"
+    "runpy.run_module('modelctl', run_name='__main__', alter_sys=True)\n"
+)
 
 
 @dataclass(frozen=True)
@@ -18,46 +28,30 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
-    max_rss_kb: int
-    """The process's peak resident memory (from wait4)."""
+    max_rss_kb: int = 0
+    """The process's peak resident memory, when asked for (``rss=True``)."""
 
 
 def modelctl(
-    *args: str, home: Path | None = None, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 300
+    *args: str,
+    home: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str = "",
+    rss: bool = False,
+    timeout: float = 300,
 ) -> Run:
-    """Run ``python -m modelctl ARGS`` (MODELCTL_HOME=``home`` when given; the test's own otherwise) with ``stdin``
-    and wait for it, keeping its peak RSS."""
+    """Run ``python -m modelctl ARGS`` (MODELCTL_HOME=``home`` when given; the test's own otherwise) with ``stdin``;
+    with ``rss`` also measure its peak resident memory."""
     environ = dict(os.environ, **(env or {}))
     if home is not None:
         environ["MODELCTL_HOME"] = str(home)
-    with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        given.write(stdin.encode())
-        given.seek(0)
-        command = [sys.executable, "-m", "modelctl", *args]
-        proc = subprocess.Popen(command, env=environ, stdin=given, stdout=out, stderr=err)
-        try:
-            _, status, usage = _wait4(proc, timeout)
-        finally:
-            if proc.returncode is None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        out.seek(0)
-        err.seek(0)
-        return Run(
-            os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode(), int(usage.ru_maxrss)
+    with tempfile.TemporaryDirectory() as scratch:
+        hwm = Path(scratch) / "vmhwm"
+        command = [sys.executable, "-c", _MEASURED, str(hwm)] if rss else [sys.executable, "-m", "modelctl"]
+        done = subprocess.run(
+            [*command, *args], env=environ, input=stdin, capture_output=True, text=True, timeout=timeout
         )
-
-
-def _wait4(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, int, resource.struct_rusage]:
-    """os.wait4 with a deadline (SIGKILL when it passes)."""
-    timer = threading.Timer(timeout, lambda: os.kill(proc.pid, signal.SIGKILL))
-    timer.start()
-    try:
-        pid, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return pid, status, usage
+        return Run(done.returncode, done.stdout, done.stderr, int(hwm.read_text()) if rss else 0)
 
 
 def one_line_error(result: Run, code: int, *, says: str = "", hint: str = "", progress: bool = False) -> str:
