@@ -280,12 +280,7 @@ async def embed(request: web.Request) -> web.Response:
     srv = server(request)
     doc = await req.body(request)
     name = req.model_name(doc)
-    texts = doc.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise UsageError("'input' is not a string or a list of strings", hint='e.g. "input": ["hello"]')
-    req.refuse_unsupported(doc, "dimensions")
+    texts = req.inputs(doc)
     started = time.monotonic()
     async with srv.pool.lease(name, keep_alive=_keep_alive(doc)) as lease:
         loaded = time.monotonic()

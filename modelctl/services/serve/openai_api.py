@@ -112,12 +112,7 @@ async def embeddings(request: web.Request) -> web.Response:
     srv = server(request)
     doc = await req.body(request)
     name = req.model_name(doc)
-    texts = doc.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise UsageError("'input' is not a string or a list of strings", hint="token arrays are not supported")
-    req.refuse_unsupported(doc, "dimensions")
+    texts = req.inputs(doc)
     encoding = doc.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise UsageError(f"encoding_format {encoding!r} is not supported", hint="use float or base64")

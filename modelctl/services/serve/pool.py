@@ -226,13 +226,17 @@ class Pool:
 
     def _release(self, slot: Slot, keep_alive: float | None, seconds: float) -> None:
         slot.requests += 1
-        slot.last_used = time.monotonic()
         if keep_alive is not None:
             slot.keep_alive = keep_alive
-        if slot.keep_alive != float("inf"):
-            slot.expires_at = slot.last_used + slot.keep_alive
         previous = self._durations.get(slot.placement.key)
         self._durations[slot.placement.key] = seconds if previous is None else 0.7 * previous + 0.3 * seconds
+        self._idle(slot)
+
+    def _idle(self, slot: Slot) -> None:
+        """Give up the turn; the keep-alive clock starts."""
+        slot.last_used = time.monotonic()
+        if slot.keep_alive != float("inf"):
+            slot.expires_at = slot.last_used + slot.keep_alive
         if slot.turn.locked():
             slot.turn.release()
         self._wake.set()
@@ -280,8 +284,14 @@ class Pool:
             await slot.turn.acquire()
             self.slots[model.key] = slot
             self.on_event("load", placement.short, _memory(placement.needs))
+            loading = asyncio.get_running_loop().run_in_executor(self.executor, self.models.start, placement)
+            gone = False
             try:
-                slot.engine = await self.call(self.models.start, placement)
+                try:
+                    slot.engine = await asyncio.shield(loading)
+                except asyncio.CancelledError:  # the client left: the load goes on, the model stays for the next
+                    gone = True
+                    slot.engine = await loading
             except BaseException as exc:
                 slot.state = "closed"
                 self.slots.pop(model.key, None)
@@ -292,6 +302,9 @@ class Pool:
             slot.state = "ready"
             slot.loaded_at = time.time()
             self.on_event("loaded", placement.short, f"context {placement.load.n_ctx}")
+            if gone:
+                self._idle(slot)
+                raise asyncio.CancelledError
             return slot
 
     async def _unload(self, slot: Slot, reason: str) -> None:

@@ -79,6 +79,17 @@ def messages(items: Any, *, roles: tuple[str, ...] = ("system", "user", "assista
     return found
 
 
+def inputs(doc: Mapping[str, Any]) -> list[str]:
+    """What to embed: ``input`` as a string or a list of strings (token arrays and ``dimensions`` are refused)."""
+    texts = doc.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise UsageError("'input' is not a string or a list of strings", hint='e.g. "input": ["hello", "world"]')
+    refuse_unsupported(doc, "dimensions")
+    return texts
+
+
 def with_system(found: list[Message], system: str | None) -> list[Message]:
     """The model's default system prompt in front, unless the request brings its own."""
     if system and not any(m["role"] == "system" for m in found):

@@ -317,3 +317,24 @@ def test_stop_unloads_now() -> None:
         assert pool.loaded() == []
 
     assert run(1000, FakeModels({"a": 100}), body) == ["loaded a", "unload a"]
+
+
+def test_a_client_gone_while_its_model_loads_leaves_it_loaded_for_the_next() -> None:
+    class SlowModels(FakeModels):
+        def start(self, placement: Placement) -> FakeEngine:
+            time.sleep(0.2)
+            return super().start(placement)
+
+    models = SlowModels({"a": 100})
+
+    async def body(pool: Pool) -> None:
+        first = asyncio.create_task(answer(pool, "a", [], ""))
+        await asyncio.sleep(0.05)
+        first.cancel()  # while the model loads
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert [m["name"] for m in pool.loaded()] == ["a"] and not pool.slots["a"].busy
+        assert await answer(pool, "a", [], "") == "xxx"
+
+    assert run(1000, models, body) == ["loaded a"]
+    assert len(models.engines) == 1  # loaded once, not leaked nor loaded again
