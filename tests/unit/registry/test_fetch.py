@@ -39,12 +39,18 @@ def test_unsatisfiable_range_is_416(header: str) -> None:
         requested_range(header, 10)
 
 
+def started(tmp_path: Path, size: int) -> Fetch:
+    """A fetch whose upstream answered 200 with ``size`` bytes to come (call it inside a running loop)."""
+    data = tmp_path / "data"
+    data.write_bytes(b"")
+    fetch = Fetch(DIGEST)
+    fetch.start(data, size)
+    return fetch
+
+
 def test_last_byte_is_withheld_until_verified(tmp_path: Path) -> None:
     async def scenario() -> None:
-        data = tmp_path / "data"
-        data.write_bytes(b"")
-        fetch = Fetch(DIGEST)
-        fetch.start(data, 4)
+        fetch = started(tmp_path, 4)
         assert await fetch.found
         fetch.advance(4)
         assert fetch.readable == 3, "all four bytes offered before the digest was checked"
@@ -60,10 +66,7 @@ def test_last_byte_is_withheld_until_verified(tmp_path: Path) -> None:
 
 def test_a_failed_download_wakes_every_reader_with_its_error(tmp_path: Path) -> None:
     async def scenario() -> None:
-        data = tmp_path / "data"
-        data.write_bytes(b"")
-        fetch = Fetch(DIGEST)
-        fetch.start(data, 100)
+        fetch = started(tmp_path, 100)
         fd = fetch.acquire()
         waiters = [asyncio.ensure_future(fetch.wait_past(50)) for _ in range(3)]
         fetch.advance(10)
