@@ -42,13 +42,18 @@ DOC = (
     "the fit estimate runs with the logged settings and devices, and each buffer llama.cpp printed is set beside the "
     "prediction, per device (`host` is `CPU`, `CPU_Mapped` and the pinned `*_Host` buffers). Targets: KV exact "
     "(0.1 MiB), compute +15% / -0%, model buffers within 1%. Records whose build allocates differently from the "
-    "bundled llama.cpp name the change and are listed apart (*apart*): the prediction is the bundled version's. "
-    "Records marked `calibration` fitted the GPU compute formula; the others are held out. No GPU was available "
-    "where this was built, so no load was run here: every GPU number below is from a published log. Coverage is "
-    "short of the goal (20 logs over CUDA, ROCm, Vulkan and Metal, five architectures with sliding-window, MoE and "
-    "MLA models, partial offload, several GPUs, flash attention on and off): the records so far are llama.cpp CI "
-    "loads of Pythia (CUDA V100, Apple M4; full offload, one GPU, flash attention off) and one 8-GPU ROCm "
-    "DeepSeek-R1 load from an older build; the GPU compute formula is therefore checked on dense models only."
+    "bundled llama.cpp name the change (its pull request) and are listed apart (*apart*): the prediction is the "
+    "bundled version's, so their misses are that change, not the model. Records marked `calibration` fitted the GPU "
+    "compute formula; the others are held out. No GPU was available where this was built: every GPU number below is "
+    "from a published log. 14 records: CUDA 6 (V100 Pythia 2.8B x4, a Jetson Orin Qwen3-0.6B with no layer "
+    "offloaded, a DeepSeek-R1 671B load with every expert and the KV cache in RAM), ROCm 2 (an 8-GPU DeepSeek-R1, a "
+    "2-GPU Qwen3-14B with no layer offloaded), Vulkan 3 (T4, Pythia 2.8B Q5_0/Q5_1/Q2_K), Metal 3 (M4, Pythia "
+    "1.4B); architectures gptneox, qwen3 and deepseek2 (MoE, its per-head cache); flash attention off in all of "
+    "them. All but one come from builds before set_rows became llama.cpp's KV write (PR 14959: row indices as graph "
+    "inputs, on the host and copied to the GPUs), so their host compute buffers are listed apart; the matching one "
+    "logs KV and output only. Not covered by any record yet: a sliding-window model (gemma), a qwen3moe/mixtral "
+    "load with --n-cpu-moe and its compute buffers, an MLA cache, flash attention on, a build as recent as the "
+    "bundled one with its compute lines."
 )
 
 
@@ -140,10 +145,12 @@ def _dims(model: dict[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
                 (b + "attn_q_b.weight", (q_lora, h * dk), i),
                 (b + "attn_kv_a_mqa.weight", (e, kv_lora + rope), i),
                 (b + "attn_kv_a_norm.weight", (kv_lora,), i),
-                (b + "attn_k_b.weight", (nope, kv_lora, h), i),
-                (b + "attn_v_b.weight", (kv_lora, dv, h), i),
-                (b + "attn_output.weight", (h * dv, e), i),
             ]
+            if model.get("mla", True):  # files converted since llama.cpp's MLA cache: K and V parts apart
+                out += [(b + "attn_k_b.weight", (nope, kv_lora, h), i), (b + "attn_v_b.weight", (kv_lora, dv, h), i)]
+            else:  # older files: one joint matrix, and a full per-head K and V cache
+                out.append((b + "attn_kv_b.weight", (kv_lora, h * (nope + dv)), i))
+            out.append((b + "attn_output.weight", (h * dv, e), i))
         else:
             out += [
                 (b + "attn_q.weight", (e, h * dk), i),
@@ -209,6 +216,8 @@ def _assign_types(tensors: list[tuple[str, tuple[int, ...], int]], counts: dict[
             return (1 if _more_bits(layer, n_layer) else 2), layer
         if name == "token_embd.weight":
             return 4, 0
+        if "attn_output" in name:  # the next a low-bit mix widens (Q2_K, Q3_K: attn_output before the rest)
+            return 3, -1
         return 3, layer
 
     order = sorted(matrices, key=rank)
@@ -249,9 +258,10 @@ def write_header(model: dict[str, Any], path: Path) -> Path:
     w.add_embedding_length(model["n_embd"])
     w.add_feed_forward_length(model.get("n_ff") or 0)
     w.add_head_count(model["n_head"])
-    w.add_head_count_kv(1 if arch == "deepseek2" else model["n_head_kv"])  # MLA: one latent K per layer
+    mla = arch == "deepseek2" and model.get("mla", True)
+    w.add_head_count_kv(1 if mla else model["n_head_kv"])  # MLA: one latent K per layer
     w.add_vocab_size(model["n_vocab"])
-    if arch == "deepseek2":  # the MLA cache of current GGUFs: one K of kv_lora_rank + rope, V read from it
+    if mla:  # the MLA cache of current GGUFs: one K of kv_lora_rank + rope, V read from it
         w.add_key_length(model["kv_lora_rank"] + model["n_rot"])
         w.add_value_length(model["kv_lora_rank"])
         w.add_uint32(f"{arch}.attention.key_length_mla", model["n_embd_head_k"])

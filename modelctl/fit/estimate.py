@@ -214,11 +214,13 @@ def _pipelined(shape: ModelShape, settings: RunSettings, gpu_layers: int, shares
 
 def resolve_flash_attn(settings: RunSettings, shape: ModelShape, backend: str) -> RunSettings:
     """``--flash-attn auto`` as llama.cpp resolves it: on where the device running attention has a kernel for the
-    model's head sizes (every CPU does), else off. Other settings come back unchanged."""
+    model's head sizes (every CPU does), else off; off too when offloaded layers keep their KV cache on the host
+    (``--no-kv-offload``: the attention lands on another device than its layer, which llama.cpp's check refuses).
+    Other settings come back unchanged."""
     if settings.flash_attn != "auto":
         return settings
     heads = {layer.k_len for layer in shape.layers if layer.has_kv}
-    supported = backend == "cpu" or heads <= FLASH_HEAD_SIZES
+    supported = backend == "cpu" or (heads <= FLASH_HEAD_SIZES and settings.offload_kqv)
     return replace(settings, flash_attn="on" if supported else "off")
 
 
@@ -376,16 +378,20 @@ def _cpu_copy(t: TensorInfo, buffers: WeightBuffers, *, tied: bool) -> int:
 
 
 def kv_cells(shape: ModelShape, settings: RunSettings, n_ctx: int) -> tuple[int, int]:
-    """(cells of a full-attention layer, cells of a sliding-window layer)."""
-    cells = _align(n_ctx, KV_PAD)
-    if settings.n_seq > 1:
-        cells = _align(cells // settings.n_seq, KV_PAD) * settings.n_seq
-    swa = cells
+    """(cells of a full-attention layer, cells of a sliding-window layer), over all sequences.
+
+    A unified cache (``kv_unified``) is one stream of ``n_ctx`` cells whose window holds every sequence's
+    (``n_swa * n_seq + n_ubatch``); otherwise each sequence has a stream of its own share of the context and its
+    own window (``llama_kv_cache_iswa``)."""
+    streams = settings.n_seq if settings.n_seq > 1 and not settings.kv_unified else 1
+    per_stream = _align(_align(n_ctx, KV_PAD) // streams, KV_PAD)
+    swa = per_stream
     if shape.swa_any and not settings.swa_full:
         n_batch = min(n_ctx, settings.n_batch)
         n_ubatch = min(n_batch, settings.n_ubatch)
-        swa = _align(min(cells, shape.n_swa + n_ubatch), KV_PAD)
-    return cells, swa
+        window = shape.n_swa * (settings.n_seq if streams == 1 else 1) + n_ubatch
+        swa = _align(min(per_stream, window), KV_PAD)
+    return per_stream * streams, swa * streams
 
 
 def _kv_cache(
@@ -506,7 +512,12 @@ def compute_buffer(
     output_dev = device_of[-1]
     # the host keeps the inputs for the GPUs: the batch's embeddings (one per pipeline stage), the masks, token
     # ids and positions
-    inputs = e_t * copies + masks + 6 * t * 4
+    # the masks stay float32 there (a GPU casts its copy for flash attention), and the KV writes' row indices
+    # (``set_rows``: one per token for K, one per value for a transposed V) are inputs too; the GPUs copy the indices
+    n_masks = 1 + (1 if shape.swa_any else 0)
+    v_rows = 1 if fa else max((layer.n_head_kv * layer.v_len for layer in shape.layers if layer.has_kv), default=0)
+    idxs = 0 if shape.mla and fa else n_masks * t * 8 * (1 + v_rows)
+    inputs = e_t * copies + n_masks * cells * t * 4 + 6 * t * 4 + idxs
     offload = pulled is not None and t >= OFFLOAD_MIN_BATCH
     for dev in set(device_of[:-1]):
         out[dev] = max(out[dev], peak_layers if dev == 0 else gpu_layers)
@@ -517,13 +528,18 @@ def compute_buffer(
             steps.append(pulled.output + logits + e_t)
         if pulled.layers:
             steps.append(gpu_layers + pulled.kv_rows * cells)
+            # the host's own graph is the one-token batch (its products are not offloaded); a large batch leaves
+            # it the inputs and, where layers meet a GPU's, one hidden state
             one_token = max((n * layer.n_head * 4 for layer, n in attn_layers_of(shape, cells, swa_cells)), default=0)
-            one_token += 3 * ff * 4 + (shape.n_vocab * 4 if output_dev == 0 else 0)
-            out[0] = inputs + e_t + one_token
+            one_token += 3 * ff * 4 + (shape.n_vocab * 4 if output_dev == 0 else 0) + small
+            meet = e_t if any(device_of) else 0
+            out[0] = max(inputs + meet, one_token)
         out[1] = max([out[1], *steps])
     if out[0] == 0:
         out[0] = inputs
     for dev in range(1, n_gpus + 1):
+        if out[dev]:
+            out[dev] += idxs
         if out[dev] and copies > 1:
             out[dev] += (copies - 1) * e_t  # the hidden state a stage receives, once per pipeline copy
     return out

@@ -21,8 +21,18 @@ SETTINGS_KEYS = {
 }  # fmt: skip
 
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_logs as gl  # noqa: E402
+def _gpu_logs() -> ModuleType:
+    """benchmarks/gpu_logs.py loaded by path: benchmarks/ must not go on sys.path, where its registry.py would
+    shadow the registry package for every test collected after this one."""
+    spec = importlib.util.spec_from_file_location("gpu_logs", ROOT / "benchmarks" / "gpu_logs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_logs", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+gl = _gpu_logs()
 
 RECORDS = gl.load(LOGS)
 
@@ -87,3 +97,21 @@ def test_the_rebuilt_header_has_the_logged_tensor_mix(tmp_path: Path) -> None:
         counts[ggml_type_name(t.ggml_type).lower()] = counts.get(ggml_type_name(t.ggml_type).lower(), 0) + 1
     assert counts == {k.lower(): v for k, v in record["model"]["tensor_types"].items()}, name
     assert path.stat().st_size == header.file_size and path.stat().st_blocks * 512 < path.stat().st_size  # sparse
+
+
+def test_the_targets_are_the_issues() -> None:
+    """KV exact to 0.1 MiB, compute +15% / -0%, model buffers within 1%: what every matching record is held to."""
+    assert MATCHING, "no record matches the bundled llama.cpp: the target test would run on nothing"
+    row = gl.Row
+    assert row("kv", "CUDA0", 640.0, 640.09).within() and not row("kv", "CUDA0", 640.0, 640.2).within()
+    assert row("compute", "CUDA0", 100.0, 115.0).within() and not row("compute", "CUDA0", 100.0, 115.1).within()
+    assert not row("compute", "CUDA0", 100.0, 99.9).within()
+    assert row("model", "CUDA0", 1000.0, 1010.0).within() and not row("model", "CUDA0", 1000.0, 989.0).within()
+
+
+def test_every_backend_has_records_and_apart_ones_name_the_change() -> None:
+    assert {r["backend"] for _, r in RECORDS} == {"cuda", "rocm", "vulkan", "metal"}
+    assert len(RECORDS) >= 14
+    for name, record in RECORDS:
+        apart = record.get("allocates_differently")
+        assert not apart or "set_rows" in apart["change"] or "pad" in apart["change"], name
