@@ -4,8 +4,10 @@ within 1%), records from builds that allocate differently named and reported apa
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
