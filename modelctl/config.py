@@ -21,6 +21,7 @@ ENV_VARS = (
     "MODELCTL_MIRRORS",
     "MODELCTL_INSECURE_REGISTRIES",
     "MODELCTL_PARTS",
+    "MODELCTL_FIXED_PARTS",
     "MODELCTL_PART_SIZE",
     "MODELCTL_STALL_TIMEOUT",
     "MODELCTL_RETRIES",
@@ -41,7 +42,9 @@ class Config:
     insecure_registries: frozenset[str] = frozenset()
     docker_config: Path = Path.home() / ".docker"
     parts: int = 8
-    """Parallel Range parts per blob."""
+    """Parallel Range streams per blob, at most (the download adds streams while they add throughput)."""
+    fixed_parts: bool = False
+    """``MODELCTL_FIXED_PARTS=1``: run ``parts`` streams from the start instead of probing for the count."""
     min_part_size: int = 32 << 20
     """Blobs smaller than ``parts * min_part_size`` get fewer parts; tiny blobs one."""
     stall_timeout: float = 30.0
@@ -108,6 +111,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         ),
         docker_config=docker_config,
         parts=_int(env, "MODELCTL_PARTS", 8, low=1, high=64),
+        fixed_parts=bool(_int(env, "MODELCTL_FIXED_PARTS", 0, low=0, high=1)),
         min_part_size=_int(env, "MODELCTL_PART_SIZE", 32 << 20, low=1 << 16, high=1 << 40),
         stall_timeout=float(_int(env, "MODELCTL_STALL_TIMEOUT", 30, low=1, high=3600)),
         retries=_int(env, "MODELCTL_RETRIES", 5, low=0, high=100),

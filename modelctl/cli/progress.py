@@ -55,8 +55,10 @@ class LineReporter(QuietReporter):
             elapsed = max(now - self._started[event.digest], 1e-3)
         pct = 100.0 * event.done / event.total if event.total else 100.0
         rate = event.fetched_this_run / elapsed
+        streams = f" ({event.streams} streams)" if event.streams > 1 else ""
+        amount = f"{size(event.done)}/{size(event.total)}"
         print(
-            f"  {event.digest.hex[:12]}: {pct:5.1f}% {size(event.done)}/{size(event.total)} {size(int(rate))}/s",
+            f"  {event.digest.hex[:12]}: {pct:5.1f}% {amount} {size(int(rate))}/s{streams}",
             file=sys.stderr,
             flush=True,
         )

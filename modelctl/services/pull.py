@@ -216,6 +216,7 @@ def fetch_blob(
         store,
         ingest_dir=config.ingest_dir,
         parts=config.parts,
+        fixed=config.fixed_parts,
         min_part_size=config.min_part_size,
         retries=config.retries,
         progress=reporter.progress,

@@ -48,6 +48,7 @@ from modelctl.errors import DigestMismatch, IntegrityError, ModelctlError, Regis
 from modelctl.oci.descriptor import Descriptor
 from modelctl.transfer import state
 from modelctl.transfer.state import Part
+from modelctl.transfer.streams import Streams
 
 if TYPE_CHECKING:
     import filelock
@@ -58,12 +59,13 @@ POLL = 0.1
 GRACE = 0.5
 """How long a stop waits for the part threads before saving the state without them."""
 PROGRESS_INTERVAL = 0.1
-HASH_WINDOW = 8 << 20
 BUFFER_SIZE = 1 << 20
 """Small enough that a buffer is still in the CPU cache when it is hashed (4-16 MiB buffers were slower)."""
 HASH_QUEUE = 8
 """Buffers that may wait for the hash thread beyond one per stream."""
 FILL_TIME = 0.2
+PROBE_TICK = 0.025
+"""How often the supervising thread measures the throughput while the stream count is being probed."""
 """A buffer is written out when full or after this long, whichever comes first."""
 MAX_BACKOFF = 10.0
 
@@ -96,6 +98,8 @@ class Progress:
     total: int
     done: int
     fetched_this_run: int
+    streams: int = 1
+    """How many parallel streams the download wants now (see :mod:`modelctl.transfer.streams`)."""
 
 
 class _IgnoresRange(Exception):
@@ -108,6 +112,16 @@ class Stopped(Exception):
 
 class _Cancelled(Exception):
     pass
+
+
+class _Counter:
+    """The bytes one stream received, for the stream controller; written by that stream's thread only."""
+
+    __slots__ = ("ended", "received")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.ended = False
 
 
 class _LostInCrash(Exception):
@@ -126,13 +140,15 @@ def download(
     progress: Callable[[Progress], None] | None = None,
     sleep: Callable[[float], None] | None = None,
     stop: threading.Event | None = None,
+    fixed: bool = False,
 ) -> Path:
     """Fetch ``desc`` unless the store has it; resume a partial; verify; commit. Returns the blob's path.
 
     A stalled part is the source's business: its HTTP client's read timeout (``MODELCTL_STALL_TIMEOUT``) raises,
     and the part is retried here. ``sleep`` waits between retries (default: a wait that a stop cuts short).
     Setting ``stop`` (from another thread) ends the download within about ``POLL + GRACE`` with :class:`Stopped`,
-    the partial saved; a full disk raises ``NoSpace``."""
+    the partial saved; a full disk raises ``NoSpace``. ``parts`` caps the parallel streams, which start few and grow
+    while they add throughput (:mod:`modelctl.transfer.streams`); ``fixed`` runs ``parts`` streams from the start."""
     import filelock
 
     ingest_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +164,7 @@ def download(
 
         def attempt(streams: int, part_size: int) -> _Job:
             def run_job() -> _Job:
-                job = _Job(desc, source, directory, streams, part_size, retries, progress, sleep, stop)
+                job = _Job(desc, source, directory, streams, part_size, retries, progress, sleep, stop, fixed)
                 job.run()
                 return job
 
@@ -198,6 +214,7 @@ class _Job:
         progress: Callable[[Progress], None] | None,
         sleep: Callable[[float], None] | None,
         stop: threading.Event | None = None,
+        fixed: bool = False,
     ) -> None:
         self.desc = desc
         self.source = source
@@ -216,6 +233,8 @@ class _Job:
         """Open responses of the part threads (guarded by ``cond``): a stop aborts them."""
         self.hasher = self.desc.digest.hasher()
         self.hashed = 0
+        self.hash_busy = 0.0
+        """Seconds the hash thread spent hashing (and reading back): ``hashed / hash_busy`` is what it can take."""
         self.claimed = 0
         """End of the bytes given to the hash thread (queued buffers or a read-back in progress); <= frontier."""
         self.hash_queue: deque[tuple[bytearray, int]] = deque()
@@ -225,6 +244,15 @@ class _Job:
         """Buffers not yet allocated (made on demand: a small blob needs one small buffer)."""
         self.fetched = 0
         self.parts: list[Part] = []
+        self.streams = Streams(cap=parts, fixed=fixed)
+        self.queue: deque[Part] = deque()
+        """Parts no stream has taken yet, in file order (guarded by ``cond``)."""
+        self.busy: set[int] = set()
+        """``id`` of every part a stream is fetching (guarded by ``cond``): the ones a free stream may split."""
+        self.counters: list[_Counter] = []
+        """One per stream started: bytes received, each written by its own stream only."""
+        self.running = 0
+        """Streams not yet ended (guarded by ``cond``)."""
         self.fd = -1
         self.resumed_from_another_boot = False
         self.hash_error: BaseException | None = None
@@ -269,12 +297,11 @@ class _Job:
         try:
             pending = [p for p in self.parts if not p.complete]
             if pending:
-                streams = max(1, min(self.n_parts, len(pending)))
-                pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="modelctl-part")
+                self.queue.extend(pending)
+                pool = ThreadPoolExecutor(max_workers=max(1, self.n_parts), thread_name_prefix="modelctl-part")
                 stopped = False
                 try:
-                    futures = [pool.submit(self._fetch_part, p) for p in pending]
-                    self._supervise(futures)
+                    self._supervise(pool, futures)
                 except Stopped:
                     stopped = True
                     raise
@@ -306,12 +333,16 @@ class _Job:
             hasher.join(timeout=GRACE)
             self._close([*futures], hasher)
 
-    def _supervise(self, futures: list[Future[None]]) -> None:
-        """Wait for the parts, saving their state every SAVE_INTERVAL; the first failure cancels the others, and
-        so does the caller's ``stop`` (see the module docstring)."""
+    def _supervise(self, pool: ThreadPoolExecutor, futures: list[Future[None]]) -> None:
+        """Run the streams (``futures`` receives each one started) and wait for them, saving the part state every
+        SAVE_INTERVAL and steering the stream count while it is being probed; the first failure cancels the
+        others, and so does the caller's ``stop`` (see the module docstring)."""
         saved = time.monotonic()
+        self._add_streams(pool, futures)
         while True:
-            done, not_done = wait(futures, timeout=POLL, return_when=FIRST_EXCEPTION)
+            done, not_done = wait(
+                futures, timeout=PROBE_TICK if self.streams.probing else POLL, return_when=FIRST_EXCEPTION
+            )
             if self.stop is not None and self.stop.is_set():
                 self.cancel.set()
                 self._abort_readers()
@@ -325,11 +356,67 @@ class _Job:
                 self._save()
                 raise self.hash_error or _first_error([f.exception() for f in failed])
             now = time.monotonic()
+            if self.streams.probing:
+                self._steer(now)
+                self._add_streams(pool, futures)
+                not_done = {f for f in futures if not f.done()}
             if not not_done or now - saved >= SAVE_INTERVAL:
                 self._save()
                 saved = now
             if not not_done:
                 return
+
+    # -- the streams --------------------------------------------------------------------------------------------
+    def _steer(self, now: float) -> None:
+        """Feed the stream controller this moment's byte count (see :mod:`modelctl.transfer.streams`)."""
+        received = 0
+        flowing = 0
+        for counter in self.counters:
+            received += counter.received
+            flowing += counter.received > 0 and not counter.ended
+        with self.cond:
+            limit = self.hashed / self.hash_busy if self.hash_busy > 0 else None
+            self.streams.observe(now, received, flowing, limit)
+
+    def _add_streams(self, pool: ThreadPoolExecutor, futures: list[Future[None]]) -> None:
+        """Start streams up to the controller's target, as far as there is work for them."""
+        with self.cond:
+            work = len(self.queue) + sum(
+                1 for p in self.parts if id(p) in self.busy and state.can_split(p, self.buffer_size, self.min_part_size)
+            )
+            more = min(self.streams.target - self.running, work)
+            counters = [_Counter() for _ in range(max(0, more))]
+            self.running += len(counters)
+            self.counters.extend(counters)
+        futures.extend(pool.submit(self._run_stream, counter) for counter in counters)
+
+    def _run_stream(self, counter: _Counter) -> None:
+        """One stream: take the next part (or split a busy one) and fetch it, until there is no work left or the
+        controller wants fewer streams."""
+        try:
+            while (part := self._take()) is not None:
+                try:
+                    self._fetch_part(part, counter)
+                finally:
+                    with self.cond:
+                        self.busy.discard(id(part))
+        finally:
+            counter.ended = True
+
+    def _take(self) -> Part | None:
+        """The next part for a stream; None (and the stream counted out) when it should end."""
+        with self.cond:
+            part: Part | None = None
+            if self.running <= self.streams.target and not self.cancel.is_set():
+                if self.queue:
+                    part = self.queue.popleft()
+                else:  # no part left to start: take the second half of the busy part with the most left
+                    part = state.split_busy(self.parts, self.busy, self.buffer_size, self.min_part_size)
+            if part is None:
+                self.running -= 1
+                return None
+            self.busy.add(id(part))
+            return part
 
     def _abort_readers(self) -> None:
         """End the reads the parts may be blocked in (a stalled link): each then fails and its part sees ``cancel``."""
@@ -369,14 +456,14 @@ class _Job:
             state.save(self.dir, self.desc.digest, self.desc.size, snapshot)
 
     # -- one part ---------------------------------------------------------------------------------------------
-    def _fetch_part(self, part: Part) -> None:
+    def _fetch_part(self, part: Part, counter: _Counter) -> None:
         failures = 0
         while not part.complete:
             if self.cancel.is_set():
                 raise _Cancelled()
             before = part.done
             try:
-                self._stream(part)
+                self._stream(part, counter)
             except (_IgnoresRange, _Cancelled):
                 raise
             except RegistryError as exc:
@@ -389,7 +476,7 @@ class _Job:
             except OSError:
                 raise  # local disk trouble: retrying will not help
 
-    def _stream(self, part: Part) -> None:
+    def _stream(self, part: Part, counter: _Counter) -> None:
         start = part.position
         with self.source.open_range(start, part.end - 1) as reader, self._open_reader(reader):
             if reader.total is not None and reader.total < self.desc.size:  # no retry can make up the difference
@@ -409,7 +496,7 @@ class _Job:
                     if self.cancel.is_set():
                         raise _Cancelled()
                     view = memoryview(buffer)[: min(len(buffer), part.end - pos)]
-                    filled, ended, broken = _fill(reader, view)
+                    filled, ended, broken = _fill(reader, view, counter)
                     written = 0
                     while written < filled:
                         written += os.pwrite(self.fd, view[written:filled], pos + written)
@@ -492,6 +579,7 @@ class _Job:
     def _hash_loop(self) -> None:
         """Hash the written prefix in order: queued buffers as they are, any other range read back."""
         size = self.desc.size
+        readback: memoryview | None = None
         while True:
             buffer: bytearray | None = None
             with self.cond:
@@ -503,20 +591,23 @@ class _Job:
                         break
                     frontier = self._frontier()
                     if frontier > self.claimed:
-                        start, length = self.claimed, min(frontier - self.claimed, HASH_WINDOW)
+                        start, length = self.claimed, min(frontier - self.claimed, self.buffer_size)
                         self.claimed += length
                         break
                     if self.hashed >= size:
                         return
                     self.cond.wait(timeout=1.0)
+            began = time.perf_counter()
             if buffer is not None:
                 self.hasher.update(memoryview(buffer)[:length])  # outside the lock: no part thread waits for it
                 self.buffers.put(buffer)
-            else:
-                data = os.pread(self.fd, length, start)
-                if len(data) != length:
+            else:  # into one reused buffer: a fresh 8 MiB ``pread`` result cost a mmap and 2,048 page faults
+                if readback is None:
+                    readback = memoryview(bytearray(self.buffer_size))
+                if os.preadv(self.fd, [readback[:length]], start) != length:
                     raise ModelctlError(f"internal error: short read of the partial {self.desc.digest[:19]}")
-                self.hasher.update(data)
+                self.hasher.update(readback[:length])
+            self.hash_busy += time.perf_counter() - began
             with self.cond:
                 self.hashed += length
 
@@ -530,7 +621,7 @@ class _Job:
         with self.cond:
             done = sum(p.done for p in self.parts)
             fetched = self.fetched
-        self.progress(Progress(self.desc.digest, self.desc.size, done, fetched))
+        self.progress(Progress(self.desc.digest, self.desc.size, done, fetched, self.streams.target))
 
 
 def _allocate(fd: int, size: int) -> None:
@@ -546,7 +637,7 @@ def _allocate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-def _fill(reader: RangeReader, view: memoryview) -> tuple[int, bool, RegistryError | None]:
+def _fill(reader: RangeReader, view: memoryview, counter: _Counter) -> tuple[int, bool, RegistryError | None]:
     """Read into ``view`` until it is full, the body ends, or FILL_TIME passed (so a slow link still shows
     progress and saves state). Returns (bytes, body ended, the error that cut it short): bytes that arrived
     before a broken connection are still written and counted, so the retry resumes after them."""
@@ -560,6 +651,7 @@ def _fill(reader: RangeReader, view: memoryview) -> tuple[int, bool, RegistryErr
         if got == 0:
             return filled, True, None
         filled += got
+        counter.received += got
         if time.monotonic() >= deadline:
             break
     return filled, False, None

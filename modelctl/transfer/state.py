@@ -61,6 +61,30 @@ def split(size: int, parts: int, min_part_size: int) -> list[Part]:
     return [p for p in out if p.length > 0] or [Part(0, 0)]
 
 
+def can_split(part: Part, guard: int, min_part_size: int) -> bool:
+    """Whether ``part``, being fetched, has room for a second stream: beyond the ``guard`` bytes its own stream may
+    be writing now, at least two pieces of ``min_part_size``."""
+    return part.end - part.position - guard >= 2 * max(1, min_part_size)
+
+
+def split_busy(parts: list[Part], busy: set[int], guard: int, min_part_size: int) -> Part | None:
+    """Cut the busy part with the most left in two and return its second half, inserted after it in ``parts``
+    (the list still tiles the blob in order), or None when no busy part can be split (:func:`can_split`).
+
+    Why: parts start at different times (streams are added while a pull runs), and without this the last ones to
+    start finish alone, one stream each. ``busy`` holds the ``id`` of each part a stream is fetching; that stream
+    stops at the part's new end, which lies beyond the ``guard`` bytes it may be writing at this moment."""
+    candidates = [p for p in parts if id(p) in busy and can_split(p, guard, min_part_size)]
+    if not candidates:
+        return None
+    victim = max(candidates, key=lambda p: p.end - p.position)
+    cut = victim.position + guard + (victim.end - victim.position - guard) // 2
+    second = Part(cut, victim.end)
+    victim.end = cut
+    parts.insert(parts.index(victim) + 1, second)
+    return second
+
+
 def load(directory: Path, digest: Digest, size: int) -> tuple[list[Part], str | None] | None:
     """The saved parts and the boot they were saved in, or None when there is no usable state (absent,
     corrupt, or for another blob/size)."""

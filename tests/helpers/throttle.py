@@ -32,6 +32,9 @@ class Throttle:
         self.bytes_down = 0
         """Bytes relayed from the upstream to clients."""
         self.bytes_up = 0
+        self.most_connections = 0
+        """The most client connections open at once."""
+        self._open = 0
         self._flowing = threading.Event()
         self._flowing.set()
         self._closed = threading.Event()
@@ -58,6 +61,8 @@ class Throttle:
     def __exit__(self, *exc: object) -> None:
         self._closed.set()
         self._flowing.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone leaves blocked
         self._listener.close()
         with self._lock:
             sockets = list(self._sockets)
@@ -91,6 +96,8 @@ class Throttle:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             with self._lock:
                 self._sockets += [client, server]
+                self._open += 1
+                self.most_connections = max(self.most_connections, self._open)
             self._start(self._pump, server, client, True)
             self._start(self._pump, client, server, False)
 
@@ -120,3 +127,6 @@ class Throttle:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+            if down:
+                with self._lock:
+                    self._open -= 1

@@ -395,7 +395,7 @@ def test_parts_finishing_out_of_order_are_hashed_from_disk(
     """The first part arrives last: every later part is hashed by reading it back, and the digest still holds."""
     desc = describe(blob)
     server.first_part_delay = 0.02  # 16 chunks of 64 KiB: ~0.3 s, while the other parts take a few ms
-    path = fetch(desc, source)
+    path = fetch(desc, source, fixed=True)  # eight streams at once
     assert len(server.finished) == 8 and server.finished[-1] == 0, server.finished
     assert path.read_bytes() == blob
     assert store.has_blob(desc.digest, desc.size)
@@ -547,15 +547,15 @@ def test_a_damaged_partial_from_this_boot_is_a_digest_mismatch(
 def test_one_stream_hashes_its_buffers_without_reading_the_file_back(
     fetch: Fetch, source: HttpRangeSource, blob: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fast path of a pull from a near registry: every buffer is hashed as it is, no ``pread``."""
+    """The fast path of a pull from a near registry: every buffer is hashed as it is, no ``preadv``."""
     reads: list[int] = []
-    real_pread = os.pread
+    real_preadv = os.preadv
 
-    def counting_pread(fd: int, length: int, offset: int) -> bytes:
-        reads.append(length)
-        return real_pread(fd, length, offset)
+    def counting_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        reads.append(sum(len(b) for b in buffers))
+        return real_preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(os, "pread", counting_pread)
+    monkeypatch.setattr(os, "preadv", counting_preadv)
     desc = describe(blob)
     assert fetch(desc, source, parts=1).read_bytes() == blob
     assert reads == []
@@ -572,15 +572,15 @@ def test_a_failing_hash_thread_stops_the_download_instead_of_hanging_it(
 ) -> None:
     """Parts wait for buffers only the hash thread gives back: if it dies (a read error of the partial), the parts
     must stop and the error must reach the caller."""
-    server.first_part_delay = 0.01  # the first part finishes last: the others are read back with pread
+    server.first_part_delay = 0.01  # the first part finishes last: the others are read back with preadv
 
-    def broken_pread(fd: int, length: int, offset: int) -> bytes:
+    def broken_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "pread", broken_pread)
+    monkeypatch.setattr(os, "preadv", broken_preadv)
     desc = describe(blob)
     with pytest.raises(OSError, match="Input/output error"):
-        fetch(desc, source)
+        fetch(desc, source, fixed=True)  # all 8 parts at once (adaptive streams would take them in order)
     assert blobs_in(store) == []
 
 
@@ -883,3 +883,34 @@ def test_more_parts_than_streams_are_fetched_in_order_by_at_most_parts_streams(
     ranged = [r for r in server.ranges if r is not None]
     assert len(ranged) == -(-len(blob) // (MIB // 4)), ranged
     assert live[1] <= 2
+
+
+def test_a_free_stream_takes_the_second_half_of_a_slow_part(
+    fetch: Fetch, source: HttpRangeSource, server: BlobServer, blob: bytes
+) -> None:
+    """Two parts; the first is slow. The stream that finished the second splits what is left of the first and
+    fetches the second half of it, so a pull does not end with one stream on a long tail."""
+    server.first_part_delay = 0.02  # ~1.3 s for the first half of the blob; the rest takes milliseconds
+    desc = describe(blob)
+    path = fetch(desc, source, parts=2, min_part_size=MIB // 4, fixed=True)
+    assert path.read_bytes() == blob
+    starts = sorted(int(r.split("=")[1].split("-")[0]) for r in server.ranges if r is not None)
+    half = -(-len(blob) // 2)
+    assert starts[:1] == [0] and half in starts
+    assert any(0 < start < half for start in starts), starts  # a piece of the first part, fetched by the other stream
+    # the slow stream stopped where the split put its end (a chunk or two may be on the wire when it closes)
+    assert server.bytes_served < len(blob) + MIB // 2
+
+
+def test_progress_reports_the_streams_a_slow_link_grew_to(
+    fetch: Fetch, source: HttpRangeSource, server: BlobServer, blob: bytes
+) -> None:
+    """Each connection of this server is slow (64 KiB per 10 ms): the download starts with one stream and adds
+    more, never past the cap."""
+    server.delay = 0.01
+    events: list[Progress] = []
+    desc = describe(blob)
+    fetch(desc, source, parts=4, min_part_size=MIB // 4, progress=events.append)  # small parts: work for 4
+    assert events[0].streams <= 2  # one at first: the first event comes after a buffer's worth (~0.2 s)
+    assert events[-1].streams == 4
+    assert all(e.streams <= 4 for e in events)
