@@ -11,7 +11,14 @@ walks page a listing the server keeps. ``--source DIR`` runs the registry from a
 commit, exported with ``git archive``) for before/after figures; ``--distribution`` times Debian's docker-registry
 over the same repositories (written in its own layout).
 
-Usage: .venv/bin/python benchmarks/scale.py [--section registry] [--sizes 100 10000] [--page 100] [--rounds 3]
+Section ``client``: a local store of N tiny models (a distinct 60-byte GGUF each, its config and manifest written
+with the store's own API, all tagged in one index write), then the commands a fleet runs, each in a fresh process
+as a user runs it: ``list``, ``pull --locked`` of one present model (no network), ``pull --locked`` of up to
+``--locked-count`` present models, ``rm`` of one model, ``prune``. Per-model cost: the time divided by the models
+a command handles (``list`` and ``prune`` handle the whole store; ``pull`` of one and ``rm`` one). ``--source``
+runs the commands from that tree too (the store is written by this one; the layout is the same).
+
+Usage: .venv/bin/python benchmarks/scale.py [--section registry|client] [--sizes 100 10000] [--page 100] [--rounds 3]
        [--source DIR] [--distribution]
 """
 
@@ -23,6 +30,8 @@ import hashlib
 import json
 import os
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -189,7 +198,117 @@ def registry_section(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {"registry": registry_section}
+# -- client -------------------------------------------------------------------------------------------------
+
+
+def tiny_gguf(i: int) -> bytes:
+    """A header-only GGUF (v3, no tensors, two keys) whose name makes every model's digest distinct."""
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    def kv(key: str, value: str) -> bytes:
+        return text(key) + struct.pack("<I", 8) + text(value)  # 8: GGUF string
+
+    pairs = kv("general.architecture", "llama") + kv("general.name", f"model-{i:06d}")
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + pairs
+
+
+def model_names(count: int) -> list[str]:
+    return [f"docker.io/team{i % 10}/model-{i:06d}:1" for i in range(count)]
+
+
+def write_store(store_dir: Path, names: list[str]) -> dict[str, str]:
+    """N models written straight into the store (blobs, then one index write); reference -> manifest digest."""
+    from modelctl.oci import mediatypes as mt
+    from modelctl.oci.descriptor import Descriptor
+    from modelctl.services import package
+    from modelctl.store import Layout
+
+    store = Layout(store_dir)
+    store.ensure()
+    tags: list[tuple[str, Descriptor]] = []
+    for i, name in enumerate(names):
+        data = tiny_gguf(i)
+        digest = store.write_blob(data)
+        layer = Descriptor(
+            media_type=mt.DOCKER_GGUF, digest=digest, size=len(data), annotations={mt.FILEPATH: "model.gguf"}
+        )
+        desc, _ = package.write_model(
+            store, [layer], first_gguf=store.blob_path(digest), context_size=None, created="2026-01-01T00:00:00Z"
+        )
+        tags.append((name, desc))
+    store.tag_many(tags)
+    return {name: str(desc.digest) for name, desc in tags}
+
+
+def write_lockfile(path: Path, digests: dict[str, str]) -> Path:
+    models = [{"reference": ref, "digest": digest} for ref, digest in sorted(digests.items())]
+    path.write_text(json.dumps({"version": 1, "models": models}))
+    return path
+
+
+def _modelctl(args: argparse.Namespace, home: Path) -> Callable[..., float]:
+    """Seconds one ``modelctl`` command takes in a fresh process (from ``--source`` when given)."""
+    env = {**os.environ, "MODELCTL_HOME": str(home), "NO_COLOR": "1"}
+
+    def run(*argv: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "modelctl", *argv],
+            env=env,
+            cwd=args.source or Path(__file__).resolve().parent.parent,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - started
+
+    return run
+
+
+def client_section(args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    label = "modelctl" + (f" ({args.source.name})" if args.source else "")
+    for size in args.sizes:
+        names = model_names(size)
+        with tempfile.TemporaryDirectory(prefix="bench-scale-client-") as tmp:
+            home = Path(tmp)
+            started = time.perf_counter()
+            digests = write_store(home / "store", names)
+            print(f"wrote {size} models in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            run = _modelctl(args, home)
+            many = min(args.locked_count, size)
+            one_lock = write_lockfile(home / "one.lock", {names[size // 2]: digests[names[size // 2]]})
+            many_lock = write_lockfile(home / "many.lock", {n: digests[n] for n in names[:many]})
+            run("pull", "--locked", str(many_lock))  # the first pull makes the models' file views
+            timings = {
+                "list": statistics.median(run("list") for _ in range(args.rounds)),
+                "one": statistics.median(run("pull", "--locked", str(one_lock)) for _ in range(args.rounds)),
+                "many": statistics.median(run("pull", "--locked", str(many_lock)) for _ in range(args.rounds)),
+                "rm": statistics.median(run("rm", names[-1 - r]) for r in range(args.rounds)),
+                "prune": statistics.median(run("prune") for _ in range(args.rounds)),
+            }
+        rows += [
+            Row("client", f"{label}: list", size, timings["list"], timings["list"] / size * 1e6),
+            Row("client", f"{label}: pull --locked, 1 present model", size, timings["one"], timings["one"] * 1e6),
+            Row(
+                "client",
+                f"{label}: pull --locked, {args.locked_count:,} present models (all at 100)",
+                size,
+                timings["many"],
+                timings["many"] / many * 1e6,
+            ),
+            Row("client", f"{label}: rm, 1 model", size, timings["rm"], timings["rm"] * 1e6),
+            Row("client", f"{label}: prune", size, timings["prune"], timings["prune"] / size * 1e6),
+        ]
+    return rows
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
+    "client": client_section,
+    "registry": registry_section,
+}
 
 
 def table(rows: list[Row]) -> str:
@@ -212,6 +331,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--page", type=int, default=100, help="catalog page size (n=)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--locked-count", type=int, default=1000, help="client: models in the big locked pull")
     parser.add_argument("--source", type=Path, help="run the registry from this source tree (before/after)")
     parser.add_argument("--distribution", action="store_true", help="also time Debian's docker-registry")
     args = parser.parse_args()

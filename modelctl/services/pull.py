@@ -67,7 +67,7 @@ def pull(
     store.ensure()
     if use_local:
         refs = [_pinned(store, ref) for ref in refs]
-    with sources.Sources(config) as found:
+    with sources.Sources(config) as found, store.batch():  # one index write for all the references' tags
         return [_pull_one(config, store, found.for_reference(ref), reporter, verify) for ref in refs]
 
 
@@ -148,6 +148,7 @@ def _fetch_and_tag(
         if work.missing:
             _warn_if_too_big(config, source, resolved, reporter)
         transfer.check_space(work, config.home)
+        store.flush()  # the tags of the models pulled so far are written before a long download
         _download_all(config, source, store, work.missing, reporter)
         fetched = work.bytes_to_fetch
     desc = _store_manifest(store, resolved)

@@ -107,5 +107,3 @@ class Directory:
 
 def is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
-
-

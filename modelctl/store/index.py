@@ -1,13 +1,24 @@
-"""Tags: ``index.json``, one entry per full reference, rewritten atomically under the store's lock."""
+"""Tags: ``index.json``, one entry per full reference, rewritten atomically under the store's lock.
+
+Cost at fleet scale: a command reads and validates the index once, and writes it at most once, whatever the number
+of references it handles. The parsed index is kept (:class:`_Snapshot`) and used again while the file is the one it
+was read from (same device, inode, size, mtime and ctime: every writer replaces it by a rename, so another
+process's write shows as a new inode) or the one this object last wrote. Tags given inside :meth:`Tags.batch` are
+collected and written together when it ends: a 1,000-model ``pull --locked`` is one read-modify-write, not 1,000.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelctl import digest as _digest
-from modelctl.errors import IntegrityError, InvalidReference, NotFound
+from modelctl.errors import IntegrityError, InvalidReference, ModelctlError, NotFound
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
@@ -17,65 +28,112 @@ from modelctl.store.directory import EMPTY_INDEX, stored
 
 MAX_NAME = 1024
 
+Identity = tuple[int, int, int, int, int]
+"""What tells one ``index.json`` from another without reading it: (device, inode, size, mtime_ns, ctime_ns)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """One version of ``index.json``, validated once: its document, each entry parsed, tags by name."""
+
+    identity: Identity | None
+    """Of the file it was read from (or written to); None when there was no file."""
+    doc: dict[str, Any]
+    """The document; its ``manifests`` list is never changed in place (a write builds a new snapshot)."""
+    parsed: tuple[Descriptor, ...]
+    """``doc["manifests"]`` parsed, in the same order."""
+    by_name: dict[str, int] = field(default_factory=dict)
+    """Tag -> the position of its first entry."""
+
+    @classmethod
+    def of(cls, identity: Identity | None, doc: dict[str, Any], parsed: tuple[Descriptor, ...]) -> _Snapshot:
+        by_name: dict[str, int] = {}
+        for i, desc in enumerate(parsed):
+            name = desc.annotations.get(mt.REF_NAME)
+            if name is not None:
+                by_name.setdefault(name, i)
+        return cls(identity, doc, parsed, by_name)
+
 
 class Tags(Blobs):
     """The layout's index: names (full references in ``org.opencontainers.image.ref.name``) -> manifests."""
 
+    _snapshot: _Snapshot | None = None
+    _pending: dict[str, Descriptor] | None = None
+    """Tags given inside :meth:`batch`, not yet written: name -> the entry (its ref name annotated)."""
+
     def tag(self, name: str, desc: Descriptor) -> None:
         """Point ``name`` at manifest ``desc`` (replacing its previous target); the model must be complete."""
-        _check_name(name)
-        stored(desc.digest)
-        if not desc.media_type or _has_control(desc.media_type):
-            raise IntegrityError(f"malformed media type {desc.media_type!r} for {name}")
-        entry = Descriptor(
-            media_type=desc.media_type,
-            digest=desc.digest,
-            size=desc.size,
-            annotations={**desc.annotations, mt.REF_NAME: name},
-            artifact_type=desc.artifact_type,
-            platform=desc.platform,
-        ).to_json()
+        self.tag_many([(name, desc)])
+
+    def tag_many(self, items: Iterable[tuple[str, Descriptor]]) -> None:
+        """Point each name at its manifest: one index read and at most one write under the lock, however many.
+
+        Inside :meth:`batch` the tags are only recorded (and seen by this object's reads); they are written when it
+        ends. A model found incomplete is not tagged; the others are, then the first such error is raised."""
+        entries = {name: _entry(name, desc) for name, desc in items}
+        if self._pending is not None:
+            self._pending.update(entries)
+            return
+        if not entries:
+            return
         self.ensure()
         with self.locked():
-            self._check_complete(name, desc)
-            doc = self._load_index()
-            manifests: list[Any] = doc["manifests"]
-            positions = [i for i, item in enumerate(manifests) if _ref_name(item) == name]
-            if positions and len(positions) == 1 and manifests[positions[0]] == entry:
-                return
-            if positions:
-                manifests[positions[0]] = entry
-                for i in reversed(positions[1:]):
-                    del manifests[i]
-            else:
-                manifests.append(entry)
-            self._save_index(doc)
+            missing: list[NotFound] = []
+            for name, entry in list(entries.items()):
+                try:
+                    self._check_complete(name, entry)
+                except NotFound as exc:
+                    missing.append(exc)
+                    del entries[name]
+            self._write_tags(entries)
+        if missing:
+            raise missing[0]
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Collect the tags given inside and write them together at the end (also when it ends in an error: what
+        completed stays tagged). Nested batches join the outer one."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = {}
+        try:
+            yield
+        except BaseException:
+            with suppress(ModelctlError):  # the error that ended the batch is the one to report
+                self._flush()
+            raise
+        self._flush()
 
     def untag(self, name: str) -> Descriptor | None:
         """Drop ``name`` from the index; return the descriptor it pointed at (None if absent). Keeps blobs."""
         with self.locked():
-            doc = self._load_index()
-            manifests: list[Any] = doc["manifests"]
-            found = [item for item in manifests if _ref_name(item) == name]
-            if not found:
+            snap = self._read()
+            if name not in snap.by_name:
                 return None
-            doc["manifests"] = [item for item in manifests if _ref_name(item) != name]
-            self._save_index(doc)
-            return Descriptor.from_json(found[0], where="index.json entry")
+            keep = [i for i, d in enumerate(snap.parsed) if d.annotations.get(mt.REF_NAME) != name]
+            self._save(snap, [snap.doc["manifests"][i] for i in keep], tuple(snap.parsed[i] for i in keep))
+            return snap.parsed[snap.by_name[name]]
 
     def resolve(self, name: str) -> Descriptor | None:
-        for entry_name, desc in self.entries():
-            if entry_name == name:
-                return desc
-        return None
+        """The manifest ``name`` points at (None if untagged): a dictionary look-up, not a walk of the index."""
+        if self._pending and name in self._pending:
+            return self._pending[name]
+        snap = self._read()
+        position = snap.by_name.get(name)
+        return snap.parsed[position] if position is not None else None
 
     def entries(self) -> list[tuple[str, Descriptor]]:
         """(name, manifest descriptor) of every tagged entry, in index order; untagged entries are skipped."""
+        snap = self._read()
+        pending = self._pending or {}
         out: list[tuple[str, Descriptor]] = []
-        for item in self._load_index()["manifests"]:
-            name = _ref_name(item)
+        for desc in snap.parsed:
+            name = desc.annotations.get(mt.REF_NAME)
             if name is not None:
-                out.append((name, Descriptor.from_json(item, where="index.json entry")))
+                out.append((name, pending.get(name, desc)))
+        out.extend((name, desc) for name, desc in pending.items() if name not in snap.by_name)
         return out
 
     def find_by_digest(self, prefix: str) -> list[tuple[str, Descriptor]]:
@@ -93,8 +151,7 @@ class Tags(Blobs):
 
     def roots(self) -> list[Descriptor]:
         """Every index entry, tagged or not (entries written by other tools count too): where the graph starts."""
-        items = self._load_index()["manifests"]
-        return [Descriptor.from_json(item, where="index.json entry") for item in items]
+        return [*self._read().parsed, *(self._pending or {}).values()]
 
     def _check_complete(self, name: str, desc: Descriptor) -> None:
         if not self.has_blob(desc.digest, desc.size):
@@ -112,12 +169,63 @@ class Tags(Blobs):
                         hint=f"run: modelctl pull {name}",
                     )
 
-    def _load_index(self) -> dict[str, Any]:
+    def flush(self) -> None:
+        """Write the batch's tags now (before a long download, so a crash does not lose them); the batch goes on."""
+        if self._pending:
+            pending, self._pending = self._pending, None
+            try:
+                self.tag_many(pending.items())
+            finally:
+                self._pending = {}
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending:
+            self.tag_many(pending.items())
+
+    def _write_tags(self, entries: dict[str, Descriptor]) -> None:
+        """Apply ``entries`` (name -> entry) to the index in one write; none if nothing changes. Under the lock."""
+        snap = self._read()
+        items: list[Any] = list(snap.doc["manifests"])
+        parsed: list[Descriptor | None] = list(snap.parsed)
+        positions: dict[str, list[int]] = {}
+        for i, desc in enumerate(snap.parsed):
+            name = desc.annotations.get(mt.REF_NAME)
+            if name in entries:
+                positions.setdefault(name, []).append(i)
+        changed = False
+        for name, entry in entries.items():
+            at = positions.get(name, [])
+            if len(at) == 1 and parsed[at[0]] == entry:
+                continue
+            changed = True
+            if at:
+                items[at[0]], parsed[at[0]] = entry.to_json(), entry
+                for i in at[1:]:
+                    parsed[i] = None  # a duplicate of the name: dropped below
+            else:
+                items.append(entry.to_json())
+                parsed.append(entry)
+        if changed:
+            kept = [i for i, desc in enumerate(parsed) if desc is not None]
+            self._save(snap, [items[i] for i in kept], tuple(d for d in parsed if d is not None))
+
+    def _read(self) -> _Snapshot:
+        """The index as it is on disk: the kept snapshot while the file is unchanged, else read and validated."""
         try:
-            raw = self.index_path.read_bytes()
+            with self.index_path.open("rb") as f:
+                identity = _identity(os.fstat(f.fileno()))
+                if self._snapshot is not None and self._snapshot.identity == identity:
+                    return self._snapshot
+                raw = f.read()
         except FileNotFoundError:
-            empty: dict[str, Any] = json.loads(EMPTY_INDEX)
-            return empty
+            if self._snapshot is None or self._snapshot.identity is not None:
+                self._snapshot = _Snapshot.of(None, json.loads(EMPTY_INDEX), ())
+            return self._snapshot
+        self._snapshot = self._parse(identity, raw)
+        return self._snapshot
+
+    def _parse(self, identity: Identity, raw: bytes) -> _Snapshot:
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -127,20 +235,35 @@ class Tags(Blobs):
                 f"malformed {self.index_path}: not an OCI image index",
                 hint="restore it from a backup, or move the store aside and pull again",
             )
-        for item in doc["manifests"]:
-            Descriptor.from_json(item, where=f"entry of {self.index_path}")
-            if not isinstance(item.get("annotations", {}), dict):
-                raise IntegrityError(f"malformed entry of {self.index_path}: annotations must be an object")
-        return doc
+        where = f"entry of {self.index_path}"
+        parsed = tuple(Descriptor.from_json(item, where=where) for item in doc["manifests"])
+        return _Snapshot.of(identity, doc, parsed)
 
-    def _save_index(self, doc: dict[str, Any]) -> None:
+    def _save(self, snap: _Snapshot, items: list[Any], parsed: tuple[Descriptor, ...]) -> None:
+        """Replace the index (under the lock) and keep what was written as the snapshot: no read back."""
+        doc = {**snap.doc, "manifests": items}
         self.write_atomic(self.index_path, json.dumps(doc, separators=(",", ":")).encode())
+        self._snapshot = _Snapshot.of(_identity(self.index_path.stat()), doc, parsed)
 
 
-def _ref_name(item: Any) -> str | None:
-    annotations = item.get("annotations") if isinstance(item, dict) else None
-    name = annotations.get(mt.REF_NAME) if isinstance(annotations, dict) else None
-    return name if isinstance(name, str) else None
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _entry(name: str, desc: Descriptor) -> Descriptor:
+    """The index entry for ``name`` -> ``desc``, checked: a valid name, a stored digest, a sane media type."""
+    _check_name(name)
+    stored(desc.digest)
+    if not desc.media_type or _has_control(desc.media_type):
+        raise IntegrityError(f"malformed media type {desc.media_type!r} for {name}")
+    return Descriptor(
+        media_type=desc.media_type,
+        digest=desc.digest,
+        size=desc.size,
+        annotations={**desc.annotations, mt.REF_NAME: name},
+        artifact_type=desc.artifact_type,
+        platform=desc.platform,
+    )
 
 
 def _has_control(text: str) -> bool:

@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -158,6 +158,7 @@ def download(
     try:
         # Another process may have fetched it while we waited for the lock: one download per blob.
         if sink.has_blob(desc.digest, desc.size):
+            _drop_lock_file(lock)
             return sink.blob_path(desc.digest)
 
         directory = ingest_dir / hex_digest
@@ -184,9 +185,18 @@ def download(
                 job = attempt(1, desc.size or 1)
         committed = sink.commit_blob(job.data_path, desc.digest, flush=False)
         job.reset()  # the data moved into the store; drop the now stale state.json with its directory
+        _drop_lock_file(lock)
         return committed
     finally:
         lock.release()
+
+
+def _drop_lock_file(lock: filelock.BaseFileLock) -> None:
+    """Remove the blob's lock file once the blob is in the store, so ``ingest/`` does not keep one per blob ever
+    pulled. Only while holding it; a process waiting on the old file (or creating a new one) then takes a lock,
+    finds the blob stored and returns: two holders at once would both find it there, never both download it."""
+    with suppress(OSError):  # gone already, or a file system that refuses: a leftover lock file is harmless
+        os.unlink(lock.lock_file)
 
 
 def _acquire(lock: filelock.BaseFileLock, stop: threading.Event | None) -> None:

@@ -80,12 +80,9 @@ def load(
                     if staged is not None and not store.has_blob(digest):
                         store.commit_blob(staged, digest)
                         new_blobs += 1
-                models: list[ArchivedModel] = []
-                for ref_name, desc in entries:
-                    if ref_name is None:
-                        continue
-                    store.tag(ref_name, desc)
-                    models.append(ArchivedModel(reference=ref_name, digest=desc.digest))
+                tagged = [(ref_name, desc) for ref_name, desc in entries if ref_name is not None]
+                store.tag_many(tagged)  # one index write for the archive's tags, however many
+                models = [ArchivedModel(reference=ref_name, digest=desc.digest) for ref_name, desc in tagged]
             unused = sorted(set(staging.sizes) - keep)
             return ArchiveResult(
                 models=tuple(models),
