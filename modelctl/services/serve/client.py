@@ -8,7 +8,7 @@ import httpx
 
 from modelctl.errors import AuthError, IntegrityError, ModelctlError, NotFound, RegistryError, UsageError
 from modelctl.oci import safejson
-from modelctl.services.serve.options import parse_host, url
+from modelctl.services.serve.address import parse_host, url
 
 TIMEOUT = 30.0
 MAX_ANSWER = 16 << 20

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from modelctl.errors import UsageError
 from modelctl.services.run import RunOptions
+from modelctl.services.serve.address import DEFAULT_HOST, DEFAULT_PORT, is_loopback, parse_host, url
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServeOptions", "is_loopback", "parse_host", "parse_size", "url"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,15 +42,6 @@ class ServeOptions:
             raise UsageError("--max-queue must be >= 0", hint="e.g. --max-queue 16")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
 
 
@@ -62,31 +52,3 @@ def parse_size(text: str) -> int:
         raise UsageError(f"{text!r} is not a size", hint="use e.g. 512MiB, 8GiB or a number of bytes")
     number, unit = float(found.group(1)), found.group(2).upper()
     return int(number * (1 << (10 * " KMGT".index(unit or " "))))
-
-
-def parse_host(text: str) -> tuple[str, int]:
-    """``HOST[:PORT]`` or ``http://HOST:PORT`` (MODELCTL_HOST) as (host, port); the port defaults to 8080."""
-    raw = text.strip()
-    for scheme in ("http://", "https://"):
-        if raw.startswith(scheme):
-            raw = raw[len(scheme) :]
-    raw = raw.rstrip("/")
-    if raw.startswith("["):
-        host, _, rest = raw[1:].partition("]")
-        port = rest.lstrip(":")
-    elif raw.count(":") == 1:
-        host, port = raw.split(":")
-    else:
-        host, port = raw, ""
-    if not host:
-        raise UsageError(f"{text!r} names no host", hint="use HOST[:PORT], e.g. 127.0.0.1:8080")
-    if not port:
-        return host, DEFAULT_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{text!r} has no valid port", hint="use HOST[:PORT], e.g. 127.0.0.1:8080")
-    return host, int(port)
-
-
-def url(host: str, port: int) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
