@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, Path(__file__).resolve().parent):  # modelctl, and gpu_logs beside this file
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(ROOT) not in sys.path:  # modelctl when run as a script
+    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # gpu_logs beside this file; last, so that nothing here
+    sys.path.append(str(Path(__file__).resolve().parent))  # shadows a package when a test imports this module
 
 from modelctl import cpu  # noqa: E402
 from modelctl.fit.estimate import Estimate, estimate  # noqa: E402

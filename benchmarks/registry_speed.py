@@ -2,7 +2,7 @@
 
 For each server: GET of a blob with curl (throughput), manifest GETs per second with 16 concurrent clients
 (curl --parallel, a C client, so Python is not the bottleneck), and `modelctl push` of a model with that blob.
-Usage: .venv/bin/python benchmarks/registry.py [--size-mib 2048] [--requests 4000] [--rounds 3]
+Usage: .venv/bin/python benchmarks/registry_speed.py [--size-mib 2048] [--requests 4000] [--rounds 3]
 """
 
 from __future__ import annotations
