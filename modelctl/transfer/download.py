@@ -3,12 +3,12 @@
 Threads, not asyncio: ``recv_into``, ``os.pwrite`` and ``hashlib`` release the GIL on large buffers, so a few
 threads keep a fast link busy. Each part thread reads into 1 MiB buffers from a small pool and writes them with
 ``pwrite``. The sha256 follows the contiguous written prefix (the *frontier*) in one hash thread, outside the
-engine's lock: a buffer that lands exactly where the hash has got to is handed to that thread as it is (the usual
-case: one stream on a fast link, or the first of several parts), and any other written range is read back from
-the page cache with ``os.pread`` once the frontier passes it. Handing buffers over couples a fast download to the
-hash speed instead of racing ahead and reading everything back, which on 2 cores is what made it fast. Large blobs
-are cut into more parts than streams, taken in order, so the frontier keeps pace with the download. No second
-pass over the file.
+engine's lock: a buffer written at the frontier is handed to that thread as it is (the usual case: one stream on a
+fast link, or the first of several parts), and any other written range is read back from the page cache with
+``os.preadv`` once the frontier passes it. Handing buffers over couples a fast download to the hash speed instead of
+racing ahead and reading everything back, which on 2 cores is what made it fast. Large blobs are cut into more
+parts than streams, taken in order, so the frontier keeps pace with the download; how many streams run is measured
+while the download runs (:mod:`modelctl.transfer.streams`). No second pass over the file.
 
 Durability: nothing here waits for the disk. A ``kill -9`` keeps page-cache data, so the part state saved every
 0.5 s is exact for a resume in the same boot; a kernel crash or power loss (a new boot id) may have lost bytes the
@@ -246,8 +246,9 @@ class _Job:
         self.hash_busy = 0.0
         """Seconds the hash thread spent hashing (and reading back): ``hashed / hash_busy`` is what it can take."""
         self.claimed = 0
-        """End of the bytes given to the hash thread (queued buffers or a read-back in progress); <= frontier."""
-        self.hash_queue: deque[tuple[bytearray, int]] = deque()
+        """End of the bytes the hash thread has taken (a buffer or a read-back in progress); <= frontier."""
+        self.hash_queue: deque[tuple[int, bytearray, int]] = deque()
+        """(offset, buffer, length) of buffers written at the frontier, in order, for the hash thread."""
         self.buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self.buffer_size = max(1, min(BUFFER_SIZE, desc.size))
         self.buffers_left = max(1, parts) + HASH_QUEUE
@@ -551,14 +552,17 @@ class _Job:
                     raise _Cancelled() from None
 
     def _advance(self, part: Part, pos: int, buffer: bytearray, length: int) -> bool:
-        """Count ``length`` bytes written at ``pos``; True when ``buffer`` went to the hash thread."""
+        """Count ``length`` bytes written at ``pos``; True when ``buffer`` went to the hash thread.
+
+        A buffer written at the frontier goes to the hash thread even when the hash is behind (it reads back what
+        lies before it first): the stream then waits for free buffers instead of racing ahead of the hash, which
+        would make it read back everything from then on."""
         with self.cond:
+            handed = pos == self._frontier()
             part.done += length
             self.fetched += length
-            handed = pos == self.claimed
             if handed:
-                self.hash_queue.append((buffer, length))
-                self.claimed += length
+                self.hash_queue.append((pos, buffer, length))
             self.cond.notify_all()
         self._emit()
         return handed
@@ -596,12 +600,13 @@ class _Job:
                 while True:
                     if self.cancel.is_set():
                         return  # a failure or a stop: the hash is of no use any more
-                    if self.hash_queue:
-                        buffer, length = self.hash_queue.popleft()
+                    if self.hash_queue and self.hash_queue[0][0] == self.claimed:
+                        _, buffer, length = self.hash_queue.popleft()
+                        self.claimed += length
                         break
-                    frontier = self._frontier()
-                    if frontier > self.claimed:
-                        start, length = self.claimed, min(frontier - self.claimed, self.buffer_size)
+                    limit = self.hash_queue[0][0] if self.hash_queue else self._frontier()
+                    if limit > self.claimed:  # written, never handed over: read it back
+                        start, length = self.claimed, min(limit - self.claimed, self.buffer_size)
                         self.claimed += length
                         break
                     if self.hashed >= size:

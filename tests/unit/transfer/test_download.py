@@ -36,6 +36,8 @@ from modelctl.oci.transport import BlobReader
 from modelctl.store import Layout
 from modelctl.store.directory import blob_files
 from modelctl.transfer import Progress, check_space, download, plan, state
+from modelctl.transfer.download import _Job
+from modelctl.transfer.state import Part
 
 MIB = 1 << 20
 BLOB_SIZE = 8 * MIB + 12345  # not a multiple of the part size: the last part is short
@@ -339,7 +341,7 @@ def test_parallel_parts_commit_the_right_bytes(
     assert path.read_bytes() == blob
     assert store.has_blob(desc.digest, desc.size)
     assert not partial_dir(ingest, desc).exists(), "the partial (data and state.json) must be gone after commit"
-    assert [p.name for p in ingest.iterdir()] == [f"{desc.digest.hex}.lock"]  # only the (empty) lock file
+    assert list(ingest.iterdir()) == []  # not even the blob's lock file
     ranged = [r for r in server.ranges if r is not None]
     assert len(ranged) == 8, server.ranges  # eight parts, one request each
     assert server.bytes_served == len(blob)
@@ -914,3 +916,19 @@ def test_progress_reports_the_streams_a_slow_link_grew_to(
     assert events[0].streams <= 2  # one at first: the first event comes after a buffer's worth (~0.2 s)
     assert events[-1].streams == 4
     assert all(e.streams <= 4 for e in events)
+
+
+def test_a_buffer_written_at_the_frontier_goes_to_the_hash_even_when_it_is_behind(tmp_path: Path) -> None:
+    """The hash is still reading back what another stream wrote (``claimed`` < frontier) when the frontier stream
+    writes its next buffer: that buffer is queued for the hash, to be hashed after the read-back, instead of being
+    written only. (Before, a buffer was handed over only when the hash had caught up exactly, so a stream that found
+    the hash behind raced ahead and every byte it wrote afterwards was read back from the page cache.) A buffer
+    written past the frontier is not queued."""
+    desc = describe(bytes(4 * MIB))
+    job = _Job(desc, HttpRangeSource("http://127.0.0.1:9/"), tmp_path, 3, MIB, 0, None, None)
+    half = MIB // 2
+    job.parts = [Part(0, 2 * MIB, 2 * MIB), Part(2 * MIB, 3 * MIB, half), Part(3 * MIB, 4 * MIB)]
+    job.claimed = 2 * MIB  # the hash has the first part; the second part's first half is written, not hashed
+    assert not job._advance(job.parts[2], 3 * MIB, bytearray(half), half)  # past the frontier: read back later
+    assert job._advance(job.parts[1], 2 * MIB + half, bytearray(half), half)  # at the frontier
+    assert [(offset, length) for offset, _, length in job.hash_queue] == [(2 * MIB + half, half)]
