@@ -8,7 +8,6 @@ import typer
 
 from modelctl.cli import render
 from modelctl.cli.context import settings
-from modelctl.services.system import system as gather
 
 if TYPE_CHECKING:
     from modelctl.services.system import SystemReport
@@ -16,6 +15,7 @@ if TYPE_CHECKING:
 
 def system(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the runtime and its backends, the GPUs and RAM, the CPU and the store."""
+    from modelctl.services.system import system as gather  # here: every command imports this module at start-up
 
     report = gather(settings())
     if json_out:

@@ -11,9 +11,11 @@ another port of the same host may be another service. :class:`BlobReader` stream
 from __future__ import annotations
 
 import email.utils
+import os
 import re
 import socket
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -83,7 +85,7 @@ def build_client(
         auth=auth,
         transport=transport,
         mounts=None if transport is not None else mounts,
-        verify=httpx.create_ssl_context(verify=True, trust_env=True),
+        verify=_trust_on_first_use(),
         trust_env=True,
         timeout=timeout,
         limits=_LIMITS,
@@ -91,6 +93,47 @@ def build_client(
         # identity: a blob's bytes on the wire are the blob (iter_raw, Range offsets and digests agree).
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
+
+
+class _LazyTrust(ssl.SSLContext):
+    """httpx's default verifying context (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else certifi's bundle) whose CA
+    certificates load on the first TLS connection: parsing the bundle took 50 ms of every command's start-up, which
+    a plain-HTTP loopback registry or a pull served from the store never needs (issue 16)."""
+
+    _cafile: str | None
+    _capath: str | None
+    _loaded: bool
+    _loading: threading.Lock
+
+    def _trust(self) -> None:
+        with self._loading:
+            if not self._loaded:
+                self.load_verify_locations(cafile=self._cafile, capath=self._capath)
+                self._loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._trust()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._trust()
+        return super().wrap_bio(*args, **kwargs)
+
+
+def _trust_on_first_use() -> ssl.SSLContext:
+    """What ``httpx.create_ssl_context(verify=True, trust_env=True)`` builds, CA certificates loaded lazily."""
+    context = _LazyTrust(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name, as httpx's does
+    if os.environ.get("SSL_CERT_FILE"):
+        context._cafile, context._capath = os.environ["SSL_CERT_FILE"], None
+    elif os.environ.get("SSL_CERT_DIR"):
+        context._cafile, context._capath = None, os.environ["SSL_CERT_DIR"]
+    else:
+        import certifi
+
+        context._cafile, context._capath = certifi.where(), None
+    context._loaded = False
+    context._loading = threading.Lock()
+    return context
 
 
 def http_transport(*, verify: ssl.SSLContext | bool) -> httpx.HTTPTransport:

@@ -13,20 +13,23 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from modelctl import artifact, atomic, sources, transfer
+from modelctl import atomic, sources, transfer
 from modelctl.config import Config
 from modelctl.digest import Digest
 from modelctl.errors import INTERRUPTS, Interrupted, ModelctlError, NoSpace, NotFound, UnsupportedFormat
-from modelctl.fit.settings import RunSettings
 from modelctl.oci.descriptor import Descriptor, Manifest
 from modelctl.reference import Reference
-from modelctl.services import package, parallel
-from modelctl.sources import headers
 from modelctl.store import Layout
 from modelctl.store import models as local
 from modelctl.store import verify as store_verify
+
+if TYPE_CHECKING:
+    from modelctl import artifact
+
+# The fit check, the manifest writer of plain-file sources and the download threads are imported where they are
+# used: a pull of a model that is present needs none of them (issue 16: no fixed overheads).
 
 MAX_PARALLEL_BLOBS = 3
 
@@ -148,8 +151,9 @@ def _fetch_and_tag(
         if work.missing:
             _warn_if_too_big(config, source, resolved, reporter)
         transfer.check_space(work, config.home)
-        store.flush()  # the tags of the models pulled so far are written before a long download
-        _download_all(config, source, store, work.missing, reporter)
+        if work.missing:
+            store.flush()  # the tags of the models pulled so far are written before a long download
+            _download_all(config, source, store, work.missing, reporter)
         fetched = work.bytes_to_fetch
     desc = _store_manifest(store, resolved)
     with store.locked():
@@ -172,6 +176,8 @@ def _store_manifest(store: Layout, resolved: sources.Resolved) -> Descriptor:
     Docker model-spec manifest ``modelctl package`` writes, its config read from the first GGUF file."""
     manifest = resolved.manifest
     if manifest is None:
+        from modelctl.services import package
+
         first = store.blob_path(resolved.layers[0].digest)
         desc, _ = package.write_model(
             store, resolved.layers, first_gguf=first, context_size=None, created=resolved.created
@@ -192,6 +198,9 @@ def _warn_if_too_big(config: Config, source: sources.Source, resolved: sources.R
     may be meant for another machine. A header it cannot read is not this command's problem."""
     if not resolved.model.gguf:
         return
+    from modelctl.fit.settings import RunSettings
+    from modelctl.sources import headers
+
     try:
         report = headers.fit(source, resolved, RunSettings(cpu_buffers=config.cpu_buffers))
     except ModelctlError:
@@ -211,7 +220,9 @@ def fetch_blob(
     """One blob through the download engine with the configured parts, timeouts and retries (registry layers and
     Hugging Face files alike): parallel Range parts, resume, one download per blob across processes, verified.
     Setting ``stop`` ends it early with ``transfer.Stopped``, its partial saved."""
-    return transfer.download(
+    from modelctl.transfer.download import download
+
+    return download(
         desc,
         source,
         store,
@@ -228,6 +239,8 @@ def fetch_blob(
 def _download_all(
     config: Config, source: sources.Source, store: Layout, missing: Sequence[Descriptor], reporter: Reporter
 ) -> None:
+    from modelctl.services import parallel
+
     stop = threading.Event()  # set by an interrupt: every blob's download stops and saves its partial
 
     def one(desc: Descriptor) -> Path:

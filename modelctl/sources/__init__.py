@@ -1,21 +1,24 @@
 """Sources: the remote places a reference names a model in (OCI registries, the Hugging Face Hub), behind one
 :class:`Source` protocol and chosen from the reference by :meth:`Sources.for_reference`, the only place that asks
-which kind of reference it is."""
+which kind of reference it is.
+
+Each source's module, and the HTTP stack, is imported when a reference needs it: a pull of a model the store holds
+by digest makes no request and imports no HTTP client."""
 
 from __future__ import annotations
 
 import threading
 from types import TracebackType
-
-import httpx
+from typing import TYPE_CHECKING
 
 from modelctl.config import Config
-from modelctl.oci import transport
-from modelctl.oci.client import RegistryClient
 from modelctl.reference import Reference
-from modelctl.sources.huggingface import HubSource
-from modelctl.sources.registry import RegistrySource
 from modelctl.sources.source import BlobRanges, Resolved, Source, complete, read
+
+if TYPE_CHECKING:
+    import httpx
+
+    from modelctl.oci.client import RegistryClient
 
 __all__ = ["BlobRanges", "Resolved", "Source", "Sources", "complete", "read"]
 
@@ -32,16 +35,24 @@ class Sources:
 
     def for_reference(self, ref: Reference) -> Source:
         if ref.is_hugging_face:
+            from modelctl.sources.huggingface import HubSource
+
             return HubSource(self._config, ref, self._hub_client)
-        return RegistrySource(self._registry_client(), ref)
+        from modelctl.sources.registry import RegistrySource
+
+        return RegistrySource(self._registry_client, ref)
 
     def _registry_client(self) -> RegistryClient:
+        from modelctl.oci.client import RegistryClient
+
         with self._lock:
             if self._registry is None:
                 self._registry = RegistryClient(self._config)
             return self._registry
 
     def _hub_client(self) -> httpx.Client:
+        from modelctl.oci import transport
+
         with self._lock:
             if self._hub is None:
                 self._hub = transport.build_client(self._config)

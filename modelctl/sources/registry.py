@@ -3,32 +3,38 @@ config; files are blobs read by ranges; the model card is an OCI referrer of the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from modelctl import artifact
-from modelctl.cards import MAX_CARD
 from modelctl.digest import Digest
 from modelctl.errors import UnsupportedFormat
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
-from modelctl.oci.client import RegistryClient
 from modelctl.oci.descriptor import Descriptor, Index, Manifest
-from modelctl.oci.transport import BlobReader
 from modelctl.reference import Reference
 from modelctl.sources.source import Resolved, complete
 from modelctl.store import Layout
+
+if TYPE_CHECKING:
+    from modelctl.oci.client import RegistryClient
+    from modelctl.oci.transport import BlobReader
 
 MAX_MANIFEST = 4 << 20
 
 
 class RegistrySource:
-    """``ref`` on its registry, through ``client`` (shared by the sources of one command)."""
+    """``ref`` on its registry, through the client ``client()`` gives (shared by the sources of one command, built
+    on the first request: a model present by digest needs none)."""
 
-    def __init__(self, client: RegistryClient, ref: Reference) -> None:
-        self._client = client
+    def __init__(self, client: Callable[[], RegistryClient], ref: Reference) -> None:
+        self._connect = client
         self._ref = ref
+
+    @property
+    def _client(self) -> RegistryClient:
+        return self._connect()
 
     @property
     def reference(self) -> Reference:
@@ -55,6 +61,8 @@ class RegistrySource:
         return self._client.tags(self._ref)
 
     def card(self) -> tuple[bytes, str] | None:
+        from modelctl.cards import MAX_CARD
+
         desc = self._client.head_manifest(self._ref)
         if desc is None:
             return None
@@ -123,6 +131,8 @@ def _only_foreign(ref: Reference, foreign: tuple[Descriptor, ...]) -> Unsupporte
 def _printable_url(url: str) -> str:
     """``scheme://host/path`` of a foreign layer's URL: user info and the query (a pre-signed token) are never
     printed."""
+    from urllib.parse import urlsplit
+
     parts = urlsplit(url)
     host = parts.hostname or "?"
     try:

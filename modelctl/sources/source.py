@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelctl import artifact
 from modelctl.digest import Digest
 from modelctl.oci.descriptor import Descriptor, Manifest
-from modelctl.oci.transport import BlobReader
 from modelctl.reference import Reference
 from modelctl.store import Layout
+
+if TYPE_CHECKING:
+    from modelctl.oci.transport import BlobReader
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

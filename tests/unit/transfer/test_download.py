@@ -35,8 +35,8 @@ from modelctl.oci.descriptor import Descriptor
 from modelctl.oci.transport import BlobReader
 from modelctl.store import Layout
 from modelctl.store.directory import blob_files
-from modelctl.transfer import Progress, check_space, download, plan, state
-from modelctl.transfer.download import _Job
+from modelctl.transfer import Progress, check_space, plan, state
+from modelctl.transfer.download import _Job, download
 from modelctl.transfer.state import Part
 
 MIB = 1 << 20
