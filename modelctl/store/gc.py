@@ -36,7 +36,7 @@ class Collector(Tags):
             desc = self.untag(name)
             if desc is None:
                 raise NotFound(f"model {name} is not in the local store", hint="see: modelctl list")
-            nodes = graph.scan(self.blobs_dir)
+            nodes = graph.scan(self.blobs_dir, self.graph_cache)
             live = graph.reachable(nodes, self.roots())
             doomed = graph.reachable(nodes, [desc]) - live
             return self._delete(doomed, nodes)
@@ -50,7 +50,7 @@ class Collector(Tags):
             return []
         cutoff = time.time() - grace_seconds
         with self.locked():
-            nodes = graph.scan(self.blobs_dir)
+            nodes = graph.scan(self.blobs_dir, self.graph_cache)
             live = graph.reachable(nodes, self.roots())
             doomed: set[Digest] = set()
             for digest, path in blob_files(self.blobs_dir):
@@ -75,7 +75,7 @@ class Collector(Tags):
 
     def disk_usage(self) -> DiskUsage:
         entries = self.entries()
-        live = graph.reachable(graph.scan(self.blobs_dir), self.roots())
+        live = graph.reachable(graph.scan(self.blobs_dir, self.graph_cache), self.roots())
         blobs = total = referenced = 0
         if self.blobs_dir.is_dir():
             for digest, path in blob_files(self.blobs_dir):

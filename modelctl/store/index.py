@@ -1,7 +1,8 @@
 """Tags: ``index.json``, one entry per full reference, rewritten atomically under the store's lock.
 
-Cost at fleet scale: a command reads and validates the index once, and writes it at most once, whatever the number
-of references it handles. The parsed index is kept (:class:`_Snapshot`) and used again while the file is the one it
+Cost at fleet scale: a command reads the index once, and writes it at most once, whatever the number of references
+it handles; an entry is parsed and validated when first used (a look-up by name parses one, a listing all). The
+parsed index is kept (:class:`_Snapshot`) and used again while the file is the one it
 was read from (same device, inode, size, mtime and ctime: every writer replaces it by a rename, so another
 process's write shows as a new inode) or the one this object last wrote. Tags given inside :meth:`Tags.batch` are
 collected and written together when it ends: a 1,000-model ``pull --locked`` is one read-modify-write, not 1,000.
@@ -14,7 +15,6 @@ import os
 import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelctl import digest as _digest
@@ -32,27 +32,33 @@ Identity = tuple[int, int, int, int, int]
 """What tells one ``index.json`` from another without reading it: (device, inode, size, mtime_ns, ctime_ns)."""
 
 
-@dataclass(frozen=True, slots=True)
 class _Snapshot:
-    """One version of ``index.json``, validated once: its document, each entry parsed, tags by name."""
+    """One version of ``index.json``: its document, tags by name, and each entry parsed (validated) when first
+    used. A look-up by name parses one entry; a listing, or the roots of garbage collection, all of them once."""
 
-    identity: Identity | None
-    """Of the file it was read from (or written to); None when there was no file."""
-    doc: dict[str, Any]
-    """The document; its ``manifests`` list is never changed in place (a write builds a new snapshot)."""
-    parsed: tuple[Descriptor, ...]
-    """``doc["manifests"]`` parsed, in the same order."""
-    by_name: dict[str, int] = field(default_factory=dict)
-    """Tag -> the position of its first entry."""
-
-    @classmethod
-    def of(cls, identity: Identity | None, doc: dict[str, Any], parsed: tuple[Descriptor, ...]) -> _Snapshot:
-        by_name: dict[str, int] = {}
-        for i, desc in enumerate(parsed):
-            name = desc.annotations.get(mt.REF_NAME)
+    def __init__(self, identity: Identity | None, doc: dict[str, Any], parsed: list[Descriptor | None]) -> None:
+        self.identity = identity
+        """Of the file it was read from (or written to); None when there was no file."""
+        self.doc = doc
+        """The document; its ``manifests`` list is never changed in place (a write builds a new snapshot)."""
+        self.items: list[Any] = doc["manifests"]
+        self.parsed = parsed
+        """``items`` parsed so far (None: not yet), in the same order."""
+        self.by_name: dict[str, int] = {}
+        """Tag -> the position of its first entry."""
+        for i, item in enumerate(self.items):
+            name = _ref_name(item)
             if name is not None:
-                by_name.setdefault(name, i)
-        return cls(identity, doc, parsed, by_name)
+                self.by_name.setdefault(name, i)
+
+    def at(self, i: int, where: str = "index.json entry") -> Descriptor:
+        desc = self.parsed[i]
+        if desc is None:
+            desc = self.parsed[i] = Descriptor.from_json(self.items[i], where=where)
+        return desc
+
+    def all(self) -> list[Descriptor]:
+        return [self.at(i) for i in range(len(self.items))]
 
 
 class Tags(Blobs):
@@ -112,9 +118,10 @@ class Tags(Blobs):
             snap = self._read()
             if name not in snap.by_name:
                 return None
-            keep = [i for i, d in enumerate(snap.parsed) if d.annotations.get(mt.REF_NAME) != name]
-            self._save(snap, [snap.doc["manifests"][i] for i in keep], tuple(snap.parsed[i] for i in keep))
-            return snap.parsed[snap.by_name[name]]
+            found = snap.at(snap.by_name[name])
+            keep = [i for i, item in enumerate(snap.items) if _ref_name(item) != name]
+            self._save(snap, [snap.items[i] for i in keep], [snap.parsed[i] for i in keep])
+            return found
 
     def resolve(self, name: str) -> Descriptor | None:
         """The manifest ``name`` points at (None if untagged): a dictionary look-up, not a walk of the index."""
@@ -122,14 +129,14 @@ class Tags(Blobs):
             return self._pending[name]
         snap = self._read()
         position = snap.by_name.get(name)
-        return snap.parsed[position] if position is not None else None
+        return snap.at(position) if position is not None else None
 
     def entries(self) -> list[tuple[str, Descriptor]]:
         """(name, manifest descriptor) of every tagged entry, in index order; untagged entries are skipped."""
         snap = self._read()
         pending = self._pending or {}
         out: list[tuple[str, Descriptor]] = []
-        for desc in snap.parsed:
+        for desc in snap.all():
             name = desc.annotations.get(mt.REF_NAME)
             if name is not None:
                 out.append((name, pending.get(name, desc)))
@@ -151,7 +158,7 @@ class Tags(Blobs):
 
     def roots(self) -> list[Descriptor]:
         """Every index entry, tagged or not (entries written by other tools count too): where the graph starts."""
-        return [*self._read().parsed, *(self._pending or {}).values()]
+        return [*self._read().all(), *(self._pending or {}).values()]
 
     def _check_complete(self, name: str, desc: Descriptor) -> None:
         if not self.has_blob(desc.digest, desc.size):
@@ -186,29 +193,27 @@ class Tags(Blobs):
     def _write_tags(self, entries: dict[str, Descriptor]) -> None:
         """Apply ``entries`` (name -> entry) to the index in one write; none if nothing changes. Under the lock."""
         snap = self._read()
-        items: list[Any] = list(snap.doc["manifests"])
-        parsed: list[Descriptor | None] = list(snap.parsed)
+        items: list[Any] = list(snap.items)
+        parsed = list(snap.parsed)
         positions: dict[str, list[int]] = {}
-        for i, desc in enumerate(snap.parsed):
-            name = desc.annotations.get(mt.REF_NAME)
-            if name in entries:
+        for i, item in enumerate(items):
+            name = _ref_name(item)
+            if name is not None and name in entries:
                 positions.setdefault(name, []).append(i)
-        changed = False
+        dropped: set[int] = set()
         for name, entry in entries.items():
             at = positions.get(name, [])
-            if len(at) == 1 and parsed[at[0]] == entry:
+            if len(at) == 1 and snap.at(at[0]) == entry:
                 continue
-            changed = True
             if at:
                 items[at[0]], parsed[at[0]] = entry.to_json(), entry
-                for i in at[1:]:
-                    parsed[i] = None  # a duplicate of the name: dropped below
+                dropped.update(at[1:])  # duplicates of the name
             else:
                 items.append(entry.to_json())
                 parsed.append(entry)
-        if changed:
-            kept = [i for i, desc in enumerate(parsed) if desc is not None]
-            self._save(snap, [items[i] for i in kept], tuple(d for d in parsed if d is not None))
+        if len(items) != len(snap.items) or any(a is not b for a, b in zip(items, snap.items, strict=True)):
+            kept = [i for i in range(len(items)) if i not in dropped]
+            self._save(snap, [items[i] for i in kept], [parsed[i] for i in kept])
 
     def _read(self) -> _Snapshot:
         """The index as it is on disk: the kept snapshot while the file is unchanged, else read and validated."""
@@ -220,7 +225,7 @@ class Tags(Blobs):
                 raw = f.read()
         except FileNotFoundError:
             if self._snapshot is None or self._snapshot.identity is not None:
-                self._snapshot = _Snapshot.of(None, json.loads(EMPTY_INDEX), ())
+                self._snapshot = _Snapshot(None, json.loads(EMPTY_INDEX), [])
             return self._snapshot
         self._snapshot = self._parse(identity, raw)
         return self._snapshot
@@ -235,15 +240,22 @@ class Tags(Blobs):
                 f"malformed {self.index_path}: not an OCI image index",
                 hint="restore it from a backup, or move the store aside and pull again",
             )
-        where = f"entry of {self.index_path}"
-        parsed = tuple(Descriptor.from_json(item, where=where) for item in doc["manifests"])
-        return _Snapshot.of(identity, doc, parsed)
+        for item in doc["manifests"]:  # the shape only: each entry is parsed when used
+            if not isinstance(item, dict) or not isinstance(item.get("annotations", {}), dict):
+                raise IntegrityError(f"malformed entry of {self.index_path}: not a descriptor object")
+        return _Snapshot(identity, doc, [None] * len(doc["manifests"]))
 
-    def _save(self, snap: _Snapshot, items: list[Any], parsed: tuple[Descriptor, ...]) -> None:
+    def _save(self, snap: _Snapshot, items: list[Any], parsed: list[Descriptor | None]) -> None:
         """Replace the index (under the lock) and keep what was written as the snapshot: no read back."""
         doc = {**snap.doc, "manifests": items}
         self.write_atomic(self.index_path, json.dumps(doc, separators=(",", ":")).encode())
-        self._snapshot = _Snapshot.of(_identity(self.index_path.stat()), doc, parsed)
+        self._snapshot = _Snapshot(_identity(self.index_path.stat()), doc, parsed)
+
+
+def _ref_name(item: Any) -> str | None:
+    annotations = item.get("annotations") if isinstance(item, dict) else None
+    name = annotations.get(mt.REF_NAME) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _identity(st: os.stat_result) -> Identity:

@@ -35,18 +35,16 @@ def layout(config: Config) -> Layout:
 
 def find(store: Layout, text: str) -> list[tuple[str, Descriptor]]:
     """Entries matching a reference (normalised first) or a model ID prefix (>= 6 hex digits)."""
-    entries = store.entries()
-    candidates: list[tuple[str, Descriptor]] = []
     if _looks_like_id(text):
         candidates = store.find_by_digest(text)
         if candidates:
             return candidates
     ref = reference.parse(text)
-    exact = [(n, d) for n, d in entries if n == str(ref)]
-    if exact:
-        return exact
+    exact = store.resolve(str(ref))  # a look-up by name: no walk of the index (a store of 10,000 models)
+    if exact is not None:
+        return [(str(ref), exact)]
     if ref.digest:
-        return [(n, d) for n, d in entries if d.digest == ref.digest and reference.parse(n).name == ref.name]
+        return [(n, d) for n, d in store.entries() if d.digest == ref.digest and reference.parse(n).name == ref.name]
     return []
 
 
