@@ -166,6 +166,9 @@ def test_bad_requests_are_400_with_the_field_named(server: Server) -> None:
         assert field in answer.text, (path, answer.text)
     not_json = httpx.post(f"{server.url}/v1/chat/completions", content=b"{", timeout=60)
     assert not_json.status_code == 400 and "not JSON" in not_json.text
+    for hostile in (b'{"a":' * 100_000, b"[" * 100_000):  # the bounded parser: a 400, never a RecursionError's 500
+        deep = httpx.post(f"{server.url}/v1/chat/completions", content=hostile, timeout=60)
+        assert deep.status_code == 400 and "request body" in deep.text, deep.text
 
 
 def test_served_log_says_what_loaded(server: Server, tmp_path: Path) -> None:

@@ -12,20 +12,25 @@ from typing import Any
 
 from aiohttp import web
 
-from modelctl.errors import UsageError
+from modelctl.errors import IntegrityError, UsageError
+from modelctl.oci import safejson
 from modelctl.runtime.conversation import Message, Sampling
 
 MAX_STOPS = 16
 
 
+MAX_VALUES = 1 << 22
+"""JSON values a body may hold: long chats and token-id inputs fit; a flood of tiny values does not."""
+
+
 async def body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object."""
+    """The request's JSON object, read with the bounded parser every outside document goes through (a body nested
+    100,000 deep is a 400, never a RecursionError); aiohttp's ``client_max_size`` caps its size."""
+    raw = await request.read()
     try:
-        doc = await request.json()
-    except ValueError:
-        raise UsageError(
-            "the request body is not JSON", hint="send a JSON object with Content-Type: application/json"
-        ) from None
+        doc = safejson.loads(raw, what="request body", max_size=len(raw), max_items=MAX_VALUES)
+    except IntegrityError as exc:
+        raise UsageError(exc.message, hint="send one JSON object with Content-Type: application/json") from None
     if not isinstance(doc, dict):
         raise UsageError("the request body is not a JSON object", hint="send a JSON object")
     return doc
