@@ -1,80 +1,48 @@
-"""The Hugging Face source: ``hf.co/<org>/<repo>[:QUANT]``, through the ``huggingface_hub`` library.
+"""The Hugging Face source: ``hf.co/<org>/<repo>[:QUANT]``.
 
-The Hub lists a repository's files with their LFS sha256 (the model info with files metadata, through
-huggingface_hub, honouring HF_ENDPOINT and HF_TOKEN); ``hf_files`` picks the GGUF shard(s) and mmproj for the
-quantisation tag. A reference resolves to those files as layers, with no manifest: the pull writes the same Docker
-model-spec v0.1 artifact ``modelctl package`` writes, tagged ``hf.co/<org>/<repo>:<QUANT>`` (and ``:latest`` when
-no tag was given), so every other command treats it like any model. Its creation time is the repository's last
-modification, so a pull of an unchanged repository reproduces the same manifest digest.
+The Hub lists a repository's files with their LFS sha256 (:mod:`modelctl.sources.hub`, one API request honouring
+HF_ENDPOINT and HF_TOKEN); ``hf_files`` picks the GGUF shard(s) and mmproj for the quantisation tag. A reference
+resolves to those files as layers, with no manifest: the pull writes the same Docker model-spec v0.1 artifact
+``modelctl package`` writes, tagged ``hf.co/<org>/<repo>:<QUANT>`` (and ``:latest`` when no tag was given), so every
+other command treats it like any model. Its creation time is the repository's last modification, so a pull of an
+unchanged repository reproduces the same manifest digest; when the store holds exactly that model already, its
+manifest is used as it is, and a pull of a present model reads no file at all.
 
 Files are read by ranges from their resolve URLs, so the files the store lacks go through the registry pull's
 engine (``modelctl.transfer``): parallel Range parts, resume after a kill, one download per file across processes,
 the sha256 checked as the bytes arrive against the Hub's. huggingface_hub's ``http_get`` streamed one connection
 through 10 MiB re-chunking and needed a second read to hash (8.7 s for a 1 GiB file curl fetched in 1.7 s,
-measured with benchmarks/hf_pull.py).
-
-``huggingface_hub`` is imported lazily (inside functions): it is heavy, and only these commands need it.
+measured with benchmarks/hf_pull.py), and importing huggingface_hub for the listing took ~0.6 s of every pull.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from modelctl import artifact, hf_files
 from modelctl.config import Config
 from modelctl.digest import Digest
-from modelctl.errors import (
-    AuthError,
-    IntegrityError,
-    ModelctlError,
-    NotFound,
-    RegistryError,
-    UsageError,
-)
+from modelctl.errors import AuthError, IntegrityError, NotFound, RegistryError, UsageError
 from modelctl.hf_files import HubFile, Selection
-from modelctl.oci import descriptor, transport
+from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor, Manifest
-from modelctl.oci.transport import BlobReader
 from modelctl.reference import HUGGING_FACE, Reference
+from modelctl.sources import hub
+from modelctl.sources.hub import Listing
 from modelctl.sources.source import Resolved, complete
 from modelctl.store import Layout
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
-_NETWORK_ERRORS = frozenset(
-    {
-        "ConnectError",
-        "ConnectTimeout",
-        "ReadTimeout",
-        "TimeoutException",
-        "TransportError",
-        "NetworkError",
-        "RemoteProtocolError",
-        "ReadError",
-        "WriteError",
-        "PoolTimeout",
-        "ConnectionError",
-        "Timeout",
-        "ProxyError",
-    }
-)
+if TYPE_CHECKING:
+    import httpx
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Listing:
-    """What the Hub says about a repository at its current revision."""
-
-    repo_id: str
-    revision: str
-    last_modified: datetime | None
-    files: tuple[HubFile, ...]
+    from modelctl.oci.transport import BlobReader
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,14 +56,6 @@ class Plan:
 # --- the Hub ---------------------------------------------------------------------------------------------------
 
 
-def endpoint(config: Config) -> str:
-    return (config.hf_endpoint or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def _token(config: Config) -> str | None:
-    return config.hf_token
-
-
 def _check_ref(ref: Reference) -> None:
     if ref.digest:
         raise UsageError(
@@ -104,32 +64,9 @@ def _check_ref(ref: Reference) -> None:
         )
 
 
-def listing(config: Config, ref: Reference) -> Listing:
-    """The repository's files with sizes and LFS sha256 (one API call; no file is read)."""
+def plan(config: Config, client: httpx.Client, ref: Reference) -> Plan:
     _check_ref(ref)
-    from huggingface_hub import HfApi  # lazily: see the module's docstring
-
-    api = HfApi(endpoint=endpoint(config), token=_token(config))
-    with hub_errors(config, ref):
-        info = api.model_info(ref.repository, files_metadata=True)
-    files = []
-    for sibling in info.siblings or []:
-        lfs = sibling.lfs
-        sha = getattr(lfs, "sha256", None) if lfs is not None else None
-        size = getattr(lfs, "size", None) if lfs is not None else None
-        files.append(
-            HubFile(path=sibling.rfilename, size=sibling.size if sibling.size is not None else size, sha256=sha)
-        )
-    if not info.sha:
-        raise RegistryError(
-            f"{endpoint(config)} gave no revision for {ref.repository}",
-            hint="check that HF_ENDPOINT points at a Hugging Face Hub",
-        )
-    return Listing(repo_id=ref.repository, revision=info.sha, last_modified=info.last_modified, files=tuple(files))
-
-
-def plan(config: Config, ref: Reference) -> Plan:
-    found = listing(config, ref)
+    found = hub.listing(config, client, ref)
     selection = hf_files.choose(found.files, ref.tag, repo=f"{HUGGING_FACE}/{ref.repository}")
     for f in selection.files:
         if not f.sha256 or f.size is None:
@@ -147,81 +84,6 @@ def plan(config: Config, ref: Reference) -> Plan:
     return Plan(listing=found, selection=selection, tag=selection.quant or "latest")
 
 
-@contextmanager
-def hub_errors(config: Config, ref: Reference) -> Iterator[None]:
-    """Turn huggingface_hub's and the HTTP stack's exceptions into modelctl's typed errors (never echoing a token)."""
-    try:
-        yield
-    except ModelctlError:
-        raise
-    except Exception as exc:
-        mapped = _translate(exc, config, ref)
-        if mapped is None:
-            raise
-        raise mapped from None
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _translate(exc: BaseException, config: Config, ref: Reference) -> ModelctlError | None:
-    from huggingface_hub import errors as hf  # lazily: see the module's docstring
-
-    repo = f"{HUGGING_FACE}/{ref.repository}"
-    token_hint = "check that HF_TOKEN can read it" if config.hf_token else "set HF_TOKEN to a token that can read it"
-    chain = list(_chain(exc))
-    for e in chain:
-        if isinstance(e, hf.GatedRepoError):
-            return AuthError(f"{repo} is a gated repository", hint=f"accept its terms on the Hub and {token_hint}")
-        if isinstance(e, hf.RevisionNotFoundError):
-            return NotFound(f"{repo}: revision not found", hint="check the repository on the Hub")
-        if isinstance(e, hf.EntryNotFoundError) and not isinstance(e, hf.LocalEntryNotFoundError):
-            return NotFound(f"{repo}: a listed file is missing on the Hub", hint="pull again; the repository changed")
-        if isinstance(e, hf.HfHubHTTPError) or _status(e) is not None:
-            status = _status(e)
-            if status in (401, 403):
-                return AuthError(
-                    f"the Hub refused access to {repo} (HTTP {status})",
-                    hint=f"it is private or gated (or does not exist): {token_hint}",
-                )
-            if status == 404 or isinstance(e, hf.RepositoryNotFoundError):
-                return NotFound(f"{repo} was not found on {endpoint(config)}", hint="check the name on the Hub")
-            return RegistryError(
-                f"the Hub answered HTTP {status} for {repo}",
-                status=status,
-                temporary=status is None or status >= 500 or status == 429,
-                hint="try again later",
-            )
-    for e in chain:
-        if isinstance(e, hf.FileMetadataError):
-            return RegistryError(
-                f"{endpoint(config)} does not answer like a Hugging Face Hub",
-                hint="check HF_ENDPOINT, the proxy and the network",
-            )
-    for e in chain:
-        if isinstance(e, hf.LocalEntryNotFoundError | hf.OfflineModeIsEnabled) or (
-            type(e).__name__ in _NETWORK_ERRORS or isinstance(e, ConnectionError | TimeoutError)
-        ):
-            return RegistryError(
-                f"cannot reach the Hugging Face Hub at {endpoint(config)}",
-                temporary=True,
-                hint="check the network, HTTPS_PROXY or HF_ENDPOINT (and that HF_HUB_OFFLINE is not set)",
-            )
-    return None
-
-
 # --- the source ------------------------------------------------------------------------------------------------
 
 
@@ -234,7 +96,6 @@ class HubSource:
         self._http = http
         self._lock = threading.Lock()
         self._plan: Plan | None = None
-        self._headers: Mapping[str, str] | None = None
 
     @property
     def reference(self) -> Reference:
@@ -260,7 +121,8 @@ class HubSource:
                 local=True,
                 warning=f"{exc.message}; using the local copy of {self._ref}",
             )
-        return _resolved(self._ref, todo)
+        resolved = _resolved(self._ref, todo)
+        return (_held(store, resolved) if store is not None else None) or resolved
 
     def open_range(self, digest: Digest, start: int, end: int | None) -> AbstractContextManager[BlobReader]:
         todo = self._planned()
@@ -270,7 +132,8 @@ class HubSource:
         return self._file(todo.listing, by_digest[digest]).open_range(start, end)
 
     def tags(self) -> list[str]:
-        return hf_files.available(listing(self._config, self._ref).files)
+        _check_ref(self._ref)
+        return hf_files.available(hub.listing(self._config, self._http(), self._ref).files)
 
     def card(self) -> tuple[bytes, str] | None:
         return None  # a repository's README is not a modelctl card: the bundled card stands in
@@ -278,19 +141,14 @@ class HubSource:
     def _planned(self) -> Plan:
         with self._lock:
             if self._plan is None:
-                self._plan = plan(self._config, self._ref)
+                self._plan = plan(self._config, self._http(), self._ref)
             return self._plan
 
     def _file(self, found: Listing, path: str) -> _HubFile:
-        from huggingface_hub import hf_hub_url  # lazily: see the module's docstring
-        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-        with self._lock:
-            if self._headers is None:
-                self._headers = build_hf_headers(token=_token(self._config))
-            headers = self._headers
-        url = hf_hub_url(found.repo_id, path, revision=found.revision, endpoint=endpoint(self._config))
-        return _HubFile(self._http(), url, headers, path, f"{HUGGING_FACE}/{self._ref.repository}")
+        url = hub.resolve_url(self._config, found.repo_id, found.revision, path)
+        return _HubFile(
+            self._http(), url, hub.auth_headers(self._config), path, f"{HUGGING_FACE}/{self._ref.repository}"
+        )
 
     def _present(self, store: Layout) -> tuple[Manifest, bytes] | None:
         if not store.index_path.is_file():
@@ -303,6 +161,29 @@ class HubSource:
         if not isinstance(manifest, Manifest) or not complete(store, manifest):
             return None
         return manifest, store.read_blob(manifest.config.digest)
+
+
+def _held(store: Layout, resolved: Resolved) -> Resolved | None:
+    """``resolved`` as the store holds it already: its tag names a complete manifest of exactly these layers, written
+    for this revision's creation time (what the pull would write again). Then the pull reads no file: the manifest's
+    config, which comes from the first GGUF's header, is not built again."""
+    if not store.index_path.is_file():
+        return None
+    desc = store.resolve(resolved.tags[0])
+    if desc is None:
+        return None
+    raw = store.read_blob(desc.digest, max_size=4 << 20)
+    manifest = descriptor.parse(raw, desc.media_type, algorithm=desc.digest.algorithm)
+    if not isinstance(manifest, Manifest) or manifest.layers != resolved.layers or not complete(store, manifest):
+        return None
+    config = store.read_blob(manifest.config.digest)
+    try:
+        created = json.loads(config)["descriptor"]["created"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if created != resolved.created:
+        return None
+    return replace(resolved, manifest=manifest, config=config, local=True)
 
 
 def _resolved(ref: Reference, todo: Plan) -> Resolved:
@@ -386,6 +267,8 @@ class _HubFile:
 
     @contextmanager
     def open_range(self, start: int, end: int | None) -> Iterator[BlobReader]:
+        from modelctl.oci import transport
+
         wanted = {**self.headers, "Range": f"bytes={start}-{'' if end is None else end}"}
         response = transport.send(self.client, self.client.build_request("GET", self.url, headers=wanted))
         try:

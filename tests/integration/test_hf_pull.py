@@ -1,5 +1,5 @@
 """``modelctl pull hf.co/<org>/<repo>[:QUANT]`` end to end: the real CLI (subprocess) against a real HTTP server
-speaking the Hub's API (tests/integration/hub_server.py), through huggingface_hub, with real GGUF files."""
+speaking the Hub's API (tests/integration/hub_server.py), with real GGUF files."""
 
 from __future__ import annotations
 
@@ -246,6 +246,22 @@ def test_second_pull_fetches_nothing(hub: HubServer) -> None:
     second = pull_json(hub, "hf.co/acme/Split-GGUF")
     assert hub.downloads() == [], "no file content is fetched again (not even a header)"
     assert second["digest"] == first["digest"], "an unchanged repository gives the same manifest"
+
+
+def test_a_present_model_costs_the_listing_alone(hub: HubServer) -> None:
+    """The second pull asks the Hub for the listing and nothing else, and tags the manifest it wrote the first time;
+    once the repository changes (a README edit moves its last-modified time), the pull writes a new manifest, still
+    without fetching a file."""
+    first = pull_json(hub, "hf.co/acme/Smol-GGUF:Q4_1")
+    hub.requests.clear()
+    second = pull_json(hub, "hf.co/acme/Smol-GGUF:Q4_1")
+    assert [(r.method, r.path) for r in hub.requests] == [("GET", "/api/models/acme/Smol-GGUF")]
+    assert second == first
+    hub.repos["acme/Smol-GGUF"].last_modified = "2025-01-02T03:04:05.000Z"
+    third = pull_json(hub, "hf.co/acme/Smol-GGUF:Q4_1")
+    assert third["digest"] != first["digest"]
+    assert os.path.samefile(third["files"][0], first["files"][0])  # type: ignore[index]  # the same stored blob
+    assert hub.downloads() == []
 
 
 def test_inspect_and_fit_remote_before_download(hub: HubServer, smollm2_gguf: Path) -> None:
