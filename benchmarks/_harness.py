@@ -152,6 +152,34 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Run:
+    """One command's wall time, CPU time and peak memory (``wait4``'s resource usage of the child)."""
+
+    seconds: float
+    user: float
+    sys: float
+    max_rss_mib: float
+    stderr: str
+
+
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> Run:
+    """Like :func:`timed` (``sync`` first, output discarded), with the child's user/sys CPU and peak RSS; stderr is
+    kept (progress lines)."""
+    drop_caches_best_effort()
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=text)
+    return Run(seconds, usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024, text)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
