@@ -7,6 +7,7 @@ every test module can ``from helpers.<module> import ...``.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,15 @@ _CLEARED = (
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a user has it, whoever started the run. A shell starts a background job (``make test &``, a CI
+    runner's nohup) with SIGINT ignored, and an ignored signal stays ignored across exec: the interrupt tests would
+    then send SIGINT to commands that never see it. A handled signal is reset to the default at exec, so every
+    command a test starts gets Python's own KeyboardInterrupt again."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
