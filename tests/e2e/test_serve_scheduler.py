@@ -13,8 +13,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -29,41 +30,50 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_eight_clients_over_two_models_that_do_not_fit_together(home: Path, tmp_path: Path) -> None:
-    plan = [
-        ("a1", REF),
-        ("a2", REF),
-        ("b1", SECOND),
-        ("b2", SECOND),
-        ("a3", REF),
-        ("a4", REF),
-        ("b3", SECOND),
-        ("b4", SECOND),
+    # Each request is sent only once the one before it has been sent whole and, where the server shows it, taken
+    # in (queued, answered, or its arrival made a model go): so this is the order the server saw, however slowly a
+    # loaded machine runs the clients or loads the models, and any other finishing order is the server's doing.
+    plan: list[tuple[str, str, Callable[[Server], bool] | None]] = [
+        ("a1", REF, lambda server: _taken(server, REF) >= 1),
+        ("a2", REF, lambda server: _taken(server, REF) >= 2),
+        ("b1", SECOND, lambda server: _going(server, REF, 1)),  # REF must go to make room for it
+        ("b2", SECOND, None),  # it waits for SECOND's load: nothing shows it
+        ("a3", REF, lambda server: _going(server, SECOND, 1)),  # once SECOND has loaded, SECOND must go
+        ("a4", REF, None),
+        ("b3", SECOND, lambda server: _going(server, REF, 2)),
+        ("b4", SECOND, None),
     ]
     with serve(home, *FAST, "--memory", ONE_MODEL, log=tmp_path / "serve.log") as server:
         finished: list[str] = []
         answers: dict[str, httpx.Response] = {}
         lock = threading.Lock()
 
-        def client(label: str, model: str) -> None:
-            answer = chat(server.url, model, "Name a colour.", max_tokens=6)
+        def client(label: str, model: str, sent: threading.Event) -> None:
+            answer = _chat_telling_when_sent(server.url, model, sent)
             with lock:
                 answers[label] = answer
                 finished.append(label)
 
         threads = []
-        for label, model in plan:  # they arrive in this order, well apart
-            thread = threading.Thread(target=client, args=(label, model))
+        for label, model, taken in plan:
+            sent = threading.Event()
+            thread = threading.Thread(target=client, args=(label, model, sent))
             thread.start()
             threads.append(thread)
-            time.sleep(0.25)
+            assert sent.wait(120), f"{label} was not sent"
+            deadline = time.monotonic() + 120
+            while taken is not None and not taken(server):
+                assert time.monotonic() < deadline, f"the server did not take in {label}: {_ps(server)}"
+                time.sleep(0.02)
+            time.sleep(0.25)  # and well apart
         for thread in threads:
             thread.join(timeout=300)
-        for label, model in plan:
+        for label, model, _ in plan:
             answer = answers[label]
             assert answer.status_code == 200, (label, answer.text)
             doc = answer.json()
             assert doc["model"] == model and doc["choices"][0]["message"]["content"].strip(), (label, doc)
-        assert finished == [label for label, _ in plan]  # in arrival order: no model starved the other
+        assert finished == [label for label, _, _ in plan]  # in arrival order: no model starved the other
         assert server.events() == [
             ("loaded", REF),
             ("unloaded", REF),
@@ -74,6 +84,37 @@ def test_eight_clients_over_two_models_that_do_not_fit_together(home: Path, tmp_
             ("loaded", SECOND),
         ]
         assert any(f"unloaded {REF} (to make room for {SECOND})" in line for line in server.lines())
+
+
+def _ps(server: Server) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in httpx.get(f"{server.url}/modelctl/ps", timeout=30).json()["models"]}
+
+
+def _taken(server: Server, model: str) -> int:
+    """The requests for ``model`` that the server has answered, is answering or has queued on it."""
+    shown = _ps(server).get(model, {})
+    return int(shown.get("requests", 0)) + int(shown.get("busy", False)) + int(shown.get("queued", 0))
+
+
+def _going(server: Server, model: str, times: int) -> bool:
+    """Whether ``model``'s ``times``-th unload has been decided (it is leaving, or the server logged it)."""
+    unloads = server.events().count(("unloaded", model))
+    return unloads >= times or (unloads == times - 1 and bool(_ps(server).get(model, {}).get("leaving")))
+
+
+def _chat_telling_when_sent(url: str, model: str, sent: threading.Event) -> httpx.Response:
+    """A short chat request whose ``sent`` is set once its whole body is written (httpx asks the body for more
+    only after writing what it had)."""
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 6, "temperature": 0}
+    ).encode()
+
+    def content() -> Iterator[bytes]:
+        yield body
+        sent.set()
+
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    return httpx.post(f"{url}/v1/chat/completions", content=content(), headers=headers, timeout=120)
 
 
 def test_a_model_that_cannot_fit_alone_is_507_with_the_suggestion(home: Path, tmp_path: Path) -> None:

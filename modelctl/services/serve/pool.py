@@ -1,6 +1,7 @@
 """The loaded models: one worker process each, loaded when a request first names a model, unloaded when idle.
 
-Requests for one model take turns in arrival order (an ``asyncio.Lock`` wakes its waiters first in, first out);
+Requests for one model take turns in arrival order (an ``asyncio.Lock`` wakes its waiters first in, first out),
+also across a load or reload: while an earlier request waits to place the model, a later one queues behind it;
 at most ``max_queue`` may wait for a model, the next one is refused with :class:`QueueFull` (HTTP 503). Loads are
 decided one at a time, in arrival order, under one lock: the model's placement (``run``'s settings, judged against
 the server's budget) gives what it needs per device, and :func:`~.scheduler.victims` names the loaded models that
@@ -117,6 +118,7 @@ class Slot:
             "reference": placement.name,
             "key": placement.key,
             "state": self.state,
+            "leaving": self.leaving,
             "busy": self.turn.locked(),
             "queued": self.waiting,
             "memory": dict(placement.needs),
@@ -158,6 +160,9 @@ class Pool:
         self.slots: dict[str, Slot] = {}
         self._placing = asyncio.Lock()
         self._waiting: dict[str, int] = {}
+        self._placers: dict[str, int] = {}
+        """Requests per model that wait for ``_placing`` (to load it, or to learn an earlier one did): while any
+        does, a later request for the model may not queue on its turn directly, or it would be ahead of them."""
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
         self._durations: dict[str, float] = {}
@@ -204,11 +209,13 @@ class Pool:
         try:
             while True:
                 slot = self.slots.get(key)
-                if slot is None or slot.leaving or slot.state == "closed":
-                    slot = await self._place(model)
-                    if slot is None:
-                        continue  # loaded by an earlier request meanwhile: queue for it
-                    return slot
+                # An earlier request that waits to place this model is ahead of this one even if the model is
+                # in the pool by now: it must queue first, so this one goes the same way, behind it.
+                if slot is None or slot.leaving or slot.state == "closed" or self._placers.get(key, 0):
+                    slot, placed = await self._place(model)
+                    if placed:
+                        return slot
+                # loaded by an earlier request meanwhile: queue for it now, with no await between
                 slot.waiting += 1
                 try:
                     await slot.turn.acquire()
@@ -251,61 +258,71 @@ class Pool:
         """Bytes per device the loaded models use (by their plans)."""
         return scheduler.total(s.placement.needs for s in self.slots.values() if s.state != "closed")
 
-    async def _place(self, model: Listed) -> Slot | None:
-        """Load ``model``, unloading others first if it does not fit beside them; None if it got loaded while this
-        request waited for its turn to place (it then queues like any other request)."""
-        async with self._placing:
-            slot = self.slots.get(model.key)
-            if slot is not None and not slot.leaving and slot.state != "closed":
-                return None
-            if slot is not None:
-                await self._unload(slot, "")  # its memory is still held: wait for it to go
-            devices = await self.call(self.budget.devices, self.held())
-            placement = await self.call(self.models.placement, model, devices)
-            room = capacity(devices)
-            if not self.force and not scheduler.fits(placement.needs, room):
-                short = scheduler.short_of(placement.needs, room)
-                missing = ", ".join(f"{device} by {size / (1 << 20):.0f} MiB" for device, size in short.items())
-                raise DoesNotFit(
-                    f"{model.short} does not fit in the memory this server may use ({missing})",
-                    hint=placement.suggestion or "use a smaller --ctx-size or a smaller variant of the model",
-                )
-            residents = [
-                scheduler.Resident(key=s.placement.key, needs=s.placement.needs, last_used=s.last_used, busy=s.busy)
-                for s in self.slots.values()
-                if s.state != "closed"
-            ]
-            chosen = scheduler.victims(residents, placement.needs, room)
-            if chosen is None:  # --force: it cannot fit even alone, so it loads alone
-                chosen = [r.key for r in residents]
-            for key in chosen:
-                await self._unload(self.slots[key], f"to make room for {model.short}")
-            slot = Slot(placement=placement, keep_alive=self.keep_alive)
-            await slot.turn.acquire()
-            self.slots[model.key] = slot
-            self.on_event("load", placement.short, _memory(placement.needs))
-            loading = asyncio.get_running_loop().run_in_executor(self.executor, self.models.start, placement)
-            gone = False
-            try:
+    async def _place(self, model: Listed) -> tuple[Slot, bool]:
+        """Load ``model``, unloading others first if it does not fit beside them: (its slot, True) with the turn
+        held; or (the slot, False) if it got loaded while this request waited for its turn to place (the request
+        then queues on the slot before any later one can)."""
+        key = model.key
+        self._placers[key] = self._placers.get(key, 0) + 1
+        waiting = True
+        try:
+            async with self._placing:
+                slot = self.slots.get(key)
+                if slot is not None and not slot.leaving and slot.state != "closed":
+                    return slot, False
+                if slot is not None:
+                    await self._unload(slot, "")  # its memory is still held: wait for it to go
+                devices = await self.call(self.budget.devices, self.held())
+                placement = await self.call(self.models.placement, model, devices)
+                room = capacity(devices)
+                if not self.force and not scheduler.fits(placement.needs, room):
+                    short = scheduler.short_of(placement.needs, room)
+                    missing = ", ".join(f"{device} by {size / (1 << 20):.0f} MiB" for device, size in short.items())
+                    raise DoesNotFit(
+                        f"{model.short} does not fit in the memory this server may use ({missing})",
+                        hint=placement.suggestion or "use a smaller --ctx-size or a smaller variant of the model",
+                    )
+                residents = [
+                    scheduler.Resident(key=s.placement.key, needs=s.placement.needs, last_used=s.last_used, busy=s.busy)
+                    for s in self.slots.values()
+                    if s.state != "closed"
+                ]
+                chosen = scheduler.victims(residents, placement.needs, room)
+                if chosen is None:  # --force: it cannot fit even alone, so it loads alone
+                    chosen = [r.key for r in residents]
+                for victim in chosen:
+                    await self._unload(self.slots[victim], f"to make room for {model.short}")
+                slot = Slot(placement=placement, keep_alive=self.keep_alive)
+                await slot.turn.acquire()
+                self.slots[model.key] = slot
+                self._placers[key] -= 1  # first in its turn: later requests may queue behind it now
+                waiting = False
+                self.on_event("load", placement.short, _memory(placement.needs))
+                loading = asyncio.get_running_loop().run_in_executor(self.executor, self.models.start, placement)
+                gone = False
                 try:
-                    slot.engine = await asyncio.shield(loading)
-                except asyncio.CancelledError:  # the client left: the load goes on, the model stays for the next
-                    gone = True
-                    slot.engine = await loading
-            except BaseException as exc:
-                slot.state = "closed"
-                self.slots.pop(model.key, None)
-                slot.closed.set()
-                slot.turn.release()
-                self.on_event("failed", placement.short, str(exc))
-                raise
-            slot.state = "ready"
-            slot.loaded_at = time.time()
-            self.on_event("loaded", placement.short, f"context {placement.load.n_ctx}")
-            if gone:
-                self._idle(slot)
-                raise asyncio.CancelledError
-            return slot
+                    try:
+                        slot.engine = await asyncio.shield(loading)
+                    except asyncio.CancelledError:  # the client left: the load goes on, the model stays for the next
+                        gone = True
+                        slot.engine = await loading
+                except BaseException as exc:
+                    slot.state = "closed"
+                    self.slots.pop(model.key, None)
+                    slot.closed.set()
+                    slot.turn.release()
+                    self.on_event("failed", placement.short, str(exc))
+                    raise
+                slot.state = "ready"
+                slot.loaded_at = time.time()
+                self.on_event("loaded", placement.short, f"context {placement.load.n_ctx}")
+                if gone:
+                    self._idle(slot)
+                    raise asyncio.CancelledError
+                return slot, True
+        finally:
+            if waiting:
+                self._placers[key] -= 1
 
     async def _unload(self, slot: Slot, reason: str) -> None:
         """Unload ``slot`` once the requests queued for it are answered; new ones wait for a reload."""
@@ -323,7 +340,7 @@ class Pool:
                 del self.slots[slot.placement.key]
             slot.closed.set()
             slot.turn.release()
-        self.on_event("unload", slot.placement.short, reason)
+            self.on_event("unload", slot.placement.short, reason)
 
     async def _drop(self, slot: Slot, reason: str) -> None:
         """Forget a model whose worker died (its turn is held by the caller or free)."""
@@ -332,13 +349,15 @@ class Pool:
         slot.state = "closed"
         if self.slots.get(slot.placement.key) is slot:
             del self.slots[slot.placement.key]
-        if slot.engine is not None:
-            with contextlib.suppress(Exception):
-                await self.call(slot.engine.close)
-        slot.closed.set()
-        if slot.turn.locked():
-            slot.turn.release()
         self.on_event("crash", slot.placement.short, reason)
+        try:  # the caller may be cancelled meanwhile (its client hung up): the rest is still done
+            if slot.engine is not None:
+                with contextlib.suppress(Exception):
+                    await self.call(slot.engine.close)
+        finally:
+            slot.closed.set()
+            if slot.turn.locked():
+                slot.turn.release()
 
     async def stop(self, name: str) -> list[str]:
         """Unload the model ``name`` names now (after the requests already queued for it); NotFound if not loaded."""

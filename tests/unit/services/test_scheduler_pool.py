@@ -70,6 +70,7 @@ class FakeEngine:
         self.pieces = pieces
         self.delay = delay
         self.closed = False
+        self.close_delay = 0.0
         self.cancelled = threading.Event()
         self.answers: list[FakeAnswer] = []
 
@@ -92,6 +93,7 @@ class FakeEngine:
         self.cancelled.set()
 
     def close(self) -> None:
+        time.sleep(self.close_delay)
         self.closed = True
 
 
@@ -338,3 +340,90 @@ def test_a_client_gone_while_its_model_loads_leaves_it_loaded_for_the_next() -> 
 
     assert run(1000, models, body) == ["loaded a"]
     assert len(models.engines) == 1  # loaded once, not leaked nor loaded again
+
+
+class GatedModels(FakeModels):
+    """Placement and loading each wait for the test to open a gate (a slow fit check, a slow load)."""
+
+    def __init__(self, ram: Mapping[str, int]) -> None:
+        super().__init__(ram)
+        self.placing, self.place = threading.Event(), threading.Event()
+        self.loading, self.load = threading.Event(), threading.Event()
+
+    def placement(self, model: Listed, devices: tuple[Device, ...]) -> Placement:
+        self.placing.set()
+        assert self.place.wait(10)
+        return super().placement(model, devices)
+
+    def start(self, placement: Placement) -> FakeEngine:
+        self.loading.set()
+        assert self.load.wait(10)
+        return super().start(placement)
+
+
+def test_a_request_that_waited_to_place_its_model_is_not_overtaken_by_a_later_one() -> None:
+    models = GatedModels({"a": 100})
+    order: list[str] = []
+
+    async def body(pool: Pool) -> None:
+        first = asyncio.create_task(answer(pool, "a", order, "a1"))
+        assert await asyncio.to_thread(models.placing.wait, 10)
+        second = asyncio.create_task(answer(pool, "a", order, "a2"))  # before a1's model is in the pool
+        await asyncio.sleep(0.05)
+        models.place.set()
+        assert await asyncio.to_thread(models.loading.wait, 10)
+        third = asyncio.create_task(answer(pool, "a", order, "a3"))  # while it loads
+        await asyncio.sleep(0.05)
+        models.load.set()
+        await asyncio.gather(first, second, third)
+
+    assert run(1000, models, body) == ["loaded a"]
+    assert order == ["a1", "a2", "a3"]
+
+
+def test_requests_that_wait_for_a_reload_keep_their_order_while_it_loads() -> None:
+    class SlowReload(FakeModels):
+        def __init__(self, ram: Mapping[str, int]) -> None:
+            super().__init__(ram, pieces=5, delay=0.01)
+            self.loading, self.load = threading.Event(), threading.Event()
+
+        def start(self, placement: Placement) -> FakeEngine:
+            if any(engine.name == placement.key for engine in self.engines):  # a reload
+                self.loading.set()
+                assert self.load.wait(10)
+            return super().start(placement)
+
+    models = SlowReload({"a": 100, "b": 100})
+    order: list[str] = []
+
+    async def body(pool: Pool) -> None:
+        await answer(pool, "a", order, "a1")
+        tasks = []
+        for label, model in [("b1", "b"), ("a2", "a"), ("a3", "a")]:  # a goes for b; a2 and a3 wait to reload it
+            tasks.append(asyncio.create_task(answer(pool, model, order, label)))
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(models.loading.wait, 10)
+        tasks.append(asyncio.create_task(answer(pool, "a", order, "a4")))  # while a2 reloads it
+        await asyncio.sleep(0.05)
+        models.load.set()
+        await asyncio.gather(*tasks)
+
+    assert run(150, models, body) == ["loaded a", "unload a", "loaded b", "unload b", "loaded a"]
+    assert order == ["a1", "b1", "a2", "a3", "a4"]
+
+
+def test_a_crash_noticed_by_a_request_that_is_then_cancelled_is_still_reported_and_reloaded() -> None:
+    models = FakeModels({"a": 100})
+
+    async def body(pool: Pool) -> None:
+        await answer(pool, "a", [], "")
+        models.engines[0].crash = True
+        models.engines[0].close_delay = 0.3
+        crashed = asyncio.create_task(answer(pool, "a", [], ""))
+        await asyncio.sleep(0.1)  # it failed, and its model is being dropped
+        crashed.cancel()  # its client hung up meanwhile
+        with pytest.raises((asyncio.CancelledError, RuntimeCrashed)):
+            await crashed
+        assert await answer(pool, "a", [], "") == "xxx"
+
+    assert run(1000, models, body) == ["loaded a", "crash a", "loaded a"]
