@@ -49,30 +49,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         sampling = req.sampling(lease.placement.sampling, doc, max_tokens=("max_completion_tokens", "max_tokens"))
         chat = req.with_system(messages, lease.placement.system)
         generation = lease.stream(lambda engine: engine.chat(chat, sampling))
-        try:
-            if doc.get("stream") is True:
-                return await _stream(request, generation, name, doc, chat=True)
-            text = await generation.text()
-            answer = _answered(generation)
-            return web.json_response(
-                {
-                    "id": _id("chatcmpl"),
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "logprobs": None,
-                            "finish_reason": finish_reason(answer),
-                        }
-                    ],
-                    "usage": usage(answer),
-                }
-            )
-        finally:
-            await generation.close()
+        return await _respond(request, generation, name, doc, chat=True)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -89,23 +66,35 @@ async def completions(request: web.Request) -> web.StreamResponse:
     async with srv.pool.lease(name) as lease:
         sampling = req.sampling(lease.placement.sampling, doc)
         generation = lease.stream(lambda engine: engine.generate(prompt, sampling))
-        try:
-            if doc.get("stream") is True:
-                return await _stream(request, generation, name, doc, chat=False)
-            text = await generation.text()
-            answer = _answered(generation)
-            return web.json_response(
-                {
-                    "id": _id("cmpl"),
-                    "object": "text_completion",
-                    "created": int(time.time()),
-                    "model": name,
-                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason(answer)}],
-                    "usage": usage(answer),
-                }
-            )
-        finally:
-            await generation.close()
+        return await _respond(request, generation, name, doc, chat=False)
+
+
+async def _respond(
+    request: web.Request, generation: Generation, name: str, doc: dict[str, Any], *, chat: bool
+) -> web.StreamResponse:
+    """A chat or text completion's answer, streamed as server-sent events or whole; the generation closed either way."""
+    try:
+        if doc.get("stream") is True:
+            return await _stream(request, generation, name, doc, chat=chat)
+        text = await generation.text()
+        answer = _answered(generation)
+        reason = finish_reason(answer)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
+        else:
+            choice = {"text": text, "index": 0, "logprobs": None}
+        return web.json_response(
+            {
+                "id": _id("chatcmpl" if chat else "cmpl"),
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
+                "model": name,
+                "choices": [choice | {"finish_reason": reason}],
+                "usage": usage(answer),
+            }
+        )
+    finally:
+        await generation.close()
 
 
 async def embeddings(request: web.Request) -> web.Response:
