@@ -234,7 +234,7 @@ class _Job:
         self.min_part_size = min_part_size
         self.retries = retries
         self.progress = progress
-        self.cond = threading.Condition()
+        self.cond = threading.Condition(threading.Lock())  # never taken twice by one thread: no RLock needed
         self.cancel = threading.Event()
         """Set when the parts must stop: a failure, the caller's ``stop``, or the end of the run."""
         self.sleep: Callable[[float], object] = sleep or self.cancel.wait
@@ -255,6 +255,8 @@ class _Job:
         """Buffers not yet allocated (made on demand: a small blob needs one small buffer)."""
         self.fetched = 0
         self.parts: list[Part] = []
+        self._first_open = 0
+        """Index in ``parts`` of the first incomplete part, as far as :meth:`_frontier` has looked."""
         self.streams = Streams(cap=parts, fixed=fixed)
         self.queue: deque[Part] = deque()
         """Parts no stream has taken yet, in file order (guarded by ``cond``)."""
@@ -414,6 +416,16 @@ class _Job:
         finally:
             counter.ended = True
 
+    def _merge_untouched(self, part: Part) -> None:
+        """One stream for the rest of the blob: the parts after ``part`` that no byte of has arrived yet become
+        part of it, so that one request fetches them. Parts only keep a few streams near the hash's frontier; each
+        request costs the registry ~5 ms of CPU (docker-registry used 0.85 CPU-s serving a 2 GiB pull in 32 parts
+        against 0.62 s for one request), which on two cores the sha256 is short of. (Under ``cond``.)"""
+        while self.queue and self.queue[0].start == part.end and self.queue[0].done == 0:
+            following = self.queue.popleft()
+            self.parts.remove(following)
+            part.end = following.end
+
     def _take(self) -> Part | None:
         """The next part for a stream; None (and the stream counted out) when it should end."""
         with self.cond:
@@ -421,6 +433,8 @@ class _Job:
             if self.running <= self.streams.target and not self.cancel.is_set():
                 if self.queue:
                     part = self.queue.popleft()
+                    if self.streams.settled and self.streams.target == 1:
+                        self._merge_untouched(part)
                 else:  # no part left to start: take the second half of the busy part with the most left
                     part = state.split_busy(self.parts, self.busy, self.buffer_size, self.min_part_size)
             if part is None:
@@ -574,10 +588,13 @@ class _Job:
 
     # -- the hash frontier ------------------------------------------------------------------------------------
     def _frontier(self) -> int:
-        for p in self.parts:
-            if not p.complete:
-                return p.position
-        return self.desc.size
+        """Where the written prefix ends (under ``cond``). The first incomplete part's index only moves forward (a
+        split inserts after a busy part, so after it), so it is remembered instead of found again per buffer."""
+        parts, i = self.parts, self._first_open
+        while i < len(parts) and parts[i].complete:
+            i += 1
+        self._first_open = i
+        return parts[i].position if i < len(parts) else self.desc.size
 
     def _hash_guarded(self) -> None:
         """The hash thread: a failure there (a read error of the partial) stops the parts, which may be waiting
@@ -594,9 +611,12 @@ class _Job:
         """Hash the written prefix in order: queued buffers as they are, any other range read back."""
         size = self.desc.size
         readback: memoryview | None = None
+        length = 0
         while True:
             buffer: bytearray | None = None
             with self.cond:
+                self.hashed += length  # the previous round's bytes: one lock per buffer, not two
+                length = 0
                 while True:
                     if self.cancel.is_set():
                         return  # a failure or a stop: the hash is of no use any more
@@ -623,8 +643,6 @@ class _Job:
                     raise ModelctlError(f"internal error: short read of the partial {self.desc.digest[:19]}")
                 self.hasher.update(readback[:length])
             self.hash_busy += time.perf_counter() - began
-            with self.cond:
-                self.hashed += length
 
     def _emit(self, *, force: bool = False) -> None:
         if self.progress is None:
