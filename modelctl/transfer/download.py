@@ -389,7 +389,7 @@ class _Job:
             flowing += counter.received > 0 and not counter.ended
         with self.cond:
             limit = self.hashed / self.hash_busy if self.hash_busy > 0 else None
-            self.streams.observe(now, received, flowing, limit)
+            self.streams.observe(now, received, flowing, limit, self.hash_busy)
 
     def _add_streams(self, pool: ThreadPoolExecutor, futures: list[Future[None]]) -> None:
         """Start streams up to the controller's target, as far as there is work for them."""

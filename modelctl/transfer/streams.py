@@ -14,7 +14,9 @@ start, without probing.
 
 Bytes received are not the whole story on a fast link: a stream that races ahead of the sha256 only writes bytes
 that must be read back later. So each window's rate is capped by ``limit``, what the hash can take (the engine
-measures it), and more streams than the hash can use never look like a gain.
+measures it), and more streams than the hash can use never look like a gain; and once the hash thread was busy
+through a window (``HASH_BOUND``: the streams wait for it, not for the link), no stream is added, so a fast link is
+not even probed.
 
 Pure logic: the engine feeds :meth:`Streams.observe` its clock and byte counts and starts or retires streams to
 meet :attr:`Streams.target`; the unit tests drive it with a fake clock and a model of the link.
@@ -39,6 +41,9 @@ GROW = 0.5
 """A step that brought at least this share of what it would bring on a capped link is followed by another."""
 SURE = 0.8
 """A step that brought this share (a link that caps each connection) is followed by a x4 step instead of x2."""
+HASH_BOUND = 0.9
+"""A window through which the hash thread was busy at least this share of the time ends the growth: the sha256 is
+the bottleneck, and no stream count makes the download faster than it."""
 KEEP = 0.25
 """A step that raised the throughput by less than this fraction is undone: the link did not reward it (and
 measurements on a busy machine wander by about that much)."""
@@ -52,6 +57,8 @@ class _Window:
     length: float
     received: int | None = None
     """Bytes received when it started; None until then."""
+    hashing: float = 0.0
+    """The hash thread's busy seconds when it started."""
 
 
 @dataclass(slots=True)
@@ -80,10 +87,12 @@ class Streams:
     def probing(self) -> bool:
         return not self.settled
 
-    def observe(self, now: float, received: int, flowing: int, limit: float | None = None) -> int:
+    def observe(
+        self, now: float, received: int, flowing: int, limit: float | None = None, hashing: float | None = None
+    ) -> int:
         """Account for ``received`` (all bytes received so far by every stream) at time ``now``, with ``flowing``
-        streams running that have received bytes and ``limit`` bytes/s the rest of the pipeline can take (None:
-        unknown); returns the stream count wanted from now on."""
+        streams running that have received bytes, ``limit`` bytes/s the hash can take and ``hashing`` seconds the
+        hash thread has been busy so far (None: unknown); returns the stream count wanted from now on."""
         if self.settled:
             return self.target
         window = self._window
@@ -99,7 +108,7 @@ class Streams:
         if now < window.start:
             return self.target
         if window.received is None:
-            window.start, window.received = now, received
+            window.start, window.received, window.hashing = now, received, hashing or 0.0
             return self.target
         elapsed = now - window.start
         if elapsed < window.length:
@@ -108,10 +117,11 @@ class Streams:
         self.rates.append((window.streams, rate if limit is None else min(rate, limit)))
         self._window = None
         self._warm_since = None
-        self._decide()
+        hash_bound = hashing is not None and hashing - window.hashing >= HASH_BOUND * elapsed
+        self._decide(grow=not hash_bound)
         return self.target
 
-    def _decide(self) -> None:
+    def _decide(self, *, grow: bool = True) -> None:
         streams, rate = self.rates[-1]
         step = 2
         if len(self.rates) >= 2:
@@ -126,7 +136,7 @@ class Streams:
                 self.target, self.settled = max(before + 1, min(streams, math.ceil(worth - 0.1))), True
                 return
             step = 4 if share >= SURE else 2
-        if streams >= self.cap:
+        if streams >= self.cap or not grow:
             self.settled = True
             return
         self.target = min(self.cap, streams * step)

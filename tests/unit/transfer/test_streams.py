@@ -43,6 +43,7 @@ def drive(
     connect: float = 0.005,
     ramp: float = 0.0,
     limit: float | None = None,
+    hash_busy: float = 0.0,
 ) -> Run:
     run = Run(targets=[(0.0, streams.target)], most=streams.target)
     started: list[float] = [0.0] * streams.target
@@ -54,7 +55,7 @@ def drive(
         speed = [min(1.0, (now - s - connect) / ramp) if ramp else 1.0 for s in flowing]
         per_stream = link(len(flowing)) / len(flowing) if flowing else 0.0
         received += per_stream * sum(speed) * TICK
-        target = streams.observe(now, int(received), len(flowing), limit)
+        target = streams.observe(now, int(received), len(flowing), limit, hash_busy * now)
         if target > len(started):
             started += [now] * (target - len(started))
         elif target < len(started):
@@ -97,6 +98,18 @@ def test_streams_the_hash_cannot_use_are_not_a_gain() -> None:
     the extra streams receive would only be read back later."""
     run = drive(Streams(cap=8), capped(600 * MIB), limit=700 * MIB)
     assert run.final == 1
+
+
+def test_one_stream_that_keeps_the_hash_busy_is_not_probed() -> None:
+    """Loopback: one stream fills the buffers faster than the sha256 empties them, so the hash thread is busy all
+    the time; no second stream is tried (its bytes would only be read back)."""
+    run = drive(Streams(cap=8), flat(700 * MIB), limit=720 * MIB, hash_busy=0.97)
+    assert run.targets == [(0.0, 1)]
+
+
+def test_a_capped_link_leaves_the_hash_idle_and_grows() -> None:
+    run = drive(Streams(cap=8), capped(16 * MIB), limit=1000 * MIB, hash_busy=0.05)
+    assert run.final == 8
 
 
 def test_a_link_that_saturates_at_three_streams_keeps_three() -> None:
