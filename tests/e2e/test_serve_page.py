@@ -47,11 +47,6 @@ async def _session(url: str, tmp_path: Path) -> None:
         )
         assert "fits" in fit and "CPU RAM" in fit and "context 512" in fit
 
-        # count how often the answer changes while it streams
-        await page.evaluate(
-            "window.updates = 0; new MutationObserver(() => window.updates++)"
-            ".observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true})"
-        )
         await page.evaluate("document.getElementById('temperature').value = '0'")
         await page.evaluate(f"document.getElementById('prompt').value = {json.dumps(QUESTION)}")
         await page.evaluate("document.getElementById('send').click()")
@@ -59,7 +54,6 @@ async def _session(url: str, tmp_path: Path) -> None:
         answer = await page.evaluate("document.querySelector('.msg.assistant').innerText")
         assert "Paris" in answer, answer
         assert "tokens/s" in answer  # the answer's stats line
-        assert await page.evaluate("window.updates") >= 4  # piece by piece, not all at once
         rendered = await page.evaluate("markdown('**bold** and `code`\\n\\n- one\\n- two\\n\\n<script>x</script>')")
         assert "<strong>bold</strong>" in rendered and "<code>code</code>" in rendered and "<li>two</li>" in rendered
         assert "<script>" not in rendered  # the model's text is escaped
@@ -67,7 +61,8 @@ async def _session(url: str, tmp_path: Path) -> None:
         await page.wait_for("document.getElementById('fit').textContent.includes('loaded')")
         await page.screenshot(tmp_path / "chat.png")
 
-        # a long answer, stopped after its first pieces
+        # a long answer, stopped after its first pieces: text shown before the answer is done is what streaming
+        # means (a count of DOM updates was not: under load a 7-token answer arrives in as few as 3 pieces)
         await page.evaluate("document.getElementById('prompt').value = 'Count from 1 to 500, one number a line.'")
         await page.evaluate("document.getElementById('send').click()")
         await page.wait_for("document.querySelectorAll('.msg.assistant')[1]?.innerText.length > 3", timeout=120)
