@@ -108,7 +108,12 @@ class _LazyTrust(ssl.SSLContext):
     def _trust(self) -> None:
         with self._loading:
             if not self._loaded:
-                self.load_verify_locations(cafile=self._cafile, capath=self._capath)
+                cafile, capath = self._cafile, self._capath
+                if cafile is None and capath is None:  # neither variable set: certifi's bundle, found now (~1 ms)
+                    import certifi
+
+                    cafile = certifi.where()
+                self.load_verify_locations(cafile=cafile, capath=capath)
                 self._loaded = True
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
@@ -128,9 +133,7 @@ def _trust_on_first_use() -> ssl.SSLContext:
     elif os.environ.get("SSL_CERT_DIR"):
         context._cafile, context._capath = None, os.environ["SSL_CERT_DIR"]
     else:
-        import certifi
-
-        context._cafile, context._capath = certifi.where(), None
+        context._cafile, context._capath = None, None  # certifi's bundle (see _trust)
     context._loaded = False
     context._loading = threading.Lock()
     return context
