@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _harness import compile_modelctl
+
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.store import Layout
@@ -63,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    print(compile_modelctl())
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         populate(home, 20)

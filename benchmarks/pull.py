@@ -33,6 +33,7 @@ from _harness import (
     Registry,
     Run,
     ThrottlingProxy,
+    compile_modelctl,
     docker_registry,
     make_blob,
     measured,
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--skip-throttled", action="store_true")
     parser.add_argument("--skip-overheads", action="store_true")
     args = parser.parse_args()
-    print(f"load average at the start: {_load()}\n")
+    print(f"load average at the start: {_load()}; {compile_modelctl()}\n")
     with tempfile.TemporaryDirectory(prefix="bench-pull-", dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
         with docker_registry() as reg:
