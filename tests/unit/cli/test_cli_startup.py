@@ -186,3 +186,32 @@ def test_commands_run_one_after_another_in_one_process(
     assert listed_commands(out) == listed_commands(fresh.stdout)
     assert len(listed_commands(out)) == len(set(app.COMMANDS)) - 1  # every command but the hidden "ls"
     assert invoke("list")[0] == 0
+
+
+def collections(entry: str, args: list[str], cwd: Path) -> int:
+    """How many garbage collections ``modelctl ARGS`` ran, started through ``entry`` (``main`` or ``app.run``)."""
+    counting = (
+        "import atexit, gc, sys\n"
+        "seen = []\n"
+        "gc.callbacks.append(lambda phase, info: seen.append(info['generation']) if phase == 'start' else None)\n"
+        "atexit.register(lambda: sys.stderr.write(f'\\nCOLLECTIONS {len(seen)}\\n'))\n"
+        "sys.argv = ['modelctl', *sys.argv[1:]]\n"
+        f"from modelctl.cli import {entry.split('.')[0]}\n"
+        f"{entry}()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", counting, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    last = run.stderr.splitlines()[-1]
+    assert last.startswith("COLLECTIONS "), run.stderr[-300:]
+    return int(last.removeprefix("COLLECTIONS "))
+
+
+@pytest.mark.parametrize("args", [["pull", "--help"], ["list"], ["--version"]])
+def test_start_up_runs_almost_no_garbage_collection(args: list[str], tmp_path: Path) -> None:
+    """The console script's main() raises the young generation's threshold: loading a command is tens of thousands of
+    objects that live as long as the process, which CPython's default threshold (700) collected 50-70 times."""
+    default = collections("app.run", args, tmp_path)
+    tuned = collections("main", args, tmp_path)
+
+    assert default >= 20, default  # what the threshold is for
+    assert tuned <= max(2, default // 10), (tuned, default)
