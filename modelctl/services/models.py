@@ -178,7 +178,7 @@ def remove(config: Config, texts: Sequence[str], *, force: bool = False) -> list
             raise UsageError(f"{text} matches several tags ({names})", hint="name one, or add --force to remove all")
         for name, desc in matches:
             store.remove(name)
-            if not any(d.digest == desc.digest for _, d in store.entries()):
+            if desc.digest not in store.root_digests():  # no other entry names the manifest
                 local.drop_files(config, desc.digest)
             removed.append(name)
     return removed

@@ -17,8 +17,10 @@ LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
 TMP_DIR = ".tmp"
-GRAPH_FILE = ".graph.json"
-"""What each blob is (manifest, index or neither), remembered by :func:`modelctl.store.graph.scan`."""
+REFS_FILE = ".refs.db"
+"""What each blob is and what points at it (:mod:`modelctl.store.refs`)."""
+OLD_GRAPH_FILE = ".graph.json"
+"""The JSON cache ``.refs.db`` replaced; removed when met."""
 LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
 EMPTY_INDEX = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
 LOCK_TIMEOUT = 300.0
@@ -72,8 +74,8 @@ class Directory:
         return self.root / INDEX_FILE
 
     @property
-    def graph_cache(self) -> Path:
-        return self.root / GRAPH_FILE
+    def refs_path(self) -> Path:
+        return self.root / REFS_FILE
 
     def ensure(self) -> None:
         """Create the layout's files if missing; idempotent and safe when processes race."""

@@ -8,28 +8,22 @@ caller's: the store's verified blobs, a scan of ``blobs/`` (gc), or the staged b
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from modelctl import atomic
 from modelctl import digest as _digest
 from modelctl.digest import Digest
 from modelctl.errors import IntegrityError
 from modelctl.oci import descriptor
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor, Index, Manifest
-from modelctl.store.directory import TMP_DIR, blob_files, is_regular
+from modelctl.store.directory import blob_files, is_regular
 
 MAX_MANIFEST = 4 << 20
 """Blobs larger than this are never parsed as manifests (when looking for what references what)."""
 MAX_DEPTH = 8
 """Indexes nested deeper than this are refused (a hostile archive could nest them without end)."""
-CACHE_VERSION = 1
-"""Of the file :func:`scan` remembers blobs in (``.graph.json`` in the store)."""
 DOCUMENTS = (*mt.MANIFESTS, *mt.INDEXES)
 """Media types whose blobs point at other blobs."""
 
@@ -72,89 +66,38 @@ def node(digest: Digest, data: bytes) -> Node:
     return Node(Descriptor(media_type=doc.media_type, digest=digest, size=len(data)), children(doc), None)
 
 
-def scan(blobs_dir: Path, cache: Path | None = None) -> dict[Digest, Node]:
+def scan(blobs_dir: Path) -> dict[Digest, Node]:
     """digest -> node of every blob in ``blobs_dir`` (``blobs/``, all algorithms) that parses as a manifest or an
-    index.
-
-    ``cache``: a file remembering what each blob is (a document's node, or no document), so that a scan reads only
-    the blobs it has not met before: garbage collection in a store of 10,000 models lists ``blobs/`` instead of
-    reading 30,000 files. A blob never changes (its digest names its content), so an entry stays true; only what was
-    read from a blob whose content matched its digest is remembered. A missing or unreadable cache is rebuilt."""
-    known = _load_cache(cache) if cache is not None else {}
+    index, reading every blob (``modelctl verify`` reads them all anyway; the store's own commands ask its reference
+    index, :mod:`modelctl.store.refs`, which reads each blob once)."""
     nodes: dict[Digest, Node] = {}
-    present: set[Digest] = set()
-    learned = False
     for digest, path in blob_files(blobs_dir):
-        present.add(digest)
-        if digest in known:
-            remembered = known[digest]
-            if remembered is not None:
-                nodes[digest] = remembered
-            continue
-        found, verified = _read_node(digest, path)
+        found, _ = read_node(digest, path)
         if found is not None:
             nodes[digest] = found
-        if verified:
-            known[digest] = found
-            learned = True
-    if cache is not None and learned:
-        _save_cache(cache, {d: n for d, n in known.items() if d in present})
     return nodes
 
 
-def _read_node(digest: Digest, path: Path) -> tuple[Node | None, bool]:
-    """The blob's node (None: not a document), and whether its content matched its digest (the answer may be kept)."""
+def read_node(digest: Digest, path: Path) -> tuple[Node | None, bool]:
+    """The blob's node (None: not a document) and whether that answer may be remembered: its content matched its
+    digest, or it is too large to be read as a document at all (absent, unreadable or damaged: ask again later)."""
     try:
         st = path.lstat()
-        if not is_regular(st.st_mode) or st.st_size > MAX_MANIFEST:
+        if not is_regular(st.st_mode):
             return None, False
+        if st.st_size > MAX_MANIFEST:
+            return None, True
         data = path.read_bytes()
-    except (FileNotFoundError, PermissionError):
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
         return None, False
-    verified = _digest.of_bytes(data, digest.algorithm) == digest
+    if _digest.of_bytes(data, digest.algorithm) != digest:
+        return None, False
     if data.lstrip()[:1] != b"{":
-        return None, verified
+        return None, True
     try:
-        return node(digest, data), verified
+        return node(digest, data), True
     except IntegrityError:
-        return None, verified
-
-
-def _load_cache(path: Path) -> dict[Digest, Node | None]:
-    try:
-        doc = json.loads(path.read_bytes())
-        if doc.get("version") != CACHE_VERSION:
-            return {}
-        return {Digest(d): _node_of(d, item) if item is not None else None for d, item in doc["blobs"].items()}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IntegrityError):
-        return {}  # rebuilt by reading the blobs
-
-
-def _node_of(digest: str, item: list[Any]) -> Node:
-    media_type, size, artifact_type, subject, children = item
-    desc = Descriptor(media_type=media_type, digest=Digest(digest), size=size, artifact_type=artifact_type)
-    kids = tuple(Descriptor(media_type=m, digest=Digest(d), size=n) for m, d, n in children)
-    if not all(isinstance(x, str) for x in (media_type, *(k.media_type for k in kids))):
-        raise TypeError("malformed cache entry")
-    return Node(desc, kids, Digest(subject) if subject is not None else None)
-
-
-def _save_cache(path: Path, known: Mapping[Digest, Node | None]) -> None:
-    blobs = {
-        d: None
-        if n is None
-        else [
-            n.desc.media_type,
-            n.desc.size,
-            n.desc.artifact_type,
-            n.subject,
-            [[c.media_type, c.digest, c.size] for c in n.children],
-        ]
-        for d, n in known.items()
-    }
-    data = json.dumps({"version": CACHE_VERSION, "blobs": blobs}, separators=(",", ":")).encode()
-    with contextlib.suppress(OSError):  # a read-only store, a full disk: the next scan reads the blobs again
-        atomic.write(path, data, tmp_dir=path.parent / TMP_DIR)
+        return None, True
 
 
 def attached(nodes: Iterable[Node]) -> dict[Digest, list[Descriptor]]:

@@ -44,12 +44,23 @@ class _Snapshot:
         self.items: list[Any] = doc["manifests"]
         self.parsed = parsed
         """``items`` parsed so far (None: not yet), in the same order."""
-        self.by_name: dict[str, int] = {}
-        """Tag -> the position of its first entry."""
-        for i, item in enumerate(self.items):
-            name = _ref_name(item)
-            if name is not None:
-                self.by_name.setdefault(name, i)
+        self._by_name: dict[str, int] | None = None
+        self.digests: set[str] | None = None
+        """Of the entries, as :meth:`Tags.root_digests` reads them (once per snapshot)."""
+        self.repeated: set[str] = set()
+        """Names more than one entry carries (another tool wrote them); known once :attr:`by_name` was built."""
+
+    @property
+    def by_name(self) -> dict[str, int]:
+        """Tag -> the position of its first entry; built when first asked (``rm`` writes a snapshot it never
+        looks names up in)."""
+        if self._by_name is None:
+            self._by_name = {}
+            for i, item in enumerate(self.items):
+                name = _ref_name(item)
+                if name is not None and self._by_name.setdefault(name, i) != i:
+                    self.repeated.add(name)
+        return self._by_name
 
     def at(self, i: int, where: str = "index.json entry") -> Descriptor:
         desc = self.parsed[i]
@@ -118,9 +129,13 @@ class Tags(Blobs):
             snap = self._read()
             if name not in snap.by_name:
                 return None
-            found = snap.at(snap.by_name[name])
-            keep = [i for i, item in enumerate(snap.items) if _ref_name(item) != name]
-            self._save(snap, [snap.items[i] for i in keep], [snap.parsed[i] for i in keep])
+            at = snap.by_name[name]
+            found = snap.at(at)
+            if name in snap.repeated:
+                keep = [i for i, item in enumerate(snap.items) if _ref_name(item) != name]
+                self._save(snap, [snap.items[i] for i in keep], [snap.parsed[i] for i in keep])
+            else:
+                self._save(snap, snap.items[:at] + snap.items[at + 1 :], snap.parsed[:at] + snap.parsed[at + 1 :])
             return found
 
     def resolve(self, name: str) -> Descriptor | None:
@@ -159,6 +174,19 @@ class Tags(Blobs):
     def roots(self) -> list[Descriptor]:
         """Every index entry, tagged or not (entries written by other tools count too): where the graph starts."""
         return [*self._read().all(), *(self._pending or {}).values()]
+
+    def root_digests(self) -> set[str]:
+        """The digests :meth:`roots` would give, read from the entries as they are (not parsed): what garbage
+        collection checks blobs against, at a cost that does not grow with parsing 10,000 entries. A malformed
+        value matches no blob (and :meth:`roots` would refuse it)."""
+        snap = self._read()
+        if snap.digests is None:
+            snap.digests = {d for d in (item.get("digest") for item in snap.items) if isinstance(d, str)}
+        return snap.digests | {desc.digest for desc in (self._pending or {}).values()}
+
+    def index_stamp(self) -> str:
+        """What tells this version of ``index.json`` from any other (see :data:`Identity`)."""
+        return repr(self._read().identity)
 
     def _check_complete(self, name: str, desc: Descriptor) -> None:
         if not self.has_blob(desc.digest, desc.size):
@@ -253,9 +281,11 @@ class Tags(Blobs):
 
 
 def _ref_name(item: Any) -> str | None:
-    annotations = item.get("annotations") if isinstance(item, dict) else None
-    name = annotations.get(mt.REF_NAME) if isinstance(annotations, dict) else None
-    return name if isinstance(name, str) else None
+    try:  # the common case first: 10,000 entries are looked through per command at fleet scale
+        name = item["annotations"][mt.REF_NAME]
+    except (KeyError, TypeError, IndexError):
+        return None
+    return name if type(name) is str else None
 
 
 def _identity(st: os.stat_result) -> Identity:

@@ -10,8 +10,9 @@ it, and a layout copied to an offline machine is a valid store there. The spec f
     blobs/sha512/<hex>      the same, for content a manifest (or a reference) names by a sha512 digest
     .lock  .tmp/            ours (dotfiles, ignored by OCI tools): the cross-process lock, temp files
     .unflushed.json         ours: blobs committed without an fsync of their data (see modelctl.store.journal)
-    .graph.json             ours: what each blob is (manifest or not, what it points at), so that garbage
-                            collection lists blobs/ instead of reading every blob; a cache, rebuilt when missing
+    .refs.db                ours: what each blob is and what points at it (SQLite, see modelctl.store.refs), so
+                            that removing a model walks up from its blobs instead of reading the whole graph;
+                            a cache, rebuilt when missing
 
 Invariants: a blob enters ``blobs/`` only by an atomic rename after its digest was verified. One committed without
 a flush (``commit_blob(..., flush=False)``, a pull's layers) is listed in ``.unflushed.json`` with the boot id
@@ -46,7 +47,9 @@ class Layout(Collector):
     def referrers(self, digest: Digest) -> list[Descriptor]:
         """Stored manifests whose ``subject`` is ``digest`` (e.g. a model card attached by ``package --card``)."""
         digest = stored(digest)
-        return graph.attached(graph.scan(self.blobs_dir, self.graph_cache).values()).get(digest, [])
+        with self.refs() as refs:
+            refs.sync()
+            return refs.attached(digest)
 
     def children(self, desc: Descriptor) -> Sequence[Descriptor]:
         """What a stored manifest or index points at, read verified; nothing for a config or a layer."""
@@ -57,5 +60,6 @@ class Layout(Collector):
 
     def walk(self, roots: Iterable[Descriptor]) -> Iterator[graph.Step]:
         """Every stored blob the roots reach (documents first), then what is attached to them (model cards)."""
-        by_subject = graph.attached(graph.scan(self.blobs_dir, self.graph_cache).values())
-        return graph.walk(roots, self.children, lambda d: by_subject.get(d, ()))
+        with self.refs() as refs:
+            refs.sync()
+            yield from graph.walk(roots, self.children, refs.attached)

@@ -18,7 +18,7 @@ from modelctl.errors import NotFound
 from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor
 from modelctl.services import pull as pull_service
-from modelctl.store import Layout, graph
+from modelctl.store import Layout
 from modelctl.store.directory import Directory
 from modelctl.store.index import Tags
 
@@ -163,47 +163,3 @@ def test_a_locked_pull_of_300_present_models_reads_and_writes_the_index_once(spy
     spy.parses = spy.index_writes = 0
     pull_service.pull(config, refs, Quiet())  # all tagged already: one read, nothing to write
     assert (spy.parses, spy.index_writes) == (1, 0)
-
-
-def test_garbage_collection_reads_each_blob_once(store: Layout, spy: Spy, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``rm`` and ``prune`` list ``blobs/`` and read only the blobs they have not met (``.graph.json``)."""
-    descs = [put_model(store, i) for i in range(50)]
-    store.tag_many((name(i), d) for i, d in enumerate(descs))
-    reads: list[Path] = []
-    read_node = graph._read_node
-
-    def counting(digest: digest.Digest, path: Path) -> Any:
-        reads.append(path)
-        return read_node(digest, path)
-
-    monkeypatch.setattr(graph, "_read_node", counting)
-    first = graph.scan(store.blobs_dir, store.graph_cache)
-    assert len(reads) == 150 - 49  # 50 GGUFs, 50 manifests, one config shared by all
-    assert set(first) == {d.digest for d in descs}
-    reads.clear()
-    store.remove(name(0))
-    assert reads == []  # everything was known
-    assert store.resolve(name(1)) is not None and store.prune(grace_seconds=0) == []
-    assert reads == []
-    assert set(graph.scan(store.blobs_dir, store.graph_cache)) == {d.digest for d in descs[1:]}
-
-
-def test_a_blob_that_does_not_match_its_digest_is_not_remembered(store: Layout) -> None:
-    """A damaged manifest (bit rot) reads as no document; once pulled again it must count, or gc would take its
-    layers: only what was read from a blob matching its digest is kept in the cache."""
-    desc = put_model(store, 1)
-    path = store.blob_path(desc.digest)
-    good = path.read_bytes()
-    path.write_bytes(b"x" * len(good))
-    assert desc.digest not in graph.scan(store.blobs_dir, store.graph_cache)
-    path.write_bytes(good)
-    assert desc.digest in graph.scan(store.blobs_dir, store.graph_cache)
-
-
-def test_a_damaged_cache_is_rebuilt(store: Layout) -> None:
-    descs = [put_model(store, i) for i in range(3)]
-    expected = graph.scan(store.blobs_dir)
-    for text in ("{", "[]", '{"version": 1, "blobs": {"sha256:../x": null}}', '{"version": 1, "blobs": []}'):
-        store.graph_cache.write_text(text)
-        assert graph.scan(store.blobs_dir, store.graph_cache) == expected
-    assert set(expected) == {d.digest for d in descs}
