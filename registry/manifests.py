@@ -9,12 +9,13 @@ from typing import Any, Final
 from modelctl import digest as _digest
 from modelctl.digest import Digest
 from modelctl.errors import IntegrityError
+from modelctl.oci import descriptor, safejson
 from modelctl.oci import mediatypes as mt
-from modelctl.oci import safejson
 from registry import names
 from registry.errors import RegistryHTTPError
 
-MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
+MAX_MANIFEST_BYTES: Final = descriptor.MAX_MANIFEST
+"""The client's limit: a manifest this registry accepts is one modelctl can read."""
 SUPPORTED: Final = (*mt.MANIFESTS, *mt.INDEXES)
 _GENERIC_TYPES: Final = ("", "application/json", "application/octet-stream", "text/plain")
 

@@ -20,7 +20,7 @@ from modelctl.oci import mediatypes as mt
 from modelctl.oci.descriptor import Descriptor, Index, Manifest
 from modelctl.store.directory import blob_files, is_regular
 
-MAX_MANIFEST = 4 << 20
+MAX_MANIFEST = descriptor.MAX_MANIFEST
 """Blobs larger than this are never parsed as manifests (when looking for what references what)."""
 MAX_DEPTH = 8
 """Indexes nested deeper than this are refused (a hostile archive could nest them without end)."""
