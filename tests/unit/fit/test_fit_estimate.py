@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -186,6 +187,18 @@ def test_sliding_window_layers() -> None:
     assert full.kv_cache == 4 * per_cell * 8192
     assert kv_cells(shape, RunSettings(n_ctx=8192, swa_full=False), 8192) == (8192, 1536)  # pad256(1024 + 512)
     assert window.kv_cache == 2 * per_cell * 8192 + 2 * per_cell * 1536
+
+
+def test_sliding_window_layers_use_the_cache_type() -> None:
+    """The window layers' cache is quantised like the others: llama.cpp kept it in f16 for a day (PR 21277) and
+    reverted that (PR 21332); the bundled build quantises both caches (CPU gemma2 rows of docs/fit_accuracy.md)."""
+    extra: dict[str, Value] = {"gemma2.attention.sliding_window": 1024}
+    h = header(arch="gemma2", n_layer=4, n_head=4, n_head_kv=2, extra=extra, tied=True)
+    settings = RunSettings(n_ctx=8192, swa_full=False, cache_type_k="q8_0", cache_type_v="q8_0", flash_attn="on")
+    row = row_bytes(Q8_0, 2 * 64)  # one cell of one layer's K (or V): 2 kv heads x head dim 64, q8_0
+    e = estimate(h, settings, buffers=NONE)
+    assert e.kv_cache == 2 * 2 * row * 8192 + 2 * 2 * row * 1536
+    assert e.kv_cache < estimate(h, replace(settings, cache_type_k="f16", cache_type_v="f16"), buffers=NONE).kv_cache
 
 
 def test_mla_keeps_k_only() -> None:

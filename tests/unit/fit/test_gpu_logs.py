@@ -113,7 +113,8 @@ def test_the_targets_are_the_issues() -> None:
 
 def test_every_backend_has_records_and_apart_ones_name_the_change() -> None:
     assert {r["backend"] for _, r in RECORDS} == {"cuda", "rocm", "vulkan", "metal"}
-    assert len(RECORDS) >= 17
+    assert len(RECORDS) >= 20
+    known = ("set_rows", "pad", "n_outputs_max")  # PR 14959, PR 17046, PR 23861 (llama-server's reserved outputs)
     for name, record in RECORDS:
         apart = record.get("allocates_differently")
-        assert not apart or "set_rows" in apart["change"] or "pad" in apart["change"], name
+        assert not apart or any(change in apart["change"] for change in known), name
