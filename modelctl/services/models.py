@@ -254,32 +254,40 @@ def prune_partials(config: Config) -> PrunedPartials:
     """Delete partial downloads (``ingest/<hex>/``, from registries and the Hub; ``ingest/hf/<hex>.partial``, left by
     Hub pulls of earlier versions) that no pull is using. A pull holds the blob's lock in ``ingest/`` while it
     writes, so taking that lock without waiting tells an abandoned partial from a live one; resuming it later is
-    what is given up."""
+    what is given up. The lock files of what is deleted go too (and lock files with no partial at all)."""
     import filelock
 
+    from modelctl.transfer import download
+
     ingest = config.ingest_dir
-    found: list[tuple[str, Path]] = []
+    found: list[tuple[str, Path | None]] = []
     if ingest.is_dir():
         found += [(c.name, c) for c in ingest.iterdir() if c.is_dir() and _is_hex(c.name)]
         hf = ingest / "hf"
         if hf.is_dir():
             found += [(c.stem, c) for c in hf.iterdir() if c.suffix == ".partial" and _is_hex(c.stem)]
+        named = {hex_digest for hex_digest, _ in found}
+        found += [  # lock files with no partial (left by earlier versions, or by a pull that failed)
+            (c.stem, None) for c in ingest.glob("*.lock") if _is_hex(c.stem) and c.stem not in named
+        ]
     count = size = busy = 0
     for hex_digest, path in found:
         lock = filelock.FileLock(str(ingest / f"{hex_digest}.lock"))
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            busy += 1
+            busy += 1 if path is not None else 0
             continue
         try:
-            files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
-            size += sum(f.stat().st_size for f in files)
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            count += 1
+            if path is not None:
+                files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+                size += sum(f.stat().st_size for f in files)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                count += 1
+            download.drop_lock_file(lock)
         finally:
             lock.release()
     return PrunedPartials(count=count, bytes=size, in_use=busy)

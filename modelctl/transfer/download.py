@@ -158,7 +158,7 @@ def download(
     try:
         # Another process may have fetched it while we waited for the lock: one download per blob.
         if sink.has_blob(desc.digest, desc.size):
-            _drop_lock_file(lock)
+            drop_lock_file(lock)
             return sink.blob_path(desc.digest)
 
         directory = ingest_dir / hex_digest
@@ -185,16 +185,18 @@ def download(
                 job = attempt(1, desc.size or 1)
         committed = sink.commit_blob(job.data_path, desc.digest, flush=False)
         job.reset()  # the data moved into the store; drop the now stale state.json with its directory
-        _drop_lock_file(lock)
+        drop_lock_file(lock)
         return committed
     finally:
         lock.release()
 
 
-def _drop_lock_file(lock: filelock.BaseFileLock) -> None:
-    """Remove the blob's lock file once the blob is in the store, so ``ingest/`` does not keep one per blob ever
-    pulled. Only while holding it; a process waiting on the old file (or creating a new one) then takes a lock,
-    finds the blob stored and returns: two holders at once would both find it there, never both download it."""
+def drop_lock_file(lock: filelock.BaseFileLock) -> None:
+    """Remove a blob's lock file while holding it (the blob is in the store, or its partial was deleted), so
+    ``ingest/`` does not keep one per blob ever pulled. Safe because filelock (>= 4.3.2, see pyproject.toml) does
+    not count a lock taken on a file already unlinked: a process that was waiting on the old file opens the path
+    again and contends with any newcomer on the one new file (tests/unit/transfer/test_lock_files.py); and after a
+    commit, any later holder finds the blob stored and returns."""
     with suppress(OSError):  # gone already, or a file system that refuses: a leftover lock file is harmless
         os.unlink(lock.lock_file)
 

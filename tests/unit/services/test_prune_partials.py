@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-A, B, C = "a" * 64, "b" * 64, "c" * 64
+A, B, C, D = "a" * 64, "b" * 64, "c" * 64, "d" * 64
 
 
 def modelctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,6 +25,8 @@ def test_prune_partials_keeps_what_a_pull_holds(tmp_path: Path) -> None:
     (ingest / C).mkdir()
     (ingest / C / "data").write_bytes(b"z" * 10)
     (ingest / "hf" / "not-a-digest.partial").write_bytes(b"?")  # not ours: never touched
+    for hex_digest in (A, B, D):  # D: a lock file with no partial, left by a failed pull
+        (ingest / f"{hex_digest}.lock").touch()
 
     holder = subprocess.Popen(  # a running pull of C holds its lock
         [
@@ -50,6 +52,7 @@ def test_prune_partials_keeps_what_a_pull_holds(tmp_path: Path) -> None:
     assert "removed 2 partial downloads" in result.stdout and "1 in use by a running pull" in result.stdout
     assert not (ingest / A).exists() and not (ingest / "hf" / f"{B}.partial").exists()
     assert (ingest / C / "data").exists()
+    assert sorted(p.name for p in ingest.glob("*.lock")) == [f"{C}.lock"]  # only the held one's lock file stays
     assert (ingest / "hf" / "not-a-digest.partial").exists()
     df = modelctl("df", "--json")
     assert df.returncode == 0, df.stderr
