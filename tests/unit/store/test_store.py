@@ -239,9 +239,7 @@ def test_find_by_digest(store: Layout) -> None:
     hex_a = a.digest.hex
     assert [n for n, _ in store.find_by_digest(hex_a[:12])] == ["docker.io/ai/a:1", "docker.io/ai/a:2"]
     assert [n for n, _ in store.find_by_digest(a.digest)] == ["docker.io/ai/a:1", "docker.io/ai/a:2"]
-    assert [n for n, _ in store.find_by_digest("sha256:" + b.digest.hex[:8])] == [
-        "docker.io/ai/b:1"
-    ]
+    assert [n for n, _ in store.find_by_digest("sha256:" + b.digest.hex[:8])] == ["docker.io/ai/b:1"]
     for bad in ("", "zz", "../", hex_a.upper(), "sha256:"):
         assert store.find_by_digest(bad) == []
 
@@ -381,9 +379,7 @@ def test_concurrent_taggers_never_lose_an_entry(store: Layout) -> None:
     a = put_model(store, [b"A"])
     workers, count = 4, 20
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_tag_worker, args=(str(store.root), a.to_json(), w, count)) for w in range(workers)
-    ]
+    procs = [ctx.Process(target=_tag_worker, args=(str(store.root), a.to_json(), w, count)) for w in range(workers)]
     for p in procs:
         p.start()
     reads = 0
