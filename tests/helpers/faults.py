@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from helpers.servers import RegistryServer
+from helpers.servers import RegistryServer, serving
 
 HOP_BY_HOP = frozenset(
     {
@@ -169,8 +169,8 @@ class FaultProxy:
         """Connections accepted (a client that fails the TLS handshake is counted too)."""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._stack = contextlib.ExitStack()
         self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -231,26 +231,12 @@ class FaultProxy:
 
     def __enter__(self) -> FaultProxy:
         self._stopping.clear()
-        self._server = http.server.ThreadingHTTPServer((self.bind, 0), _handler(self))
-        self._server.daemon_threads = True
-        if self.tls is not None:
-            # the handshake happens in the handler's thread (on first read), so a client that fails it blocks
-            # nothing but its own connection
-            self._server.socket = self.tls.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False
-            )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fault-proxy", daemon=True
-        )
-        self._thread.start()
+        self._server = self._stack.enter_context(serving(_handler(self), host=self.bind, tls=self.tls))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
         self._stopping.set()  # ends any stall now
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._stack.close()
 
 
 def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:

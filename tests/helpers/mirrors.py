@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from helpers.servers import serving
+
 CHUNK = 256 << 10
 HEADER_WINDOW = "bytes=0-262143"
 """The fit check's read of a GGUF header: never cut."""
@@ -74,8 +76,8 @@ class MirrorStandIn:
         self.served: collections.Counter[str] = collections.Counter()
         self._broken: set[str] = set()
         self._lock = threading.Lock()
+        self._stack = contextlib.ExitStack()
         self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def host(self) -> str:
@@ -100,21 +102,11 @@ class MirrorStandIn:
             return {s.headers.get("Authorization") for s in self.log}
 
     def __enter__(self) -> MirrorStandIn:
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        if self.tls is not None:
-            self._server.socket = self.tls.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False
-            )
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
+        self._server = self._stack.enter_context(serving(_handler(self), tls=self.tls))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._stack.close()
 
     # -- what the handler asks -----------------------------------------------------------------------------
 

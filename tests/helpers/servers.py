@@ -12,6 +12,7 @@ import http.server
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -66,10 +67,21 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[http.server.ThreadingHTTPServer]:
-    """A ThreadingHTTPServer for ``handler`` on a free loopback port, served from a daemon thread (a client hanging
-    up is not reported); shut down, closed and joined on exit."""
-    server = _Server(("127.0.0.1", 0), handler)
+def serving(
+    handler: type[http.server.BaseHTTPRequestHandler],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
+) -> Iterator[http.server.ThreadingHTTPServer]:
+    """A ThreadingHTTPServer for ``handler`` on ``host:port`` (default: a free loopback port), served from a daemon
+    thread (a client hanging up is not reported); shut down, closed and joined on exit.
+
+    ``tls`` wraps the listening socket server-side; the handshake happens in each handler's thread (on its first
+    read), so a client that fails it blocks only its own connection."""
+    server = _Server((host, port), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

@@ -10,6 +10,7 @@ tests can assert that a client caches its tokens.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.server
 import json
@@ -25,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+from helpers.servers import serving
 
 SERVICE = "modelctl-test-registry"
 ISSUER = "modelctl-test-token-issuer"
@@ -102,8 +105,8 @@ class TokenServer:
         self._issuer = issuer
         self.requests: list[TokenRequest] = []
         self._lock = threading.Lock()
+        self._stack = contextlib.ExitStack()
         self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- what the registry's config needs (servers.TokenAuthority) -------------------------------------------
 
@@ -132,8 +135,7 @@ class TokenServer:
             return sum(
                 1
                 for r in self.requests
-                if (status is None or r.status == status)
-                and any(scope_contains in s for s in r.scopes or ("",))
+                if (status is None or r.status == status) and any(scope_contains in s for s in r.scopes or ("",))
             )
 
     # -- issuing ---------------------------------------------------------------------------------------------
@@ -218,16 +220,8 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="token-server", daemon=True
-        )
-        self._thread.start()
+        self._server = self._stack.enter_context(serving(Handler))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._stack.close()

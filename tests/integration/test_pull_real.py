@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,15 +23,10 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
+from helpers.servers import free_port, serving
 from token_auth import ISSUER, SERVICE, TokenServer
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -211,15 +205,8 @@ class Proxy:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Proxy]:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving(self.handler(), port=self.port):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
 
 
 def modelctl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -372,50 +359,46 @@ def test_credentials_from_docker_config_and_wrong_password(tmp_path: Path) -> No
 
 def test_token_auth_with_cached_tokens(tmp_path: Path) -> None:
     token = TokenServer(tmp_path / "signer.pem", {"bob": "pw"}, free_port())
-    server = token.serve()
-    try:
-        with docker_registry(tmp_path / "reg", token=token) as reg:
-            client = httpx.Client(timeout=30)
-            scope = "repository:ai/tok:pull,push"
-            bearer = client.get(token.realm, params={"service": SERVICE, "scope": scope}, auth=("bob", "pw")).json()
-            reg.auth = None
-            headers = {"Authorization": f"Bearer {bearer['token']}"}
-            push_with_headers = httpx.Client(base_url=f"http://{reg.host}", headers=headers, timeout=60)
-            data = b"GGUF token"
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            start = push_with_headers.post("/v2/ai/tok/blobs/uploads/")
-            assert start.status_code == 202, start.text
-            loc = httpx.URL(start.headers["Location"]).copy_merge_params({"digest": digest})
-            assert push_with_headers.put(str(loc), content=data).status_code == 201
-            config = b'{"config":{"format":"gguf"},"rootfs":{"type":"rootfs","diff_ids":[]}}'
-            cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
-            start = push_with_headers.post("/v2/ai/tok/blobs/uploads/")
-            loc = httpx.URL(start.headers["Location"]).copy_merge_params({"digest": cdigest})
-            assert push_with_headers.put(str(loc), content=config).status_code == 201
-            manifest = json.dumps(
-                {
-                    "schemaVersion": 2,
-                    "mediaType": MANIFEST,
-                    "config": {
-                        "mediaType": "application/vnd.docker.ai.model.config.v0.1+json",
-                        "digest": cdigest,
-                        "size": len(config),
-                    },
-                    "layers": [{"mediaType": "application/vnd.docker.ai.gguf.v3", "digest": digest, "size": len(data)}],
-                }
-            ).encode()
-            put = push_with_headers.put("/v2/ai/tok/manifests/1", content=manifest, headers={"Content-Type": MANIFEST})
-            assert put.status_code == 201, put.text
-            before = token.requests
-            anonymous = modelctl("pull", f"{reg.host}/ai/tok:1")
-            assert anonymous.returncode == 0, anonymous.stderr  # our token server grants anonymous pulls
-            assert token.requests - before <= 2, "one token per scope, reused for manifest, config and blobs"
-            config_json = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
-            config_json.parent.mkdir(parents=True, exist_ok=True)
-            config_json.write_text(json.dumps({"auths": {reg.host: {"auth": "Ym9iOm5vcGU="}}}))  # bob:nope
-            one_line_error(modelctl("pull", f"{reg.host}/ai/tok:1"), 4)
-    finally:
-        server.shutdown()
+    with token.serve(), docker_registry(tmp_path / "reg", token=token) as reg:
+        client = httpx.Client(timeout=30)
+        scope = "repository:ai/tok:pull,push"
+        bearer = client.get(token.realm, params={"service": SERVICE, "scope": scope}, auth=("bob", "pw")).json()
+        reg.auth = None
+        headers = {"Authorization": f"Bearer {bearer['token']}"}
+        push_with_headers = httpx.Client(base_url=f"http://{reg.host}", headers=headers, timeout=60)
+        data = b"GGUF token"
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        start = push_with_headers.post("/v2/ai/tok/blobs/uploads/")
+        assert start.status_code == 202, start.text
+        loc = httpx.URL(start.headers["Location"]).copy_merge_params({"digest": digest})
+        assert push_with_headers.put(str(loc), content=data).status_code == 201
+        config = b'{"config":{"format":"gguf"},"rootfs":{"type":"rootfs","diff_ids":[]}}'
+        cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
+        start = push_with_headers.post("/v2/ai/tok/blobs/uploads/")
+        loc = httpx.URL(start.headers["Location"]).copy_merge_params({"digest": cdigest})
+        assert push_with_headers.put(str(loc), content=config).status_code == 201
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.docker.ai.model.config.v0.1+json",
+                    "digest": cdigest,
+                    "size": len(config),
+                },
+                "layers": [{"mediaType": "application/vnd.docker.ai.gguf.v3", "digest": digest, "size": len(data)}],
+            }
+        ).encode()
+        put = push_with_headers.put("/v2/ai/tok/manifests/1", content=manifest, headers={"Content-Type": MANIFEST})
+        assert put.status_code == 201, put.text
+        before = token.requests
+        anonymous = modelctl("pull", f"{reg.host}/ai/tok:1")
+        assert anonymous.returncode == 0, anonymous.stderr  # our token server grants anonymous pulls
+        assert token.requests - before <= 2, "one token per scope, reused for manifest, config and blobs"
+        config_json = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+        config_json.parent.mkdir(parents=True, exist_ok=True)
+        config_json.write_text(json.dumps({"auths": {reg.host: {"auth": "Ym9iOm5vcGU="}}}))  # bob:nope
+        one_line_error(modelctl("pull", f"{reg.host}/ai/tok:1"), 4)
 
 
 def test_error_exit_codes(tmp_path: Path) -> None:

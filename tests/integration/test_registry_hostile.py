@@ -325,7 +325,6 @@ def test_random_requests_with_auth_on_never_5xx(
 def test_a_hostile_upstream_token_service_is_an_unavailable_upstream_not_a_crash(tmp_path: Path) -> None:
     """The pull-through cache asks the upstream's token realm; a deeply nested answer must not crash it."""
     import http.server
-    import threading
 
     class Hostile(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -348,17 +347,17 @@ def test_a_hostile_upstream_token_service_is_an_unavailable_upstream_not_a_crash
             if self.command == "GET":
                 self.wfile.write(body)
 
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    proc, url, log = servers.start_ours(tmp_path / "cache", "--proxy", f"http://127.0.0.1:{upstream.server_address[1]}")
-    try:
-        for _ in range(2):
-            answer = httpx.get(f"{url}/v2/library/x/manifests/latest", timeout=30)
-            assert answer.status_code != 500, answer.text
-            assert answer.status_code in (401, 404, 502, 503), answer.status_code
-        assert proc.poll() is None, log.read_text()
-        assert "RecursionError" not in log.read_text()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        upstream.shutdown()
+    with servers.serving(Hostile) as upstream:
+        proc, url, log = servers.start_ours(
+            tmp_path / "cache", "--proxy", f"http://127.0.0.1:{upstream.server_address[1]}"
+        )
+        try:
+            for _ in range(2):
+                answer = httpx.get(f"{url}/v2/library/x/manifests/latest", timeout=30)
+                assert answer.status_code != 500, answer.text
+                assert answer.status_code in (401, 404, 502, 503), answer.status_code
+            assert proc.poll() is None, log.read_text()
+            assert "RecursionError" not in log.read_text()
+        finally:
+            proc.terminate()
+            proc.wait(10)

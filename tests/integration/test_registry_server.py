@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import hashlib
 import http.server
 import json
@@ -122,9 +123,7 @@ def manifest_doc(
     return json.dumps(doc).encode()
 
 
-def push_image(
-    c: httpx.Client, name: str, ref: str, payload: bytes = b"layer", **kw: Any
-) -> tuple[str, bytes]:
+def push_image(c: httpx.Client, name: str, ref: str, payload: bytes = b"layer", **kw: Any) -> tuple[str, bytes]:
     config = push_blob(c, name, b"{}")
     layer = push_blob(c, name, payload)
     raw = manifest_doc(config, [(layer, len(payload))], **kw)
@@ -290,9 +289,7 @@ def test_chunked_upload_out_of_order_and_status(reg: Registry) -> None:
     r = c.patch(loc, content=data[10_000:20_000], headers={"Content-Range": "10000-19999"})
     assert r.status_code == 202 and r.headers["Range"] == "0-19999"
     # The last chunk rides on the closing PUT.
-    r = c.put(
-        loc, params={"digest": sha256(data)}, content=data[20_000:], headers={"Content-Range": "20000-29999"}
-    )
+    r = c.put(loc, params={"digest": sha256(data)}, content=data[20_000:], headers={"Content-Range": "20000-29999"})
     assert r.status_code == 201, r.text
     assert c.get(f"/v2/push/chunked/blobs/{sha256(data)}").content == data
     assert c.get(loc).status_code == 404
@@ -391,10 +388,7 @@ def test_tags_list_pagination(reg: Registry) -> None:
     _digest, raw = push_image(c, name, "b")
     for tag in ("a", "C", "c", "d-1", "d_2"):
         assert (
-            c.put(
-                f"/v2/{name}/manifests/{tag}", content=raw, headers={"Content-Type": OCI_MANIFEST}
-            ).status_code
-            == 201
+            c.put(f"/v2/{name}/manifests/{tag}", content=raw, headers={"Content-Type": OCI_MANIFEST}).status_code == 201
         )
     everything = ["C", "a", "b", "c", "d-1", "d_2"]  # ASCIIbetical
     r = c.get(f"/v2/{name}/tags/list")
@@ -466,19 +460,12 @@ def test_referrers(reg: Registry) -> None:
     ghost = sha256(b"subject pushed later")
     early = manifest_doc(card_cfg, [], subject=(ghost, 10), artifact_type="x/y")
     assert (
-        c.put(
-            f"/v2/{name}/manifests/early", content=early, headers={"Content-Type": OCI_MANIFEST}
-        ).status_code
-        == 201
+        c.put(f"/v2/{name}/manifests/early", content=early, headers={"Content-Type": OCI_MANIFEST}).status_code == 201
     )
-    assert [d["digest"] for d in c.get(f"/v2/{name}/referrers/{ghost}").json()["manifests"]] == [
-        sha256(early)
-    ]
+    assert [d["digest"] for d in c.get(f"/v2/{name}/referrers/{ghost}").json()["manifests"]] == [sha256(early)]
     # Deleting a referrer removes it from the list.
     assert c.delete(f"/v2/{name}/manifests/{sha256(sig)}").status_code == 202
-    assert [d["digest"] for d in c.get(f"/v2/{name}/referrers/{subject}").json()["manifests"]] == [
-        sha256(card)
-    ]
+    assert [d["digest"] for d in c.get(f"/v2/{name}/referrers/{subject}").json()["manifests"]] == [sha256(card)]
     r = c.get(f"/v2/{name}/referrers/sha256:nothex")
     assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
     assert c.get(f"/v2/no/such/repo/referrers/{subject}").json()["manifests"] == []
@@ -489,10 +476,7 @@ def test_delete_tags_manifests_and_blobs(reg: Registry) -> None:
     c = reg.client
     name = "manage/delete"
     digest, raw = push_image(c, name, "keep", payload=b"delete me")
-    assert (
-        c.put(f"/v2/{name}/manifests/untag", content=raw, headers={"Content-Type": OCI_MANIFEST}).status_code
-        == 201
-    )
+    assert c.put(f"/v2/{name}/manifests/untag", content=raw, headers={"Content-Type": OCI_MANIFEST}).status_code == 201
     assert c.delete(f"/v2/{name}/manifests/untag").status_code == 202
     assert c.get(f"/v2/{name}/manifests/untag").status_code == 404
     assert c.get(f"/v2/{name}/manifests/{digest}").status_code == 200
@@ -804,19 +788,12 @@ class TokenServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._stack = contextlib.ExitStack()
+        self.httpd = self._stack.enter_context(servers.serving(Handler))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        self._stack.close()
 
 
 @dataclass
@@ -827,7 +804,7 @@ class Distribution:
 
 
 def start_docker_registry(tmp: Path, *, token: TokenServer | None = None) -> Distribution:
-    port = _free_port()
+    port = servers.free_port()
     root = tmp / "distribution"
     root.mkdir(exist_ok=True)
     config = {

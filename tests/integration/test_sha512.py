@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import httpx
 from helpers.oci_layout import TINY_MODEL_CONFIG, model_manifest
-from helpers.servers import RegistryServer, free_port
+from helpers.servers import RegistryServer, free_port, serving
 
 from modelctl.oci import mediatypes as mt
 
@@ -122,15 +121,8 @@ class Sha512Manifests:
                     self.wfile.write(chunk)
                 conn.close()
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving(Handler, port=self.port):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
 
 
 def modelctl(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.server
 import json
-import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -16,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from helpers.servers import serving
 
 SERVICE = "test-registry"
 ISSUER = "test-issuer"
@@ -79,7 +81,9 @@ class TokenServer:
         signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64(signature)}"
 
-    def serve(self) -> http.server.ThreadingHTTPServer:
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[http.server.ThreadingHTTPServer]:
+        """Answer token requests on ``port`` until the block ends."""
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -108,6 +112,5 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
+        with serving(Handler, port=self.port) as server:
+            yield server
