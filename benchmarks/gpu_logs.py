@@ -45,13 +45,15 @@ DOC = (
     "bundled llama.cpp name the change (its pull request) and are listed apart (*apart*): the prediction is the "
     "bundled version's, so their misses are that change, not the model. Records marked `calibration` fitted the GPU "
     "compute formula; the others are held out. No GPU was available where this was built: every GPU number below is "
-    "from a published log. 20 records: CUDA 7 (V100 Pythia 2.8B x4, a Jetson Orin Qwen3-0.6B with no layer "
+    "from a published log. 22 records: CUDA 8 (V100 Pythia 2.8B x4, a Jetson Orin Qwen3-0.6B with no layer "
     "offloaded, a DeepSeek-R1 671B load with every expert and the KV cache in RAM, a DeepSeek-R1-Distill-Qwen-32B "
-    "load with flash attention on), ROCm 4 (an 8-GPU DeepSeek-R1, a 2-GPU Qwen3-14B with no layer offloaded, an "
-    "MI300X Qwen3-0.6B with flash attention and a q8_0 cache, with one layer and with every layer offloaded), Vulkan "
-    "6 (T4, Pythia 2.8B Q5_0/Q5_1/Q2_K; a DeepSeek-V2 236B at 4K with an f16 and a q8_0 K cache; a Strix Halo "
-    "Qwen3-30B-A3B at 70000 tokens), Metal 3 (M4, Pythia 1.4B); architectures gptneox, qwen2, qwen3, qwen3moe and "
-    "deepseek2 (MoE, its per-head cache); flash attention on in three (auto in one more). Most come from builds before "
+    "load with flash attention on, a DeepSeek-V3-0324 load over four GPUs with flash attention and the MLA cache), "
+    "ROCm 4 (an 8-GPU DeepSeek-R1, a 2-GPU Qwen3-14B with no layer offloaded, an MI300X Qwen3-0.6B with flash "
+    "attention and a q8_0 cache, with one layer and with every layer offloaded), Vulkan 7 (T4, Pythia 2.8B "
+    "Q5_0/Q5_1/Q2_K; a DeepSeek-V2 236B at 4K with an f16 and a q8_0 K cache; a Strix Halo Qwen3-30B-A3B at 70000 "
+    "tokens; an M2 Pro gpt-oss-20b with its sliding-window cache and --n-cpu-moe 14), Metal 3 (M4, Pythia 1.4B); "
+    "architectures gptneox, qwen2, qwen3, qwen3moe, deepseek2 (MoE, its per-head cache and its MLA cache) and gpt-oss "
+    "(MoE, sliding window); flash attention on in four (auto in one more). Most come from builds before "
     "set_rows became llama.cpp's KV write (PR 14959: row indices as graph inputs, on the host and copied to the GPUs), "
     "so their host compute buffers are listed apart; the Strix Halo load also predates PR 17046 (every cache padded "
     "to 256 cells: its 70016 cells become 70144, +12 MiB). The MI300X loads are from an August 2026 llama-server, "
@@ -59,20 +61,35 @@ DOC = (
     "compute graph for one output per sequence (n_outputs_max), where llama-cpp-python keeps the default of every "
     "token of the ubatch, so the bundled build's output device holds n_vocab x n_ubatch floats of logits more (about "
     "297 MiB for Qwen3-0.6B); with one output reserved the formula would give 26 MiB for the full offload where the "
-    "server printed 32.09, so llama-server loads of that kind are not yet modelled. The three records compared as "
+    "server printed 32.09, so llama-server loads of that kind are not yet modelled. The DeepSeek-V3-0324 load "
+    "(llama.cpp b5331, May 2025) is apart because that build kept a V part beside K in the MLA cache (576 + 512 values "
+    "per cell and layer) where the bundled one keeps K only (PR 19067, the V-less cache); its layer split over the "
+    "four GPUs by their logged free memory (15/12/12/22 layers) is reproduced exactly (each GPU's cache is the "
+    "bundled K part of those layers), but its experts were placed with --override-tensor, which the fit does not "
+    "model, so its model buffers are not compared and its compute buffers (which hold the copies of host experts) "
+    "are far from the prediction. The gpt-oss-20b load (b6182, August 2025) is apart for two changes: its SWA cache "
+    "was padded to 32 cells (640 = n_swa 128 + n_ubatch 512; the bundled build pads to 256, PR 17046: 768 cells, "
+    "+3 MiB) and its -ngl 24 kept all 24 repeating layers on the GPU and the output layer on the host, where the "
+    "bundled llama.cpp counts the output layer first (layer 0 on the host); its compute buffers are under-predicted "
+    "(Vulkan0 -40%, host -46%): gpt-oss's attention sinks and the experts of 14 host layers copied to the GPU are "
+    "not yet modelled for that build. The three records compared as "
     "matching: two log only KV and output, which those changes leave alone (one DeepSeek-V2 load's compute buffer "
     "failed to allocate, so only its cache line exists); the Qwen-32B load with flash attention on predates set_rows "
     "too, but with flash attention its cache was already padded to 256 cells and set_rows' indices add 8 KiB, so its "
     "device and host compute buffers are compared (both within 0.01 MiB). Model shapes marked `shape_from` come from "
     "the model's published configuration where the log's excerpt does not print them all; model buffers are compared "
-    "only where the log gives the tensor-type counts. Not covered by any record yet: a sliding-window model (gemma, "
-    "gpt-oss), a load with --n-cpu-moe and its compute buffers, an MLA cache, a multi-GPU load with flash attention, "
-    "a Vulkan partial offload, and a llama-cpp-python build as recent as the bundled one with its compute lines. "
+    "only where the log gives the tensor-type counts. Not covered by any record yet: a gemma2 / gemma3 load with "
+    "llama.cpp's iSWA cache on a GPU (the published parts found give only the KV lines of gemma 4, an architecture "
+    "modelctl does not model, or CPU-only gemma-3 loads), an MLA load from a build with the V-less cache, a "
+    "true partial offload of a dense model on CUDA, a multi-GPU load from a build as recent as the bundled one, and a "
+    "llama-cpp-python build as recent as the bundled one with its compute lines. "
     "Leads seen but not recorded: gemma-3-27b with a q8_0 cache and two sequences (llama.cpp issue 14097: the "
     "published part lacks its KV and compute lines), Qwen3-30B-A3B with 30 of 49 layers on CUDA (issue 13729: model "
-    "buffers only, no tensor-type counts), Gemma 4 and DeepSeek V4 loads (architectures modelctl does not model: "
-    "per-layer head widths, shared KV layers, compressed caches). The SWA part of the cache is quantised like the "
-    "rest in the bundled build: llama.cpp kept it in f16 for a day (PR 21277) and reverted that (PR 21332)."
+    "buffers only, no tensor-type counts), an LM Studio gpt-oss-120b Metal load with a full-size SWA cache (found "
+    "without a source address to cite), Gemma 4, GLM-5 and DeepSeek V4 loads (architectures modelctl does not model: "
+    "per-layer head widths, shared KV layers, DSA indexer and compressed caches). The SWA part of the cache is "
+    "quantised like the rest in the bundled build: llama.cpp kept it in f16 for a day (PR 21277) and reverted that "
+    "(PR 21332)."
 )
 
 
@@ -182,7 +199,11 @@ def _dims(model: dict[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
                 out += [(b + "attn_v.bias", (hkv * dv,), i)]
             if model.get("qk_norm"):
                 out += [(b + "attn_q_norm.weight", (dk,), i), (b + "attn_k_norm.weight", (dk,), i)]
-        out.append((b + "ffn_norm.weight", (e,), i))
+            if model.get("attn_sinks"):  # gpt-oss: one learned sink logit per head
+                out.append((b + "attn_sinks.weight", (h,), i))
+                out += [(b + "attn_output.bias", (e,), i)] if model.get("attn_bias") else []
+        # gpt-oss names the norm before its feed-forward post_attention_norm
+        out.append((b + ("post_attention_norm" if arch == "gpt-oss" else "ffn_norm") + ".weight", (e,), i))
         if model.get("post_norms"):
             out += [(b + "post_attention_norm.weight", (e,), i), (b + "post_ffw_norm.weight", (e,), i)]
         if i < lead or not n_exp:
@@ -190,6 +211,8 @@ def _dims(model: dict[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
             out.append((b + "ffn_down.weight", (ff, e), i))
             continue
         out.append((b + "ffn_gate_inp.weight", (e, n_exp), i))
+        if model.get("gate_inp_bias"):
+            out.append((b + "ffn_gate_inp.bias", (n_exp,), i))
         out += [(b + "ffn_gate_exps.weight", (e, ff_exp, n_exp), i), (b + "ffn_up_exps.weight", (e, ff_exp, n_exp), i)]
         out.append((b + "ffn_down_exps.weight", (ff_exp, e, n_exp), i))
         if model.get("expert_bias"):

@@ -113,8 +113,20 @@ def test_the_targets_are_the_issues() -> None:
 
 def test_every_backend_has_records_and_apart_ones_name_the_change() -> None:
     assert {r["backend"] for _, r in RECORDS} == {"cuda", "rocm", "vulkan", "metal"}
-    assert len(RECORDS) >= 20
-    known = ("set_rows", "pad", "n_outputs_max")  # PR 14959, PR 17046, PR 23861 (llama-server's reserved outputs)
+    assert len(RECORDS) >= 22
+    # PR 14959, PR 17046, PR 23861 (llama-server's reserved outputs), PR 19067 (the V-less MLA cache)
+    known = ("set_rows", "pad", "n_outputs_max", "V-less")
     for name, record in RECORDS:
         apart = record.get("allocates_differently")
         assert not apart or any(change in apart["change"] for change in known), name
+
+
+def test_the_mla_record_splits_its_layers_as_the_log_and_keeps_k_only(results: dict[str, object]) -> None:
+    """The four-GPU DeepSeek-V3 load: its per-GPU cache lines (510/408/408/748 MiB: K 576 + V 512 values per cell)
+    fix the layer split at 15/12/12/22, which the logged free memory reproduces; the bundled V-less MLA cache keeps
+    the K part of those layers only (576 of 1088 values)."""
+    name = "cuda-4x-deepseek-v3-0324-mla-fa-ub1024.json"
+    rows = {(r.phase, r.device): r for r in results[name].rows}  # type: ignore[attr-defined]
+    for device in ("CUDA0", "CUDA1", "CUDA2", "CUDA3"):
+        row = rows[("kv", device)]
+        assert row.predicted_mib == pytest.approx(row.logged_mib * 576 / 1088, abs=0.01), device
