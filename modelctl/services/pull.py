@@ -156,14 +156,14 @@ def _fetch_and_tag(
             _download_all(config, source, store, work.missing, reporter)
         fetched = work.bytes_to_fetch
     desc = _store_manifest(store, resolved)
-    with store.locked():
-        for layer in resolved.layers:  # a concurrent rm may have removed a shared blob meanwhile
-            if not store.has_blob(layer.digest):
-                raise NotFound(
-                    f"blob {layer.digest} vanished during the pull", hint=f"run: modelctl pull {source.reference}"
-                )
-        for name in resolved.tags:
-            store.tag(name, desc)
+    for layer in resolved.layers:  # a concurrent rm may have removed a shared blob meanwhile
+        if not store.has_blob(layer.digest):
+            raise NotFound(
+                f"blob {layer.digest} vanished during the pull", hint=f"run: modelctl pull {source.reference}"
+            )
+    # the tags are written when the pull's batch ends, each checked complete under the store's lock then
+    for name in resolved.tags:
+        store.tag(name, desc)
     entry = local.load(store, resolved.tags[0], desc)
     files = local.materialise(config, store, entry)
     return PullResult(

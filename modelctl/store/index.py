@@ -92,7 +92,7 @@ class Tags(Blobs):
         if self._pending is not None:
             self._pending.update(entries)
             return
-        if not entries:
+        if not entries or self._tagged_already(entries):
             return
         self.ensure()
         with self.locked():
@@ -106,6 +106,15 @@ class Tags(Blobs):
             self._write_tags(entries)
         if missing:
             raise missing[0]
+
+    def _tagged_already(self, entries: dict[str, Descriptor]) -> bool:
+        """Whether every name already points at exactly its entry: then there is nothing to write, and no lock to
+        take (a pull of models the store holds; the blobs were checked when they were tagged and by the pull)."""
+        snap = self._read()
+        return all(
+            name in snap.by_name and name not in snap.repeated and snap.at(snap.by_name[name]) == entry
+            for name, entry in entries.items()
+        )
 
     @contextmanager
     def batch(self) -> Iterator[None]:

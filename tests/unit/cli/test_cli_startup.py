@@ -138,7 +138,7 @@ def test_a_mistyped_command_is_still_suggested(tmp_path: Path) -> None:
     assert "Did you mean" in run.stderr and "pull" in run.stderr
 
 
-def test_a_locked_pull_of_a_present_model_loads_no_http_client_fit_check_or_download_engine(tmp_path: Path) -> None:
+def test_a_locked_pull_of_a_present_model_loads_no_http_client_lock_fit_or_download_engine(tmp_path: Path) -> None:
     store = Layout(Path(os.environ["MODELCTL_HOME"]) / "store")
     store.ensure()
     gguf = b"GGUF" + bytes(60)
@@ -156,7 +156,8 @@ def test_a_locked_pull_of_a_present_model_loads_no_http_client_fit_check_or_down
     assert digest in run.stdout
     assert "modelctl.services.pull" in modules  # it did get as far as the pull
     # rich draws the progress bars on a terminal; a pull into a pipe prints lines (typer's --help uses it)
-    assert loaded(modules, *NOT_FOR_PULL, "httpx", "httpcore", "rich") == []
+    # nothing to write (the model is tagged already), so no lock either
+    assert loaded(modules, *NOT_FOR_PULL, "httpx", "httpcore", "rich", "filelock") == []
 
 
 def listed_commands(help_text: str) -> list[str]:
