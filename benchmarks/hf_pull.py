@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import median, rmtree, sha256_file, timed
+from _harness import compile_modelctl, median, rmtree, sha256_file, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--present-rounds", type=int, default=11)
     args = parser.parse_args()
-    print(f"load average at the start: {_load()}\n")
+    print(f"load average at the start: {_load()}; {compile_modelctl()}\n")
     with tempfile.TemporaryDirectory(prefix="bench-hf-", dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
         model = work / FILE
