@@ -73,13 +73,6 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
     yield counts
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Layout:
-    layout = Layout(tmp_path / "store")
-    layout.ensure()
-    return layout
-
-
 def test_many_tags_are_one_read_and_one_write(store: Layout, spy: Spy) -> None:
     descs = [put_model(store, i) for i in range(COUNT)]
     spy.parses = spy.index_writes = 0

@@ -48,13 +48,6 @@ def present(store: Layout, *blobs: bytes | Descriptor) -> list[bool]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Layout:
-    layout = Layout(tmp_path / "store")
-    layout.ensure()
-    return layout
-
-
-@pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every blob the store reads to learn what it is."""
     seen: list[Path] = []

@@ -54,13 +54,6 @@ def put_model(
     return Descriptor(media_type=mt.OCI_MANIFEST, digest=digest.of_bytes(raw), size=len(raw))
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Layout:
-    layout = Layout(tmp_path / "store")
-    layout.ensure()
-    return layout
-
-
 def blobs(store: Layout) -> set[str]:
     return {d for d, _ in blob_files(store.blobs_dir)}
 

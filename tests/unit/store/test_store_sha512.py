@@ -27,13 +27,6 @@ def of512(data: bytes) -> digest.Digest:
     return digest.of_bytes(data, SHA512)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Layout:
-    layout = Layout(tmp_path / "store")
-    layout.ensure()
-    return layout
-
-
 def put_model(store: Layout, layers: list[bytes], *, manifest_algorithm: str = SHA512) -> Descriptor:
     """A model whose layers are named by sha512 (the config by sha256), its manifest stored under
     ``manifest_algorithm``; the manifest descriptor, untagged."""
