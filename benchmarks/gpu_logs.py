@@ -66,13 +66,24 @@ DOC = (
     "per cell and layer) where the bundled one keeps K only (PR 19067, the V-less cache); its layer split over the "
     "four GPUs by their logged free memory (15/12/12/22 layers) is reproduced exactly (each GPU's cache is the "
     "bundled K part of those layers), but its experts were placed with --override-tensor, which the fit does not "
-    "model, so its model buffers are not compared and its compute buffers (which hold the copies of host experts) "
-    "are far from the prediction. The gpt-oss-20b load (b6182, August 2025) is apart for two changes: its SWA cache "
+    "model, so its model buffers are not compared and its compute buffers are far from the prediction: with every "
+    "layer offloaded the fit assumes pipeline parallelism (four copies of the inputs), which the overrides turn off "
+    "(replayed with those overrides the host compute is 92.02 MiB where the log printed 92.01), and CUDA0 (3285 MiB "
+    "against 788 on the others) holds the copy of one host expert tensor (op offload: a large batch's products run "
+    "on the first GPU, each host weight copied into its compute buffer in turn), whose size needs the per-tensor type "
+    "mix the log does not give. The gpt-oss-20b load (b6182, August 2025) is apart for two changes: its SWA cache "
     "was padded to 32 cells (640 = n_swa 128 + n_ubatch 512; the bundled build pads to 256, PR 17046: 768 cells, "
-    "+3 MiB) and its -ngl 24 kept all 24 repeating layers on the GPU and the output layer on the host, where the "
-    "bundled llama.cpp counts the output layer first (layer 0 on the host); its compute buffers are under-predicted "
-    "(Vulkan0 -40%, host -46%): gpt-oss's attention sinks and the experts of 14 host layers copied to the GPU are "
-    "not yet modelled for that build. The three records compared as "
+    "+3 MiB), and its Vulkan backend offloaded an op with host weights only when ne[1] >= 32, so the expert-bias adds "
+    "(ADD_ID, ne[1] = 4 experts used) of the 14 layers whose experts stay in RAM ran on the host: its host compute "
+    "buffer held two [2880, 4, 512] float32 expert results copied back (2 x 22.5 MiB beside the masks and the KV row "
+    "indices: 58.26 of the 58.33 MiB printed), where the bundled backend counts an element-wise op's rows as its "
+    "batch and runs them on the GPU. Its -ngl 24 kept all 24 repeating layers on the GPU and the output layer on the "
+    "host; the record replays that placement in the bundled llama.cpp (-ngl 25 with output.weight overridden to the "
+    "CPU) and is rebuilt with the published gpt-oss-20b file's mix (MXFP4 experts, Q8_0 elsewhere; the post left "
+    "the counts out): the GPU's model buffer is then the logged one to 0.01 MiB and its compute buffer is the Q8_0 "
+    "output matrix copied in by op offload (586.83 MiB) beside the logits (392.75) and one hidden state (5.63): "
+    "985.21 MiB where the log printed 985.20 (the prediction adds the copied KV row indices, +0.4%). "
+    "The three records compared as "
     "matching: two log only KV and output, which those changes leave alone (one DeepSeek-V2 load's compute buffer "
     "failed to allocate, so only its cache line exists); the Qwen-32B load with flash attention on predates set_rows "
     "too, but with flash attention its cache was already padded to 256 cells and set_rows' indices add 8 KiB, so its "
@@ -239,11 +250,22 @@ def _assign_types(tensors: list[tuple[str, tuple[int, ...], int]], counts: dict[
     """A type per tensor matching the log's ``type X: N tensors`` counts: vectors take the float types (f32 first),
     matrices the others, the wider types going where llama.cpp's quantiser puts them: the output matrix first, then
     ``attn_v`` and ``ffn_down`` on the layers ``use_more_bits`` picks, then the rest of those, then the others.
-    Exact where the mix follows those rules (the K-quant *_M files); an approximation otherwise."""
+    Exact where the mix follows those rules (the K-quant *_M files); an approximation otherwise. Tensors the
+    quantiser never touches count as vectors: biases (only names ending in ``weight`` are quantised) and the router
+    (``ffn_gate_inp``). MXFP4 goes to the expert matrices only (the ``MXFP4 MoE`` file type: the rest in Q8_0)."""
     remaining = {TYPE_IDS[name.lower()]: n for name, n in counts.items() if name.lower() in TYPE_IDS and n > 0}
     out = [-1] * len(tensors)
-    vectors = [i for i, (_, dims, _) in enumerate(tensors) if len(dims) == 1 or dims[0] % 32]
-    matrices = [i for i in range(len(tensors)) if i not in set(vectors)]
+    vectors = [
+        i
+        for i, (name, dims, _) in enumerate(tensors)
+        if len(dims) == 1 or dims[0] % 32 or not name.endswith("weight") or "ffn_gate_inp" in name
+    ]
+    mxfp4 = TYPE_IDS["mxfp4"]
+    for i, (name, _, _) in enumerate(tensors):
+        if remaining.get(mxfp4, 0) > 0 and "_exps." in name and i not in vectors:
+            out[i] = mxfp4
+            remaining[mxfp4] -= 1
+    matrices = [i for i in range(len(tensors)) if i not in set(vectors) and out[i] < 0]
     for i in vectors:
         kind = next((t for t in (0, 1, 30) if remaining.get(t, 0) > 0), 0)
         remaining[kind] = remaining.get(kind, 0) - 1
@@ -375,10 +397,15 @@ def _group(name: str) -> str:
 
 
 def predict(record: dict[str, Any], header: GGUFHeader) -> Estimate:
+    """The bundled llama.cpp's buffers for the logged load. A record whose build placed tensors in a way the
+    bundled one reaches only with other flags (``replay``: its ``gpu_layers`` and ``override_tensor_cpu`` patterns,
+    llama.cpp's ``--override-tensor PATTERN=CPU``) is predicted with those, so that the same tensors sit on the same
+    devices."""
+    replay = record.get("replay") or {}
     settings = _settings(record)
     gpus = [d for d in record["devices"]]
     split = [float(d.get("free_mib") or d.get("total_mib") or 1) for d in gpus]
-    layers = record["settings"].get("gpu_layers")
+    layers = replay.get("gpu_layers", record["settings"].get("gpu_layers"))
     ngl = -1 if layers is None or layers < 0 else int(layers)
     return estimate(
         header,
@@ -388,6 +415,7 @@ def predict(record: dict[str, Any], header: GGUFHeader) -> Estimate:
         gpu_split=split,
         buffers=WeightBuffers(setting="none"),
         backend=record["backend"],
+        host_tensors=tuple(replay.get("override_tensor_cpu") or ()),
     )
 
 
@@ -410,6 +438,8 @@ def compare(record: dict[str, Any], name: str, workdir: Path) -> Result:
     for (phase, device), mib in sorted(logged.items()):
         if phase == "model" and not known_mix:
             continue  # the log does not give the tensor types: the rebuilt file cannot have the logged sizes
+        if phase == "model" and device == "host" and record["model"].get("mapped_range_known") is False:
+            continue  # the host's mapped buffer spans the file range of its tensors: their order is not known
         bufs = est.cpu if device == "host" else _gpu(est, gpu_names, device)
         value = {"model": bufs.weights, "kv": bufs.kv_cache, "compute": bufs.compute, "output": bufs.output}[phase]
         result.rows.append(Row(phase, device, round(mib, 2), round(value / MIB, 2)))

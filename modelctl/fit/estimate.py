@@ -8,7 +8,9 @@ llama-cpp-python 0.3.36):
   N, 0)``), split over GPUs by their free memory or ``--tensor-split`` (``split_mode`` ``none``: the first GPU
   only; ``row``: each offloaded layer's matrices are cut by rows over the GPUs, the rest stays with the layer);
   a tied output copies ``token_embd`` to the output layer's device; ``--n-cpu-moe N`` keeps the expert tensors
-  (``ffn_*_exps``) of the first N layers on the host. On the CPU the weights are mmapped: the buffer spans the file
+  (``ffn_*_exps``) of the first N layers on the host, as ``--override-tensor PATTERN=CPU`` keeps any tensor whose
+  name matches (``host_tensors``: replaying a logged load; every such override turns pipeline parallelism off).
+  On the CPU the weights are mmapped: the buffer spans the file
   range its tensors occupy. Matrices that the load's extra buffers take (:class:`modelctl.cpu.WeightBuffers`:
   ``AMX`` first where used, then ``CPU_REPACK`` for Q4_0 / Q4_K / IQ4_NL on AVX2, more on ARM) get a second,
   allocated copy instead, of llama.cpp's size for that buffer; with a GPU backend llama.cpp offers the GPU's pinned
@@ -32,6 +34,7 @@ llama-cpp-python 0.3.36):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -137,6 +140,7 @@ def estimate(
     gpu_split: Sequence[float] = (),
     buffers: WeightBuffers | None = None,
     backend: str = "cuda",
+    host_tensors: Sequence[str] = (),
 ) -> Estimate:
     """Predict llama.cpp's buffers.
 
@@ -144,7 +148,8 @@ def estimate(
     ``gpu_layers`` layers (the output layer counts as one), split by ``settings.tensor_split`` when given, else in
     proportion to ``gpu_split`` (one GPU when it is empty and layers are offloaded). ``buffers`` are the extra CPU
     weight buffers the load uses (``None``: ``settings.cpu_buffers`` on this machine's CPU). ``backend`` is the GPUs'
-    (:data:`BACKENDS`).
+    (:data:`BACKENDS`). ``host_tensors`` are llama.cpp's ``--override-tensor PATTERN=CPU`` patterns (searched in each
+    tensor's name): the tensors they match stay in host memory wherever their layer is.
     """
     header = merge([model] if isinstance(model, GGUFHeader) else model)
     shape = shape_of(header)
@@ -161,10 +166,18 @@ def estimate(
     if n_gpus:  # llama.cpp offers the GPU's pinned host buffer first: mmap makes it the plain file, no copies
         buffers = WeightBuffers(setting=buffers.setting, use_extra_bufts=False)
 
-    place = Placement(device_of=device_of, n_gpus=n_gpus, backend=backend, shares=shares, settings=settings)
+    place = Placement(
+        device_of=device_of,
+        n_gpus=n_gpus,
+        backend=backend,
+        shares=shares,
+        settings=settings,
+        host_tensors=tuple(re.compile(p) for p in host_tensors),
+    )
     weights = _weights(header, shape, place, buffers)
     kv, cells = _kv_cache(shape, settings, ctx, device_of, n_gpus)
-    copies = PIPELINE_COPIES if _pipelined(shape, settings, gpu_layers, shares) else 1
+    overridden = bool(host_tensors) or settings.n_cpu_moe > 0
+    copies = PIPELINE_COPIES if _pipelined(shape, settings, gpu_layers, shares, overridden=overridden) else 1
     pulled = _pulled_weights(header, shape, place) if n_gpus and backend in OFFLOAD_BACKENDS else None
     compute = compute_buffer(shape, settings, ctx, device_of, n_gpus, copies=copies, pulled=pulled)
     output = shape.n_vocab * settings.n_seq * 4
@@ -183,6 +196,8 @@ class Placement:
     backend: str
     shares: list[float]
     settings: RunSettings
+    host_tensors: tuple[re.Pattern[str], ...] = ()
+    """Tensor overrides to the CPU (``--override-tensor``), besides the experts of ``--n-cpu-moe``."""
 
 
 def _shares(settings: RunSettings, free: Sequence[float], n_gpus: int) -> list[float]:
@@ -199,16 +214,18 @@ def _shares(settings: RunSettings, free: Sequence[float], n_gpus: int) -> list[f
     return shares if any(shares) else [1.0] * len(shares)
 
 
-def _pipelined(shape: ModelShape, settings: RunSettings, gpu_layers: int, shares: Sequence[float]) -> bool:
+def _pipelined(
+    shape: ModelShape, settings: RunSettings, gpu_layers: int, shares: Sequence[float], *, overridden: bool
+) -> bool:
     """llama.cpp's rule for pipeline parallelism: more than one GPU, every layer offloaded, split by layer, the KV
-    cache offloaded, no tensor overrides (``--n-cpu-moe`` is one)."""
+    cache offloaded, no tensor overrides (``overridden``: ``--n-cpu-moe`` is one)."""
     used = sum(1 for share in shares if share > 0)
     return (
         used > 1
         and gpu_layers > shape.n_layer
         and settings.split_mode == "layer"
         and settings.offload_kqv
-        and not settings.n_cpu_moe
+        and not overridden
     )
 
 
@@ -260,15 +277,18 @@ EXPERTS = _cpu.EXPERT_TENSORS
 """llama.cpp's ``LLM_FFN_EXPS_REGEX``: the tensors ``--n-cpu-moe`` keeps on the host."""
 
 
-def _host_expert(t: TensorInfo, shape: ModelShape, settings: RunSettings) -> bool:
-    """An expert tensor ``--n-cpu-moe`` keeps on the host (by a tensor override to the CPU's buffer type)."""
+def _host_expert(t: TensorInfo, shape: ModelShape, place: Placement) -> bool:
+    """A tensor kept on the host by a tensor override to the CPU's buffer type: an expert tensor of the first
+    ``--n-cpu-moe`` layers, or one that an ``--override-tensor`` pattern matches."""
+    if any(p.search(t.name) for p in place.host_tensors):
+        return True
     layer = tensor_layer(t, shape.n_layer)
-    return 0 <= layer < min(settings.n_cpu_moe, shape.n_layer) and EXPERTS.search(t.name) is not None
+    return 0 <= layer < min(place.settings.n_cpu_moe, shape.n_layer) and EXPERTS.search(t.name) is not None
 
 
 def _device(t: TensorInfo, shape: ModelShape, place: Placement) -> int:
     layer = tensor_layer(t, shape.n_layer)
-    if layer < 0 or _host_expert(t, shape, place.settings):
+    if layer < 0 or _host_expert(t, shape, place):
         return 0
     return place.device_of[layer]
 
@@ -342,7 +362,7 @@ def _weights(header: GGUFHeader, shape: ModelShape, place: Placement, buffers: W
             out[dev] += _gpu_bytes(t, place.backend)
         else:
             # an override to the CPU's buffer type picks from the host list: no extra buffer where they are off
-            pinned = not buffers.use_extra_bufts and _host_expert(t, shape, place.settings)
+            pinned = not buffers.use_extra_bufts and _host_expert(t, shape, place)
             copy = 0 if pinned else _cpu_copy(t, buffers, tied=i == tied_output)
             if copy:
                 out[0] += copy

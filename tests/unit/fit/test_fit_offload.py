@@ -60,3 +60,29 @@ def test_sliding_window_cells_per_stream() -> None:
     assert kv_cells(swa, separate, 8192) == (8192, 4 * 1536)  # 4 streams of pad256(min(2048, 1024 + 512))
     assert kv_cells(swa, RunSettings(n_ctx=1024, n_seq=3), 1024)[0] == 1536  # 3 streams of pad256(341)
     assert kv_cells(swa, RunSettings(n_ctx=1024, n_seq=3, kv_unified=True), 1024)[0] == 1024
+
+
+def test_a_tensor_override_keeps_its_matrix_on_the_host_and_the_gpu_copies_it_in() -> None:
+    """``--override-tensor output.weight=CPU`` with every layer offloaded: the output matrix is host weights, and a
+    large batch's output product runs on the GPU with the matrix copied into its compute buffer beside the logits
+    and one hidden state (a b6182 Vulkan load of gpt-oss-20b printed exactly that sum)."""
+    h = moe_header(n_layer=4, n_embd=512)
+    s = RunSettings(n_ctx=1024, n_batch=32, n_ubatch=32, flash_attn="on")  # 32 tokens: the offload threshold
+    output = next(t for t in h.tensors if t.name == "output.weight")
+    plain = estimate(h, s, gpu_layers=-1, gpu_split=[1.0], buffers=NONE, backend="vulkan")
+    kept = estimate(h, s, gpu_layers=-1, gpu_split=[1.0], buffers=NONE, backend="vulkan", host_tensors=[r"^output\."])
+    assert kept.gpus[0].weights == plain.gpus[0].weights - -(-output.n_bytes // 128) * 128
+    # mapped: the host's buffer now spans the file from token_embd (first) to the output matrix (last)
+    assert plain.cpu.weights < kept.cpu.weights == output.offset + output.n_bytes
+    logits, e_t, idxs = 2000 * 32 * 4, 512 * 32 * 4, 32 * 8 * 2  # idxs: the K and V row indices, copied in
+    assert kept.gpus[0].compute == output.n_bytes + logits + e_t + idxs > plain.gpus[0].compute
+
+
+def test_any_tensor_override_turns_pipeline_parallelism_off() -> None:
+    """Two GPUs holding every layer pipeline the batch (four copies of each stage's input); an override stops it."""
+    h = moe_header(n_layer=4, n_embd=512)
+    s = RunSettings(n_ctx=1024, flash_attn="on")
+    piped = estimate(h, s, gpu_layers=-1, gpu_split=[1.0, 1.0], buffers=NONE)
+    kept = estimate(h, s, gpu_layers=-1, gpu_split=[1.0, 1.0], buffers=NONE, host_tensors=[r"^blk\.0\.ffn_up_exps"])
+    e_t = 512 * 512 * 4
+    assert piped.cpu.compute - kept.cpu.compute == 3 * e_t  # the host's batch embeddings: one per copy

@@ -130,3 +130,27 @@ def test_the_mla_record_splits_its_layers_as_the_log_and_keeps_k_only(results: d
     for device in ("CUDA0", "CUDA1", "CUDA2", "CUDA3"):
         row = rows[("kv", device)]
         assert row.predicted_mib == pytest.approx(row.logged_mib * 576 / 1088, abs=0.01), device
+
+
+def test_the_gpt_oss_record_replays_the_logged_placement(results: dict[str, object], tmp_path: Path) -> None:
+    """The b6182 Vulkan load of gpt-oss-20b (--n-cpu-moe 14): its -ngl 24 kept the output layer on the host, replayed
+    as -ngl 25 with output.weight overridden to the CPU. Rebuilt with the published file's mix (MXFP4 experts, Q8_0
+    elsewhere, float biases and routers), the GPU's weights are the logged ones and its compute buffer is the output
+    matrix copied in (op offload) beside the logits; the host compute is apart (that build ran the expert-bias adds
+    of the host layers on the host)."""
+    from modelctl.gguf import FileSource, ggml_type_name, read_header
+
+    name = "vulkan-m2pro-gpt-oss-20b-ncmoe14.json"
+    record = dict(RECORDS)[name]
+    header = read_header(FileSource(gl.write_header(record["model"], tmp_path / "g.gguf")))
+    mxfp4 = {t.name for t in header.tensors if ggml_type_name(t.ggml_type).lower() == "mxfp4"}
+    assert len(mxfp4) == 72 and all(n.endswith("_exps.weight") for n in mxfp4)
+    rows = {(r.phase, r.device): r for r in results[name].rows}  # type: ignore[attr-defined]
+    assert rows[("model", "Vulkan0")].within() and rows[("compute", "Vulkan0")].within()
+    output, logits, e_t = 201088 * 3060, 201088 * 512 * 4, 2880 * 512 * 4
+    assert rows[("compute", "Vulkan0")].logged_mib == pytest.approx((output + logits + e_t) / 2**20, abs=0.01)
+    host = rows[("compute", "host")]
+    # that build's host: the masks (4096 and 640 cells), the K and transposed-V row indices, two expert results
+    masks, idxs, experts = (4096 + 640) * 512 * 4, 2 * 512 * 8 * (1 + 512), 2 * 2880 * 4 * 512 * 4
+    assert host.logged_mib == pytest.approx((masks + idxs + experts) / 2**20, abs=0.1)
+    assert host.predicted_mib < host.logged_mib  # the bundled backend runs those adds on the GPU
