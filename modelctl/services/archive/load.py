@@ -20,7 +20,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Self
 
-from modelctl import atomic
+from modelctl import artifact, atomic
 from modelctl import digest as _digest
 from modelctl.config import Config
 from modelctl.digest import Digest
@@ -73,6 +73,7 @@ def load(
             attached = {n.desc.digest for n in documents if n.subject is not None}
             entries = names.assign(listed, name, chosen, attached)
             keep, referrers = _plan(store, staging, entries, name, documents)
+            _check_models(store, staging, entries, name)
             with store.locked():
                 new_blobs = 0
                 for digest in keep:
@@ -350,15 +351,35 @@ def _parse_index(raw: bytes, archive: str) -> names.Listed:
     return out
 
 
-def _read_document(store: Layout, staging: _Staging, digest: Digest, archive: str) -> bytes:
-    """A manifest or index of the archive (staged) or of the store, re-checked against its digest."""
+def _read_document(store: Layout, staging: _Staging, digest: Digest, archive: str, what: str = "manifest") -> bytes:
+    """A manifest, index or config of the archive (staged) or of the store, re-checked against its digest."""
     staged = staging.blobs.get(digest)
     path = staged if staged is not None else store.blob_path(digest)
     with path.open("rb") as f:
         data = f.read(MAX_MANIFEST + 1)
     if len(data) > MAX_MANIFEST or _digest.of_bytes(data, digest.algorithm) != digest:
-        raise IntegrityError(f"{archive}: manifest {digest} is unreadable or larger than {MAX_MANIFEST} bytes")
+        raise IntegrityError(f"{archive}: {what} {digest} is unreadable or larger than {MAX_MANIFEST} bytes")
     return data
+
+
+def _check_models(store: Layout, staging: _Staging, entries: names.Listed, archive: str) -> None:
+    """Each tagged model reads as a model (its config parses, its file names stay inside its directory), as a
+    pull checks it: one that ``list`` or ``run`` could not read is refused before anything is committed."""
+    for ref_name, desc in entries:
+        if ref_name is None or desc.media_type not in mt.MANIFESTS:
+            continue  # an index (a multi-platform image) is checked when one of its models is used
+        raw = _read_document(store, staging, desc.digest, archive)
+        manifest = descriptor.parse(raw, desc.media_type, algorithm=desc.digest.algorithm)
+        if not isinstance(manifest, descriptor.Manifest):
+            continue
+        config = _read_document(store, staging, manifest.config.digest, archive, what="config")
+        try:
+            artifact.from_manifest(manifest, config)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{archive}: {ref_name}: {exc.message}",
+                hint=f"{exc.hint or 'the archive is corrupt'}; nothing was loaded",
+            ) from None
 
 
 def _documents(store: Layout, staging: _Staging, archive: str) -> list[graph.Node]:

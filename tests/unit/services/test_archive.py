@@ -473,3 +473,45 @@ def test_too_many_members(saved: bytes, target: Config, monkeypatch: pytest.Monk
     with pytest.raises(IntegrityError, match="more than 5 members"):
         archive.load(target, io.BytesIO(saved))
     assert_untouched(target)
+
+
+@pytest.mark.parametrize("config", [b"[1, 2]", b"not json", b'{"config": {"quantization": 5}}'])
+def test_a_model_whose_config_does_not_read_is_refused_and_loads_nothing(
+    tmp_path: Path, target: Config, config: bytes
+) -> None:
+    """Every digest matches, but the config is not a model config: a pull refuses such a model (exit 5), so load
+    does too, before anything is committed (before, it was tagged and then failed in ``list`` and ``run``)."""
+    source = Layout(home_config(tmp_path / "bad").store_dir)
+    source.ensure()
+    layer = source.write_blob(GGUF)
+    cfg = source.write_blob(config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.DOCKER_MODEL_CONFIG_V01, "digest": cfg, "size": len(config)},
+            "layers": [{"mediaType": mt.DOCKER_GGUF, "digest": layer, "size": len(GGUF)}],
+        }
+    ).encode()
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": digest.of_bytes(manifest),
+                "size": len(manifest),
+                "annotations": {mt.REF_NAME: NAME},
+            }
+        ],
+    }
+    items: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (tarfile.TarInfo("oci-layout"), b'{"imageLayoutVersion":"1.0.0"}'),
+        (tarfile.TarInfo("index.json"), json.dumps(index).encode()),
+    ]
+    for blob in (GGUF, config, manifest):
+        items.append((tarfile.TarInfo(f"blobs/sha256/{digest.of_bytes(blob).hex}"), blob))
+    with pytest.raises(IntegrityError) as exc:
+        archive.load(target, io.BytesIO(build(items)), name="bad.tar")
+    assert exc.value.message.startswith(f"bad.tar: {NAME}: malformed model config")
+    assert "nothing was loaded" in str(exc.value.hint)
+    assert_untouched(target)
