@@ -172,4 +172,7 @@ def test_bad_requests_are_400_with_the_field_named(server: Server) -> None:
 
 
 def test_served_log_says_what_loaded(server: Server, tmp_path: Path) -> None:
+    for model in (REF, SECOND):  # each is used here, whatever ran before (alone, this test must hold too)
+        body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
     assert ("loaded", REF) in server.events() and ("loaded", SECOND) in server.events()
