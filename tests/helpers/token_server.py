@@ -5,6 +5,11 @@ none, for anonymous pulls when allowed) answers ``{"token", "access_token", "exp
 RS256 JWT whose header carries the signing certificate in ``x5c`` (distribution 2.8 verifies the chain against
 its ``rootcertbundle``) and whose ``access`` claim grants the requested actions. Every request is recorded, so
 tests can assert that a client caches its tokens.
+
+The one token service of the test suite: the ``token_server`` fixture (tests/integration/conftest.py) runs it
+for ``servers.docker_registry``; tests with their own registry config use it directly as a context manager
+(its ``realm``, ``service``, ``issuer`` and ``rootcertbundle`` fill distribution's ``auth: token``) and mint a
+push token for a setup step with :meth:`TokenServer.token`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import bcrypt
 import httpx
 import pytest
 from helpers.servers import free_port, serving
-from token_auth import ISSUER, SERVICE, TokenServer
+from helpers.token_server import Signer, TokenServer
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -58,8 +58,8 @@ def docker_registry(
         config += f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp / 'htpasswd'}\n"
     if token:
         config += (
-            f"auth:\n  token:\n    realm: {token.realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n"
-            f"    rootcertbundle: {token.cert_path}\n"
+            f"auth:\n  token:\n    realm: {token.realm}\n    service: {token.service}\n    issuer: {token.issuer}\n"
+            f"    rootcertbundle: {token.rootcertbundle}\n"
         )
     (tmp / "config.yml").write_text(config)
     proc = subprocess.Popen(["docker-registry", "serve", str(tmp / "config.yml")], stderr=subprocess.DEVNULL)
@@ -357,12 +357,11 @@ def test_credentials_from_docker_config_and_wrong_password(tmp_path: Path) -> No
         assert modelctl("pull", ref).returncode == 0
 
 
-def test_token_auth_with_cached_tokens(tmp_path: Path) -> None:
-    token = TokenServer(tmp_path / "signer.pem", {"bob": "pw"}, free_port())
-    with token.serve(), docker_registry(tmp_path / "reg", token=token) as reg:
+def test_token_auth_with_cached_tokens(tmp_path: Path, token_signer: Signer) -> None:
+    with TokenServer(token_signer, {"bob": "pw"}) as token, docker_registry(tmp_path / "reg", token=token) as reg:
         client = httpx.Client(timeout=30)
         scope = "repository:ai/tok:pull,push"
-        bearer = client.get(token.realm, params={"service": SERVICE, "scope": scope}, auth=("bob", "pw")).json()
+        bearer = client.get(token.realm, params={"service": token.service, "scope": scope}, auth=("bob", "pw")).json()
         reg.auth = None
         headers = {"Authorization": f"Bearer {bearer['token']}"}
         push_with_headers = httpx.Client(base_url=f"http://{reg.host}", headers=headers, timeout=60)
@@ -391,10 +390,10 @@ def test_token_auth_with_cached_tokens(tmp_path: Path) -> None:
         ).encode()
         put = push_with_headers.put("/v2/ai/tok/manifests/1", content=manifest, headers={"Content-Type": MANIFEST})
         assert put.status_code == 201, put.text
-        before = token.requests
+        before = len(token.requests)
         anonymous = modelctl("pull", f"{reg.host}/ai/tok:1")
         assert anonymous.returncode == 0, anonymous.stderr  # our token server grants anonymous pulls
-        assert token.requests - before <= 2, "one token per scope, reused for manifest, config and blobs"
+        assert len(token.requests) - before <= 2, "one token per scope, reused for manifest, config and blobs"
         config_json = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
         config_json.parent.mkdir(parents=True, exist_ok=True)
         config_json.write_text(json.dumps({"auths": {reg.host: {"auth": "Ym9iOm5vcGU="}}}))  # bob:nope

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -22,17 +20,17 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import bcrypt
 import httpx
 import pytest
 from helpers import servers
+from helpers.token_server import TokenServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_REGISTRY = Path("/usr/bin/docker-registry")
@@ -713,89 +711,6 @@ def test_htpasswd_push_needs_credentials(tmp_path: Path, htpasswd: Path) -> None
 
 
 # -- pull-through cache in front of docker-registry with token auth ------------------------------------
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-class TokenServer:
-    """A token service for docker-registry: signs RS256 JWTs carrying the requested scope."""
-
-    def __init__(self, tmp: Path) -> None:
-        import datetime
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import padding, rsa
-        from cryptography.x509.oid import NameOID
-
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-issuer")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.cert_path = tmp / "token.pem"
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
-        self.requests: list[str] = []
-        token_server = self
-
-        def sign(scope: str) -> str:
-            access = []
-            for item in scope.split(" "):
-                if item.count(":") >= 2:
-                    kind, rest = item.split(":", 1)
-                    name, actions = rest.rsplit(":", 1)
-                    access.append({"type": kind, "name": name, "actions": actions.split(",")})
-            now_s = int(time.time())
-            claims = {
-                "iss": "test-issuer",
-                "sub": "",
-                "aud": "test-service",
-                "exp": now_s + 300,
-                "nbf": now_s - 10,
-                "iat": now_s,
-                "jti": uuid.uuid4().hex,
-                "access": access,
-            }
-            header = {"typ": "JWT", "alg": "RS256", "x5c": [token_server.x5c]}
-            signing_input = _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(claims).encode())
-            signature = token_server.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-            return signing_input + "." + _b64url(signature)
-
-        self.sign = sign
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlsplit(self.path).query)
-                scope = " ".join(query.get("scope", []))
-                token_server.requests.append(scope)
-                body = json.dumps({"token": sign(scope), "expires_in": 300}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._stack = contextlib.ExitStack()
-        self.httpd = self._stack.enter_context(servers.serving(Handler))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
-
-    def close(self) -> None:
-        self._stack.close()
-
-
 @dataclass
 class Distribution:
     proc: subprocess.Popen[bytes]
@@ -816,10 +731,10 @@ def start_docker_registry(tmp: Path, *, token: TokenServer | None = None) -> Dis
     if token is not None:
         config["auth"] = {
             "token": {
-                "realm": token.url,
-                "service": "test-service",
-                "issuer": "test-issuer",
-                "rootcertbundle": str(token.cert_path),
+                "realm": token.realm,
+                "service": token.service,
+                "issuer": token.issuer,
+                "rootcertbundle": str(token.rootcertbundle),
             }
         }
     (tmp / "config.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -843,13 +758,13 @@ def start_docker_registry(tmp: Path, *, token: TokenServer | None = None) -> Dis
 
 
 @pytest.mark.skipif(not DOCKER_REGISTRY.exists(), reason="needs Debian's docker-registry")
-def test_pull_through_cache_over_token_auth(tmp_path: Path) -> None:
-    token = TokenServer(tmp_path)
+def test_pull_through_cache_over_token_auth(tmp_path: Path, token_server: TokenServer) -> None:
+    token = token_server
     upstream = start_docker_registry(tmp_path, token=token)
     ours: Registry | None = None
     try:
         assert httpx.get(upstream.url + "/v2/").status_code == 401
-        bearer = {"Authorization": "Bearer " + token.sign("repository:ai/model:pull,push")}
+        bearer = {"Authorization": "Bearer " + token.token("pusher", ("repository:ai/model:pull,push",))}
         up = httpx.Client(base_url=upstream.url, headers=bearer, timeout=30)
         layer_data = os.urandom(300_000)
         digest, raw = push_image(up, "ai/model", "latest", payload=layer_data)
@@ -863,7 +778,7 @@ def test_pull_through_cache_over_token_auth(tmp_path: Path) -> None:
         r = c.get("/v2/ai/model/manifests/latest", headers={"Accept": OCI_MANIFEST})
         assert r.status_code == 200 and r.content == raw
         assert r.headers["Docker-Content-Digest"] == digest
-        assert len(token.requests) > before and "repository:ai/model:pull" in token.requests[-1]
+        assert len(token.requests) > before and "repository:ai/model:pull" in " ".join(token.requests[-1].scopes)
         assert c.head(f"/v2/ai/model/blobs/{layer}").status_code == 200  # answered from upstream's HEAD
         r = c.get(f"/v2/ai/model/blobs/{layer}")
         assert r.status_code == 200 and r.content == layer_data
@@ -899,5 +814,4 @@ def test_pull_through_cache_over_token_auth(tmp_path: Path) -> None:
         if upstream.proc.poll() is None:
             upstream.proc.kill()
             upstream.proc.wait(10)
-        token.close()
         shutil.rmtree(upstream.root, ignore_errors=True)
