@@ -61,6 +61,9 @@ def test_record_is_numbers_with_a_source(name: str, record: dict[str, object]) -
     apart = record.get("allocates_differently")
     if apart:
         assert isinstance(apart, dict) and apart["change"] and str(apart["pr"]).startswith("https://github.com/")
+        also = apart.get("also") or []
+        for pr in [also] if isinstance(also, str) else also:
+            assert str(pr).startswith("https://github.com/ggml-org/llama.cpp/pull/"), pr
 
 
 MATCHING = [(n, r) for n, r in RECORDS if not r.get("allocates_differently")]
@@ -119,6 +122,36 @@ def test_every_backend_has_records_and_apart_ones_name_the_change() -> None:
     for name, record in RECORDS:
         apart = record.get("allocates_differently")
         assert not apart or any(change in apart["change"] for change in known), name
+
+
+def _prs(record: dict[str, object]) -> set[int]:
+    """The llama.cpp pull requests a record names for its differences."""
+    apart = record.get("allocates_differently")
+    assert isinstance(apart, dict)
+    also = apart.get("also") or []
+    urls = [apart["pr"], *([also] if isinstance(also, str) else also)]
+    return {int(str(url).rsplit("/", 1)[1]) for url in urls}
+
+
+def test_each_gpt_oss_difference_names_its_pull_request() -> None:
+    """b6182's three differences: the 32-cell padding (PR 17046), Vulkan's op offload rule (ne[1] >= 32, replaced by
+    ggml_vk_get_op_batch_size in PR 19976) and -ngl counting the repeating layers first (the output layer first
+    since PR 18148, which the record's replay undoes)."""
+    record = dict(RECORDS)["vulkan-m2pro-gpt-oss-20b-ncmoe14.json"]
+    assert _prs(record) == {17046, 19976, 18148}
+    replay = record["replay"]
+    assert isinstance(replay, dict) and str(replay["pr"]).endswith("/18148")
+
+
+def test_the_mla_record_names_its_changes_and_what_is_not_one() -> None:
+    """The b5331 MLA load: its V part of the cache (PR 19067) and its pre-set_rows KV writes (PR 14959) are changes;
+    its compute buffers (the absorbed MLA graph, PR 12801) and pipeline parallelism off under --override-tensor
+    (PR 11397) are the same in the bundled llama.cpp, so they are said apart from the changes, not listed as them."""
+    record = dict(RECORDS)["cuda-4x-deepseek-v3-0324-mla-fa-ub1024.json"]
+    assert _prs(record) == {19067, 14959}
+    apart = record["allocates_differently"]
+    assert isinstance(apart, dict)
+    assert "PR 12801" in apart["same_in_both"] and "PR 11397" in apart["same_in_both"]
 
 
 def test_the_mla_record_splits_its_layers_as_the_log_and_keeps_k_only(results: dict[str, object]) -> None:
