@@ -30,14 +30,20 @@ def home_config(home: Path) -> Config:
     return _config.from_env({"MODELCTL_HOME": str(home)})
 
 
-def write_model(store: Layout, name: str = NAME, *, card: bool = True, algorithm: str = "sha256") -> str:
+def write_model(
+    store: Layout, name: str = NAME, *, card: bool = True, algorithm: str = "sha256", config: bytes | None = None
+) -> str:
     """A Docker v0.1 model with one GGUF layer, plus a model card attached as a referrer; returns its digest.
-    The layer and the manifest are named by ``algorithm`` digests (the config by sha256 always)."""
+    The layer and the manifest are named by ``algorithm`` digests (the config by sha256 always); ``config``
+    replaces the config blob's bytes."""
     store.ensure()
     layer = store.write_blob(GGUF, digest.of_bytes(GGUF, algorithm))
-    cfg = json.dumps(
-        {"config": {"format": "gguf", "quantization": "Q4_1", "parameters": "1M", "architecture": "llama"}}
-    ).encode()
+    cfg = (
+        config
+        or json.dumps(
+            {"config": {"format": "gguf", "quantization": "Q4_1", "parameters": "1M", "architecture": "llama"}}
+        ).encode()
+    )
     cfg_digest = store.write_blob(cfg)
     manifest = json.dumps(
         {
@@ -481,35 +487,10 @@ def test_a_model_whose_config_does_not_read_is_refused_and_loads_nothing(
 ) -> None:
     """Every digest matches, but the config is not a model config: a pull refuses such a model (exit 5), so load
     does too, before anything is committed (before, it was tagged and then failed in ``list`` and ``run``)."""
-    source = Layout(home_config(tmp_path / "bad").store_dir)
-    source.ensure()
-    layer = source.write_blob(GGUF)
-    cfg = source.write_blob(config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "config": {"mediaType": mt.DOCKER_MODEL_CONFIG_V01, "digest": cfg, "size": len(config)},
-            "layers": [{"mediaType": mt.DOCKER_GGUF, "digest": layer, "size": len(GGUF)}],
-        }
-    ).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": mt.OCI_MANIFEST,
-                "digest": digest.of_bytes(manifest),
-                "size": len(manifest),
-                "annotations": {mt.REF_NAME: NAME},
-            }
-        ],
-    }
-    items: list[tuple[tarfile.TarInfo, bytes | None]] = [
-        (tarfile.TarInfo("oci-layout"), b'{"imageLayoutVersion":"1.0.0"}'),
-        (tarfile.TarInfo("index.json"), json.dumps(index).encode()),
-    ]
-    for blob in (GGUF, config, manifest):
-        items.append((tarfile.TarInfo(f"blobs/sha256/{digest.of_bytes(blob).hex}"), blob))
+    store = Layout(home_config(tmp_path / "bad").store_dir)
+    write_model(store, card=False, config=config)  # save would refuse it: the store is packed by hand
+    files = [store.root / "oci-layout", store.index_path, *sorted(store.algorithm_dir().iterdir())]
+    items = [(tarfile.TarInfo(str(f.relative_to(store.root))), f.read_bytes()) for f in files]
     with pytest.raises(IntegrityError) as exc:
         archive.load(target, io.BytesIO(build(items)), name="bad.tar")
     assert exc.value.message.startswith(f"bad.tar: {NAME}: malformed model config")
