@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,17 @@ COMPUTE_OVER = 0.15
 
 
 @dataclass(frozen=True, kw_only=True)
+class MLA:
+    """Multi-head latent attention (deepseek2): the query and latent ranks and the per-head lengths."""
+
+    q_lora: int = 1536
+    kv_lora: int = 512
+    rope: int = 64
+    nope: int = 128
+    v_head: int = 128
+
+
+@dataclass(frozen=True, kw_only=True)
 class Shape:
     """A generated model: llama.cpp's hyper-parameters and the type of its large weights."""
 
@@ -69,6 +81,20 @@ class Shape:
     ctx_train: int = 8192
     held_out: bool = False
     """Not used to calibrate the compute formula: a check that it generalises."""
+    mla: MLA | None = None
+    """deepseek2's latent attention (``arch`` deepseek2): the cache holds one latent K per layer."""
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    n_expert_shared: int = 0
+    dense_lead: int = 0
+    """Layers before the first MoE layer (dense feed-forward of ``n_ff``)."""
+    sparse: bool = False
+    """Zero weights left as a hole in the file: a model of real width whose bytes are never written (the
+    compute buffer depends on the shape only)."""
+    cases: tuple[tuple[int, str], ...] = ()
+    """(n_ctx, cache type) pairs for this shape instead of :data:`CASES` (wide models: scores of 128 heads over
+    16K cells without flash attention would be a 4 GiB buffer)."""
 
 
 SHAPES: tuple[Shape, ...] = (
@@ -175,6 +201,61 @@ SHAPES: tuple[Shape, ...] = (
     ),
 )
 
+MLA_CASES: tuple[tuple[int, str], ...] = ((512, "f16"), (4096, "f16"), (4096, "q8_0"), (16384, "q8_0"), (8192, "q4_0"))
+"""The MLA shapes' cases: without flash attention (f16) up to 4K, with it (quantised caches) up to 16K."""
+V3 = {
+    # DeepSeek-V3's widths (also R1's): two layers, the first dense, the second MoE, as the real model's layers 2
+    # and 3; a small vocabulary (the logits step is not what these shapes test); zero weights in a sparse file
+    "arch": "deepseek2",
+    "n_layer": 2,
+    "n_embd": 7168,
+    "n_head": 128,
+    "n_head_kv": 1,
+    "n_ff": 18432,
+    "n_vocab": 2048,
+    "mla": MLA(),
+    "n_expert": 256,
+    "n_expert_used": 8,
+    "n_ff_exp": 2048,
+    "n_expert_shared": 1,
+    "dense_lead": 1,
+    "ctx_train": 163840,
+    "sparse": True,
+    "cases": MLA_CASES,
+}
+SHAPES += (
+    Shape(name="deepseek-v3-mla", **V3),  # type: ignore[arg-type]
+    Shape(name="kimi-k2-mla", **{**V3, "n_head": 64, "n_expert": 384}),  # type: ignore[arg-type]
+    Shape(
+        name="deepseek-v2-mla",
+        **{  # type: ignore[arg-type]
+            **V3,
+            "n_embd": 5120,
+            "n_ff": 12288,
+            "n_expert": 160,
+            "n_expert_used": 6,
+            "n_ff_exp": 1536,
+            "n_expert_shared": 2,
+            "held_out": True,
+        },
+    ),
+    Shape(
+        name="mla-small",
+        **{  # type: ignore[arg-type]
+            **V3,
+            "n_embd": 1024,
+            "n_head": 16,
+            "n_ff": 2816,
+            "n_vocab": 8192,
+            "mla": MLA(q_lora=384, kv_lora=256, rope=32, nope=64, v_head=64),
+            "n_expert": 16,
+            "n_expert_used": 4,
+            "n_ff_exp": 512,
+            "held_out": True,
+        },
+    ),
+)
+
 # (n_ctx, cache type) pairs each shape is measured at
 CASES: tuple[tuple[int, str], ...] = (
     (256, "f16"),
@@ -248,7 +329,7 @@ def write_gguf(shape: Shape, path: Path, *, seed: int = 0) -> Path:
     w.add_head_count(heads if isinstance(shape.n_head, tuple) else shape.n_head)
     w.add_head_count_kv(kv_heads if isinstance(shape.n_head_kv, tuple) else shape.n_head_kv)
     w.add_layer_norm_rms_eps(1e-6)
-    if shape.head_dim:
+    if shape.head_dim and shape.mla is None:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
         w.add_rope_dimension_count(head_dim)
@@ -261,6 +342,10 @@ def write_gguf(shape: Shape, path: Path, *, seed: int = 0) -> Path:
     w.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (shape.n_vocab - 3))
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+
+    if shape.mla is not None:
+        _mla_metadata(w, shape, shape.mla)
+        return _write_zeros(w, path, _mla_tensors(shape, shape.mla), qtype)
 
     tensors: list[tuple[str, np.ndarray, gguf.GGMLQuantizationType | None]] = []
 
@@ -297,6 +382,91 @@ def write_gguf(shape: Shape, path: Path, *, seed: int = 0) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
+
+
+def _mla_metadata(w: Any, shape: Shape, mla: MLA) -> None:
+    import gguf
+
+    """deepseek2's keys: one latent K per layer (kv_lora + rope wide, V read from it), the per-head lengths the
+    graph decompresses to, the ranks, and the experts (DeepSeek-V3's sigmoid gating)."""
+    w.add_key_length(mla.kv_lora + mla.rope)
+    w.add_value_length(mla.kv_lora)
+    w.add_key_length_mla(mla.nope + mla.rope)
+    w.add_value_length_mla(mla.v_head)
+    w.add_rope_dimension_count(mla.rope)
+    w.add_q_lora_rank(mla.q_lora)
+    w.add_kv_lora_rank(mla.kv_lora)
+    w.add_leading_dense_block_count(shape.dense_lead)
+    if shape.n_expert:
+        w.add_expert_count(shape.n_expert)
+        w.add_expert_used_count(shape.n_expert_used)
+        w.add_expert_feed_forward_length(shape.n_ff_exp)
+        w.add_expert_shared_count(shape.n_expert_shared)
+        w.add_expert_weights_scale(2.5)
+        w.add_expert_weights_norm(True)
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+
+
+def _mla_tensors(shape: Shape, mla: MLA) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, ggml dims with the row length first) of a deepseek2 file with the split MLA matrices."""
+    e, h, v = shape.n_embd, int(shape.n_head) if not isinstance(shape.n_head, tuple) else shape.n_head[0], shape.n_vocab
+    ff = shape.n_ff if isinstance(shape.n_ff, int) else shape.n_ff[0]
+    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (e, v))]
+    for i in range(shape.n_layer):
+        b = f"blk.{i}."
+        out += [
+            (b + "attn_norm.weight", (e,)),
+            (b + "attn_q_a.weight", (e, mla.q_lora)),
+            (b + "attn_q_a_norm.weight", (mla.q_lora,)),
+            (b + "attn_q_b.weight", (mla.q_lora, h * (mla.nope + mla.rope))),
+            (b + "attn_kv_a_mqa.weight", (e, mla.kv_lora + mla.rope)),
+            (b + "attn_kv_a_norm.weight", (mla.kv_lora,)),
+            (b + "attn_k_b.weight", (mla.nope, mla.kv_lora, h)),
+            (b + "attn_v_b.weight", (mla.kv_lora, mla.v_head, h)),
+            (b + "attn_output.weight", (h * mla.v_head, e)),
+            (b + "ffn_norm.weight", (e,)),
+        ]
+        if i < shape.dense_lead or not shape.n_expert:
+            out += [(b + "ffn_gate.weight", (e, ff)), (b + "ffn_up.weight", (e, ff)), (b + "ffn_down.weight", (ff, e))]
+            continue
+        n, f, sh = shape.n_expert, shape.n_ff_exp, shape.n_ff_exp * shape.n_expert_shared
+        out += [
+            (b + "ffn_gate_inp.weight", (e, n)),
+            (b + "exp_probs_b.bias", (n,)),
+            (b + "ffn_gate_exps.weight", (e, f, n)),
+            (b + "ffn_up_exps.weight", (e, f, n)),
+            (b + "ffn_down_exps.weight", (f, e, n)),
+            (b + "ffn_gate_shexp.weight", (e, sh)),
+            (b + "ffn_up_shexp.weight", (e, sh)),
+            (b + "ffn_down_shexp.weight", (sh, e)),
+        ]
+    return [*out, ("output_norm.weight", (e,)), ("output.weight", (e, v))]
+
+
+def _write_zeros(w: Any, path: Path, tensors: list[tuple[str, tuple[int, ...]]], qtype: Any) -> Path:
+    """Write the header and leave every tensor's data a hole of zeros (a valid all-zero weight in f16, f32 and
+    q8_0): the file has its full size without the disk or the time to write it. Vectors and the router are f32."""
+    import gguf
+
+    from modelctl.gguf import row_bytes
+
+    size = 0
+    for name, dims in tensors:
+        t = gguf.GGMLQuantizationType.F32 if len(dims) == 1 or "gate_inp" in name else qtype
+        rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
+        nbytes = row_bytes(int(t), dims[0]) * rows
+        dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(t, np.uint8)
+        last = dims[0] if dtype is not np.uint8 else row_bytes(int(t), dims[0])
+        w.add_tensor_info(name, [*reversed(dims[1:]), last], np.dtype(dtype), nbytes, raw_dtype=t)
+        size += -(-nbytes // 32) * 32
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with path.open("r+b") as f:
+        f.seek(0, 2)
+        f.truncate(-(-f.tell() // 32) * 32 + size)
     return path
 
 
@@ -349,6 +519,8 @@ class Row:
     truth: dict[str, float]
     predicted: dict[str, float]
     problems: list[str] = field(default_factory=list)
+    printed: str = ""
+    """The row as a table printed it (a row read back from docs/fit_accuracy.md), kept as it was."""
 
     def check(self) -> Row:
         for key in ("weights", "kv_cache", "output"):
@@ -363,6 +535,8 @@ class Row:
 
     @property
     def compute_error(self) -> float:
+        if self.printed:  # the printed percentage: the figures were rounded
+            return float(self.printed.split("|")[9].strip().rstrip("%")) / 100
         return self.predicted["compute"] / self.truth["compute"] - 1
 
 
@@ -408,6 +582,9 @@ def table(rows: Sequence[Row]) -> str:
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        if r.printed:
+            lines.append(r.printed)
+            continue
         t, p = r.truth, r.predicted
         lines.append(
             f"| {r.model} | {r.n_ctx} | {r.cache} | {r.buffers} "
@@ -465,20 +642,70 @@ def skipped_note() -> str:
     )
 
 
-def run(*, quick: bool = False, workdir: Path | None = None) -> list[Row]:
-    shapes = [s for s in SHAPES if not quick or s.name in QUICK_SHAPES]
+def run(*, quick: bool = False, workdir: Path | None = None, only: Sequence[str] = ()) -> list[Row]:
+    """Measure every shape (``quick``: a few; ``only``: the generated shapes named, without SmolLM2)."""
+    shapes = [s for s in SHAPES if (not quick or s.name in QUICK_SHAPES) and (not only or s.name in only)]
     cases: Sequence[Case] = QUICK_CASES if quick else CASES
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        if SMOLLM2.is_file():
+        if SMOLLM2.is_file() and not only:
             label = "SmolLM2-135M Q4_1"
             smol: Sequence[Case] = cases if quick else (*SMOLLM2_CASES, *BUFFER_CASES.get(label, ()))
             rows += compare(SMOLLM2, label, smol)
         for shape in shapes:
             path = write_gguf(shape, Path(tmp) / f"{shape.name}.gguf")
-            label = f"{shape.name} (held out)" if shape.held_out else shape.name
-            rows += compare(path, label, cases if quick else (*cases, *BUFFER_CASES.get(shape.name, ())))
+            own = shape.cases or cases
+            rows += compare(path, label_of(shape), own if quick else (*own, *BUFFER_CASES.get(shape.name, ())))
+            path.unlink()
     return rows
+
+
+def label_of(shape: Shape) -> str:
+    return f"{shape.name} (held out)" if shape.held_out else shape.name
+
+
+def parse_table(text: str) -> list[Row]:
+    """The rows of a table :func:`table` wrote (its figures as printed), to update some rows in place."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 12 or not cells[1].isdigit():
+            continue
+        pairs = [tuple(float(x) for x in cells[i].split(" / ")) for i in (4, 5, 6, 7, 9)]
+        keys = ("weights", "kv_cache", "output", "compute")
+        truth = {k: pairs[i][0] for i, k in enumerate(keys)}
+        predicted = {k: pairs[i][1] for i, k in enumerate(keys)} | {"total": pairs[4][1], "host": float(cells[10])}
+        problems = [] if cells[11] == "yes" else cells[11].split("; ")
+        rows.append(
+            Row(
+                model=cells[0],
+                n_ctx=int(cells[1]),
+                cache=cells[2],
+                buffers=cells[3],
+                truth=truth,
+                predicted=predicted,
+                problems=problems,
+                printed=line.strip(),
+            )
+        )
+    return rows
+
+
+def update_rows(doc: str, rows: Sequence[Row]) -> str:
+    """``doc``'s CPU table with ``rows`` in place of the rows of their models (new models at the end), and its
+    summary recounted; the rest of the document as it was."""
+    start = doc.index("| model |")
+    end = doc.index("\n\n", start)
+    old = parse_table(doc[start:end])
+    models = {r.model for r in rows}
+    kept = [r for r in old if r.model not in models]
+    first = next((i for i, r in enumerate(old) if r.model in models), len(old))  # where they were, else the end
+    merged = [*kept[:first], *rows, *kept[first:]]
+    rest = doc[end:]
+    summary_at = rest.index("comparisons,")
+    line_start = rest.rfind("\n", 0, summary_at) + 1
+    line_end = rest.index("\n", summary_at)
+    return doc[:start] + table(merged) + rest[:line_start] + summary(merged) + rest[line_end:]
 
 
 GPU_SECTION = "\n## GPU backends"
@@ -520,9 +747,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not write docs/fit_accuracy.md")
     parser.add_argument("--gpu-logs", type=Path, metavar="DIR", help="compare with the GPU load logs in DIR")
     parser.add_argument("--json", action="store_true", help="with --gpu-logs: JSON rows per record")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        choices=[s.name for s in SHAPES],
+        help="only this generated shape (repeatable); its rows replace its rows in docs/fit_accuracy.md",
+    )
     args = parser.parse_args(argv)
     if args.gpu_logs is not None:
         return gpu_main(args.gpu_logs, as_json=args.json, write=not args.no_write and not args.json)
+    if args.shape:
+        rows = run(only=args.shape)
+        print(table(rows) + "\n\n" + summary(rows))
+        if not args.no_write:
+            doc = ROOT / "docs" / "fit_accuracy.md"
+            doc.write_text(update_rows(doc.read_text(), rows))
+        return 1 if any(r.problems for r in rows) else 0
     rows = run(quick=args.quick)
     text = table(rows)
     note = summary(rows)

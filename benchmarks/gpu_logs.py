@@ -340,6 +340,8 @@ def write_header(model: dict[str, Any], path: Path) -> Path:
         w.add_uint32(f"{arch}.attention.key_length_mla", model["n_embd_head_k"])
         w.add_uint32(f"{arch}.attention.value_length_mla", model["n_embd_head_v"])
         w.add_uint32(f"{arch}.attention.kv_lora_rank", model["kv_lora_rank"])
+        w.add_rope_dimension_count(model["n_rot"])  # the compute buffer holds each head's roped query part
+        w.add_leading_dense_block_count(model.get("n_layer_dense_lead", 0))
     else:
         if model.get("n_embd_head_k"):
             w.add_key_length(model["n_embd_head_k"])

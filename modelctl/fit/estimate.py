@@ -510,6 +510,9 @@ def compute_buffer(
         # the previous layer's feed-forward blocks below the scores, as far as the holes reach (see above)
         attention = scores + masks + min(2 * f_t, 8 * e_t) + 3 * e_t
         ffn_step = masks + 3 * f_t + 3 * e_t + kv_t
+    if shape.mla:
+        attention = mla_attention(shape, t, cells, masks, e_t, f_t, fa=fa)
+        ffn_step = max(ffn_step, moe_step(shape, t))
     out_step += small
     attention += small
     recurrent = 0
@@ -521,7 +524,12 @@ def compute_buffer(
     # a GPU's allocator packs the graph tighter than the CPU's (fitted to llama.cpp's CUDA and Metal reports,
     # benchmarks/gpu_logs.py): the scores stand on the masks, one feed-forward block and two batch rows; the logits
     # on one batch row
-    if fa:
+    if shape.mla:
+        # MLA: the absorbed query tensors (and without flash attention the scores) on the masks and two batch rows
+        # (the DeepSeek-V3 CUDA record: 788 MiB logged, 844 predicted)
+        scores = 0 if fa else cells * t * shape.n_head_max * 4
+        gpu_layers = max(masks + mla_queries(shape, t) + scores + 2 * e_t, 3 * f_t + 2 * e_t)
+    elif fa:
         gpu_layers = max(masks + 3 * f_t + 2 * e_t, recurrent)
     else:
         attn_layers = attn_layers_of(shape, cells, swa_cells)
@@ -563,6 +571,40 @@ def compute_buffer(
         if out[dev] and copies > 1:
             out[dev] += (copies - 1) * e_t  # the hidden state a stage receives, once per pipeline copy
     return out
+
+
+def mla_queries(shape: ModelShape, t: int) -> int:
+    """The query tensors of an MLA layer's absorbed graph (llama.cpp's ``llm_build_deepseek2``), alive together
+    where the query is assembled: each head's no-rope query absorbed into the latent width
+    (``q_nope_absorbed``, ``kv_lora_rank`` wide), the query that joins it with the roped part (``Qcur``,
+    ``kv_lora_rank + n_rot``), the roped part itself, and the decompressed query it came from (``key_length_mla``).
+    For DeepSeek-V3 (128 heads) that is 336 MiB per 512 tokens, where a per-head cache model's query is 0.5 MiB."""
+    per_head = shape.kv_lora_rank + (shape.kv_lora_rank + shape.n_rot) + shape.n_rot + shape.mla_k_len
+    return shape.n_head_max * per_head * t * 4
+
+
+def mla_attention(shape: ModelShape, t: int, cells: int, masks: int, e_t: int, f_t: int, *, fa: bool) -> int:
+    """The attention step of an MLA model on the CPU: the query tensors (:func:`mla_queries`) and one more block
+    of the decompressed query's size, above the masks and two batch rows; without flash attention the scores
+    (``cells x T`` per head) and one feed-forward block on top, unless the scores fit the hole
+    ``q_nope_absorbed`` left (a cache no wider than a head's absorbed query). Fitted to llama.cpp's reports for
+    DeepSeek-V3-, V2- and Kimi-K2-shaped files (benchmarks/fit_accuracy.py; tests/unit/fit/test_fit_mla.py holds
+    the figures)."""
+    step = masks + mla_queries(shape, t) + shape.n_head_max * shape.mla_k_len * t * 4 + 2 * e_t
+    if not fa and cells > shape.kv_lora_rank + shape.n_rot:
+        step += cells * t * shape.n_head_max * 4 + f_t
+    return step
+
+
+def moe_step(shape: ModelShape, t: int) -> int:
+    """A MoE layer's feed-forward on the CPU: the selected experts' gate, up and SwiGLU rows (``n_ff_exp`` each per
+    expert used) and their down projections (``n_embd`` each per expert used) before they are weighted and summed,
+    besides five and a half batch rows. 0 when every layer is dense. Used for MLA models only so far: it is what their
+    narrow-headed shapes (16-64 heads) peak on; the per-head models' MoE rows were calibrated without it."""
+    if not shape.n_expert or not shape.n_expert_used or shape.n_layer_dense_lead >= shape.n_layer:
+        return 0
+    used = shape.n_expert_used
+    return (3 * shape.n_ff_exp * used + shape.n_embd * used) * t * 4 + 22 * shape.n_embd * t
 
 
 def attn_layers_of(shape: ModelShape, cells: int, swa_cells: int) -> list[tuple[Layer, int]]:

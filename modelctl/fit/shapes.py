@@ -77,6 +77,14 @@ class ModelShape:
     n_swa: int = 0
     mla: bool = False
     """Multi-head latent attention: the cache holds K only (``k_len`` wide: kv_lora_rank + rope dims)."""
+    kv_lora_rank: int = 0
+    """MLA's latent width (the cached K less its rope part): the width each head's query is absorbed into."""
+    n_rot: int = 0
+    """MLA's rope part of each head (``rope.dimension_count``)."""
+    mla_k_len: int = 0
+    """MLA's per-head query length before absorption (``key_length_mla``: no-rope + rope parts)."""
+    n_layer_dense_lead: int = 0
+    """MoE models: the first layers whose feed-forward is dense (``leading_dense_block_count``)."""
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int = 0
@@ -152,6 +160,7 @@ def shape_of(header: GGUFHeader) -> ModelShape:
         for i in range(n_layer)
     )
     mla = header.arch_int("attention.key_length_mla") > 0 and header.arch_int("attention.value_length_mla") > 0
+    n_rot = header.arch_int("rope.dimension_count") if mla else 0
     # the tokenizer's token list (counted even when skipped), else the vocab_size key
     n_vocab = header.array_lengths.get("tokenizer.ggml.tokens") or header.arch_int("vocab_size")
     if n_vocab <= 0:
@@ -165,6 +174,10 @@ def shape_of(header: GGUFHeader) -> ModelShape:
         layers=layers,
         n_swa=n_swa,
         mla=mla,
+        kv_lora_rank=header.arch_int("attention.kv_lora_rank", k_full - n_rot) if mla else 0,
+        n_rot=n_rot,
+        mla_k_len=header.arch_int("attention.key_length_mla") if mla else 0,
+        n_layer_dense_lead=header.arch_int("leading_dense_block_count"),
         n_expert=header.arch_int("expert_count"),
         n_expert_used=header.arch_int("expert_used_count"),
         n_ff_exp=header.arch_int("expert_feed_forward_length"),
