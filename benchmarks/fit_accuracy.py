@@ -305,6 +305,14 @@ MLA_GRID_CASES: tuple[tuple[int, int, str, bool], ...] = (
 )
 
 
+def grid_settings(n_ctx: int, n_ubatch: int, cache: str, flash: bool) -> RunSettings:
+    """A grid load's settings: the batch as large as the micro-batch (llama.cpp caps n_ubatch at n_batch)."""
+    flash_attn = "on" if flash else "off"
+    return RunSettings(
+        n_ctx=n_ctx, n_batch=max(512, n_ubatch), n_ubatch=n_ubatch, cache_type=cache, flash_attn=flash_attn
+    )
+
+
 def mla_grid(workdir: Path | None = None) -> list[str]:
     """Measure :data:`MLA_GRID` at :data:`MLA_GRID_CASES`: one line per load, as test_fit_mla.py's table holds
     them (shape, n_ctx, n_ubatch, cache, flash attention, llama.cpp's compute MiB)."""
@@ -313,14 +321,7 @@ def mla_grid(workdir: Path | None = None) -> list[str]:
         for name, shape in MLA_GRID.items():
             path = write_gguf(shape, Path(tmp) / f"{name}.gguf")
             for n_ctx, n_ubatch, cache, flash in MLA_GRID_CASES:
-                settings = RunSettings(
-                    n_ctx=n_ctx,
-                    n_batch=max(512, n_ubatch),
-                    n_ubatch=n_ubatch,
-                    cache_type=cache,
-                    flash_attn="on" if flash else "off",
-                )
-                truth = measure(path, settings, n_ctx)
+                truth = measure(path, grid_settings(n_ctx, n_ubatch, cache, flash), n_ctx)
                 lines.append(f'("{name}", {n_ctx}, {n_ubatch}, "{cache}", {flash}, {truth["compute"]:.2f}),')
                 print(lines[-1], flush=True)
             path.unlink()

@@ -474,6 +474,10 @@ def compute_buffer(
     graph, so its buffer uses the same formula for the layers it holds, and the device with the output layer
     takes the logits step.
 
+    MLA models (deepseek2 and its kin) run a different attention: each head's query is absorbed into the latent
+    width, so their attention step is the query tensors (:func:`mla_attention`), and their MoE layers' step the
+    selected experts' rows (:func:`moe_step`); a GPU holds the same query tensors on the masks and two batch rows.
+
     On a backend that offloads large batches (:data:`OFFLOAD_BACKENDS`, ``pulled`` given) with a batch of
     :data:`OFFLOAD_MIN_BATCH` tokens or more, the products of the layers and experts kept on the host run on the
     first GPU too: it copies their weights in one at a time (llama.cpp's scheduler starts a new split at each such

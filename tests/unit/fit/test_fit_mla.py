@@ -7,7 +7,7 @@ LLAMAFILE OPENMP REPACK``), measured by loading two-layer files of these shapes 
 
     .venv/bin/python benchmarks/fit_accuracy.py --mla-grid
 
-The headers here carry the same keys (benchmarks/fit_accuracy.py's ``MLA_GRID``), without tensors: the compute
+The headers here carry the keys of those files (benchmarks/fit_accuracy.py's ``MLA_GRID``), without tensors: the compute
 buffer depends on the shape only. Before the MLA step the fit predicted 384 MiB where llama.cpp reserves 848.02
 (DeepSeek-V3 widths at 16K, ubatch 1024, flash attention): the absorbed queries were not counted.
 """
@@ -17,53 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers.benchmarks import load  # tests/ is on sys.path
 
 from modelctl.fit.estimate import estimate
-from modelctl.fit.settings import RunSettings
 from modelctl.fit.shapes import shape_of
 from modelctl.gguf import GGUFHeader
 
 MIB = 1 << 20
 OVER = 0.15
-
-V3: dict[str, Any] = {
-    "n_embd": 7168,
-    "n_head": 128,
-    "n_ff": 18432,
-    "n_vocab": 2048,
-    "q_lora": 1536,
-    "kv_lora": 512,
-    "rope": 64,
-    "nope": 128,
-    "v_head": 128,
-    "n_expert": 256,
-    "n_expert_used": 8,
-    "n_ff_exp": 2048,
-    "dense_lead": 0,
-}
-SHAPES: dict[str, dict[str, Any]] = {
-    "v3-moe": V3,
-    "v3-dense": V3 | {"dense_lead": 2},
-    "v3-h16": V3 | {"n_head": 16},
-    "k2-h64": V3 | {"n_head": 64, "n_expert": 384},
-    "dense-h64": V3 | {"n_head": 64, "dense_lead": 2},
-    "v2": V3 | {"n_embd": 5120, "n_ff": 12288, "n_ff_exp": 1536, "n_expert": 160, "n_expert_used": 6, "dense_lead": 1},
-    "small": V3
-    | {
-        "n_embd": 1024,
-        "n_head": 16,
-        "n_ff": 2816,
-        "n_ff_exp": 512,
-        "n_expert": 16,
-        "n_expert_used": 4,
-        "n_vocab": 8192,
-        "q_lora": 384,
-        "kv_lora": 256,
-        "rope": 32,
-        "nope": 64,
-        "v_head": 64,
-    },
-}
+fa = load("fit_accuracy")  # its MLA_GRID are the shapes measured
 
 # (shape, n_ctx, n_ubatch, cache, flash attention, llama.cpp's CPU compute buffer in MiB)
 MEASURED: list[tuple[str, int, int, str, bool, float]] = [
@@ -127,32 +89,33 @@ MEASURED: list[tuple[str, int, int, str, bool, float]] = [
 
 
 def header(name: str) -> GGUFHeader:
-    d = SHAPES[name]
+    """The header --mla-grid writes for ``name``, without tensors."""
+    d, m = fa.MLA_GRID[name], fa.MLA_GRID[name].mla
     a = "deepseek2"
     metadata: dict[str, Any] = {
         "general.architecture": a,
-        f"{a}.block_count": 2,
-        f"{a}.context_length": 163840,
-        f"{a}.embedding_length": d["n_embd"],
-        f"{a}.feed_forward_length": d["n_ff"],
-        f"{a}.attention.head_count": d["n_head"],
+        f"{a}.block_count": d.n_layer,
+        f"{a}.context_length": d.ctx_train,
+        f"{a}.embedding_length": d.n_embd,
+        f"{a}.feed_forward_length": d.n_ff,
+        f"{a}.attention.head_count": d.n_head,
         f"{a}.attention.head_count_kv": 1,
-        f"{a}.attention.key_length": d["kv_lora"] + d["rope"],
-        f"{a}.attention.value_length": d["kv_lora"],
-        f"{a}.attention.key_length_mla": d["nope"] + d["rope"],
-        f"{a}.attention.value_length_mla": d["v_head"],
-        f"{a}.attention.q_lora_rank": d["q_lora"],
-        f"{a}.attention.kv_lora_rank": d["kv_lora"],
-        f"{a}.rope.dimension_count": d["rope"],
-        f"{a}.leading_dense_block_count": d["dense_lead"],
-        f"{a}.expert_count": d["n_expert"],
-        f"{a}.expert_used_count": d["n_expert_used"],
-        f"{a}.expert_feed_forward_length": d["n_ff_exp"],
+        f"{a}.attention.key_length": m.kv_lora + m.rope,
+        f"{a}.attention.value_length": m.kv_lora,
+        f"{a}.attention.key_length_mla": m.nope + m.rope,
+        f"{a}.attention.value_length_mla": m.v_head,
+        f"{a}.attention.q_lora_rank": m.q_lora,
+        f"{a}.attention.kv_lora_rank": m.kv_lora,
+        f"{a}.rope.dimension_count": m.rope,
+        f"{a}.leading_dense_block_count": d.dense_lead,
+        f"{a}.expert_count": d.n_expert,
+        f"{a}.expert_used_count": d.n_expert_used,
+        f"{a}.expert_feed_forward_length": d.n_ff_exp,
     }
     return GGUFHeader(
         version=3,
         metadata=metadata,
-        array_lengths={"tokenizer.ggml.tokens": d["n_vocab"]},
+        array_lengths={"tokenizer.ggml.tokens": d.n_vocab},
         tensors=(),
         alignment=32,
         data_offset=0,
@@ -161,14 +124,7 @@ def header(name: str) -> GGUFHeader:
 
 
 def compute_mib(name: str, n_ctx: int, n_ubatch: int, cache: str, flash: bool) -> float:
-    settings = RunSettings(
-        n_ctx=n_ctx,
-        n_batch=max(512, n_ubatch),
-        n_ubatch=n_ubatch,
-        cache_type=cache,
-        flash_attn="on" if flash else "off",
-    )
-    return estimate(header(name), settings).compute / MIB
+    return estimate(header(name), fa.grid_settings(n_ctx, n_ubatch, cache, flash)).compute / MIB
 
 
 @pytest.mark.parametrize(("name", "n_ctx", "n_ubatch", "cache", "flash", "llama_mib"), MEASURED)

@@ -4,12 +4,10 @@ within 1%), records from builds that allocate differently named and reported apa
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers.benchmarks import load  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[3]
 LOGS = ROOT / "tests" / "fixtures" / "gpu_logs"
@@ -23,18 +21,7 @@ SETTINGS_KEYS = {
 }  # fmt: skip
 
 
-def _gpu_logs() -> ModuleType:
-    """benchmarks/gpu_logs.py loaded by path: benchmarks/ must not go on sys.path, where its registry.py would
-    shadow the registry package for every test collected after this one."""
-    spec = importlib.util.spec_from_file_location("gpu_logs", ROOT / "benchmarks" / "gpu_logs.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_logs", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gl = _gpu_logs()
+gl = load("gpu_logs")
 
 RECORDS = gl.load(LOGS)
 
