@@ -16,9 +16,11 @@ Targets (issue 5): weights, KV cache and output within 0.1 MiB; compute within +
     .venv/bin/python benchmarks/fit_accuracy.py --gpu-logs tests/fixtures/gpu_logs [--json]   # published GPU logs
     .venv/bin/python benchmarks/fit_accuracy.py --shape deepseek-v3-mla   # one shape, its rows updated in place
     .venv/bin/python benchmarks/fit_accuracy.py --mla-grid   # the MLA loads tests/unit/fit/test_fit_mla.py pins
+    .venv/bin/python benchmarks/fit_accuracy.py --moe-grid   # the MoE loads tests/unit/fit/test_fit_moe_compute.py pins
 
 The MLA shapes (deepseek2's latent attention at DeepSeek-V3, Kimi-K2 and V2 widths) are sparse files of zero
-weights: tens of GB long, a few MB on disk, mapped but never read.
+weights: tens of GB long, a few MB on disk, mapped but never read. So are the MoE shapes (qwen3moe at
+Qwen3-30B-A3B and -235B-A22B widths, Mixtral's as llama with experts), each under 3.2 GiB mapped.
 
 It writes the table to docs/fit_accuracy.md as well, and exits 1 when a target is missed.
 """
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +263,86 @@ SHAPES += (
     ),
 )
 
+MOE_CASES: tuple[tuple[int, str], ...] = ((512, "f16"), (4096, "f16"), (512, "q8_0"), (4096, "q8_0"), (16384, "q8_0"))
+"""The MoE shapes' cases: f16 without flash attention, q8_0 with it."""
+QWEN3_A3B = Shape(
+    # Qwen3-30B-A3B's widths: 128 experts of 768, 8 used per token, 32 query heads of 128 over 4 KV heads
+    name="qwen3moe-a3b",
+    arch="qwen3moe",
+    n_layer=2,
+    n_embd=2048,
+    n_head=32,
+    n_head_kv=4,
+    head_dim=128,
+    n_ff=6144,
+    n_vocab=32000,
+    n_expert=128,
+    n_expert_used=8,
+    n_ff_exp=768,
+    ctx_train=40960,
+    sparse=True,
+    cases=MOE_CASES,
+)
+SHAPES += (
+    QWEN3_A3B,
+    # Qwen3-235B-A22B's widths: 64 query heads (a query twice the embedding), 8 experts of 1536 used; 32 experts,
+    # not 128 (only the router's rows depend on the count): the mapped file stays under 3.2 GiB
+    replace(
+        QWEN3_A3B, name="qwen3moe-a22b", n_embd=4096, n_head=64, n_ff=12288, n_expert=32, n_ff_exp=1536, held_out=True
+    ),
+    Shape(
+        # Mixtral-8x7B's widths as llama with experts: 8 experts of 14336, 2 used per token; Q8_0 (3.1 GiB mapped)
+        name="mixtral-moe",
+        weights="Q8_0",
+        n_layer=2,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=8,
+        n_ff=14336,
+        n_vocab=32000,
+        n_expert=8,
+        n_expert_used=2,
+        ctx_train=32768,
+        sparse=True,
+        cases=MOE_CASES,
+    ),
+)
+
+
+def _moe_probe(n_embd: int, used: int, n_ff_exp: int) -> Shape:
+    """A qwen3moe shape of MOE_GRID: 32 heads of 128, 32 experts, a vocabulary of 2048."""
+    name, n_ff = f"e{n_embd}-u{used}-f{n_ff_exp}", n_ff_exp * used
+    return replace(
+        QWEN3_A3B,
+        name=name,
+        n_embd=n_embd,
+        n_ff=n_ff,
+        n_vocab=2048,
+        n_expert=32,
+        n_expert_used=used,
+        n_ff_exp=n_ff_exp,
+        cases=(),
+    )
+
+
+MOE_GRID: dict[str, Shape] = {
+    # the qwen3moe shapes tests/unit/fit/test_fit_moe_compute.py pins (--moe-grid measures them): 1024-4096 wide,
+    # 2-8 experts used of 768-3072, a small vocabulary so that the layers' steps decide
+    s.name: s
+    for s in (
+        *(_moe_probe(e, u, f) for e in (1024, 2048, 4096) for u in (2, 8) for f in (768, 3072)),
+        _moe_probe(2048, 4, 768),
+        _moe_probe(4096, 4, 768),
+        _moe_probe(4096, 4, 1536),
+    )
+}
+MOE_GRID_CASES: tuple[tuple[int, int, str, bool], ...] = (
+    (4096, 512, "f16", True),
+    (1024, 1024, "f16", True),
+    (512, 512, "f16", False),
+    (4096, 512, "f16", False),
+)
+
 MLA_GRID: dict[str, Shape] = {
     # the MLA shapes tests/unit/fit/test_fit_mla.py pins (--mla-grid measures them): every layer MoE (dense_lead
     # 0) or every layer dense, 16 to 128 heads, at ubatch 512 and 1024 with flash attention on and off
@@ -316,11 +398,18 @@ def grid_settings(n_ctx: int, n_ubatch: int, cache: str, flash: bool) -> RunSett
 def mla_grid(workdir: Path | None = None) -> list[str]:
     """Measure :data:`MLA_GRID` at :data:`MLA_GRID_CASES`: one line per load, as test_fit_mla.py's table holds
     them (shape, n_ctx, n_ubatch, cache, flash attention, llama.cpp's compute MiB)."""
+    return measure_grid(MLA_GRID, MLA_GRID_CASES, workdir)
+
+
+def measure_grid(
+    shapes: dict[str, Shape], cases: Sequence[tuple[int, int, str, bool]], workdir: Path | None = None
+) -> list[str]:
+    """Measure each shape at each ``(n_ctx, n_ubatch, cache, flash attention)`` case (:func:`grid_settings`)."""
     lines = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        for name, shape in MLA_GRID.items():
+        for name, shape in shapes.items():
             path = write_gguf(shape, Path(tmp) / f"{name}.gguf")
-            for n_ctx, n_ubatch, cache, flash in MLA_GRID_CASES:
+            for n_ctx, n_ubatch, cache, flash in cases:
                 truth = measure(path, grid_settings(n_ctx, n_ubatch, cache, flash), n_ctx)
                 lines.append(f'("{name}", {n_ctx}, {n_ubatch}, "{cache}", {flash}, {truth["compute"]:.2f}),')
                 print(lines[-1], flush=True)
@@ -418,6 +507,12 @@ def write_gguf(shape: Shape, path: Path, *, seed: int = 0) -> Path:
     if shape.mla is not None:
         _mla_metadata(w, shape, shape.mla)
         return _write_zeros(w, path, _mla_tensors(shape, shape.mla), qtype)
+    if shape.n_expert:
+        w.add_expert_count(shape.n_expert)
+        w.add_expert_used_count(shape.n_expert_used)
+        if shape.n_ff_exp:
+            w.add_expert_feed_forward_length(shape.n_ff_exp)
+        return _write_zeros(w, path, _moe_tensors(shape, head_dim), qtype)
 
     tensors: list[tuple[str, np.ndarray, gguf.GGMLQuantizationType | None]] = []
 
@@ -512,6 +607,34 @@ def _mla_tensors(shape: Shape, mla: MLA) -> list[tuple[str, tuple[int, ...]]]:
             (b + "ffn_gate_shexp.weight", (e, sh)),
             (b + "ffn_up_shexp.weight", (e, sh)),
             (b + "ffn_down_shexp.weight", (sh, e)),
+        ]
+    return [*out, ("output_norm.weight", (e,)), ("output.weight", (e, v))]
+
+
+def _moe_tensors(shape: Shape, head_dim: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, ggml dims with the row length first) of a MoE file: per-head attention (qwen3moe's Q and K norms)
+    and routed experts in every layer, ``n_ff_exp`` wide (llama's experts: ``n_ff``)."""
+    e, v, n = shape.n_embd, shape.n_vocab, shape.n_expert
+    h, kv = int(_per_layer(shape.n_head, 1)[0]), int(_per_layer(shape.n_head_kv, 1)[0])
+    f = shape.n_ff_exp or int(_per_layer(shape.n_ff, 1)[0])
+    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (e, v))]
+    for i in range(shape.n_layer):
+        b = f"blk.{i}."
+        out += [
+            (b + "attn_norm.weight", (e,)),
+            (b + "attn_q.weight", (e, h * head_dim)),
+            (b + "attn_k.weight", (e, kv * head_dim)),
+            (b + "attn_v.weight", (e, kv * head_dim)),
+            (b + "attn_output.weight", (h * head_dim, e)),
+        ]
+        if shape.arch == "qwen3moe":
+            out += [(b + "attn_q_norm.weight", (head_dim,)), (b + "attn_k_norm.weight", (head_dim,))]
+        out += [
+            (b + "ffn_norm.weight", (e,)),
+            (b + "ffn_gate_inp.weight", (e, n)),
+            (b + "ffn_gate_exps.weight", (e, f, n)),
+            (b + "ffn_up_exps.weight", (e, f, n)),
+            (b + "ffn_down_exps.weight", (f, e, n)),
         ]
     return [*out, ("output_norm.weight", (e,)), ("output.weight", (e, v))]
 
@@ -827,9 +950,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "is recounted from the printed figures: a largest difference under 0.005 MiB may read lower)",
     )
     parser.add_argument("--mla-grid", action="store_true", help="the MLA loads tests/unit/fit/test_fit_mla.py pins")
+    parser.add_argument(
+        "--moe-grid", action="store_true", help="the MoE loads tests/unit/fit/test_fit_moe_compute.py pins"
+    )
     args = parser.parse_args(argv)
     if args.mla_grid:
         mla_grid()
+        return 0
+    if args.moe_grid:
+        measure_grid(MOE_GRID, MOE_GRID_CASES)
         return 0
     if args.gpu_logs is not None:
         return gpu_main(args.gpu_logs, as_json=args.json, write=not args.no_write and not args.json)
@@ -867,7 +996,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "`mla-small`) are "
             "deepseek2's latent attention at DeepSeek-V3, Kimi-K2 and V2 widths (two layers, the first dense, "
             "zero weights in a sparse file) at their own cases: f16 without flash attention up to 4K, the "
-            "quantised caches with it up to 16K.\n\n"
+            "quantised caches with it up to 16K. The MoE shapes are qwen3moe at Qwen3-30B-A3B and Qwen3-235B-A22B "
+            "widths (the latter with 32 of its 128 experts: only the router depends on the count) and Mixtral-8x7B's "
+            "as llama with experts (Q8_0), two layers of zero weights in a sparse file, at 512 and 4096 (f16) and "
+            "512, 4096 and 16K (q8_0).\n\n"
             + text
             + "\n\n"
             + note

@@ -66,6 +66,10 @@ OFFLOAD_MIN_BATCH = 32
 FLASH_HEAD_SIZES = frozenset({64, 80, 96, 112, 128, 256, 576})
 """Head sizes every GPU backend's flash attention kernels take (576: MLA's K); ``auto`` is off for others."""
 
+MEASURED_MOE = frozenset({"qwen3moe", "llama"})
+"""Per-head MoE architectures whose CPU compute buffer was measured (benchmarks/fit_accuracy.py's MoE shapes): their
+layers' steps are the experts' alone (:func:`expert_step`); other MoE architectures keep the dense steps too."""
+
 FRAGMENT_ROWS = 1 << 20
 """Without flash attention, batch activations (``n_embd x n_ubatch`` float32) this large fragment the allocator."""
 
@@ -477,6 +481,9 @@ def compute_buffer(
     MLA models (deepseek2 and its kin) run a different attention: each head's query is absorbed into the latent
     width, so their attention step is the query tensors (:func:`mla_attention`), and their MoE layers' step the
     selected experts' rows (:func:`moe_step`); a GPU holds the same query tensors on the masks and two batch rows.
+    Per-head MoE models (qwen3moe, Mixtral) have no dense feed-forward blocks: their step is the selected experts'
+    rows beside the query, the K and V rows and three batch rows (:func:`expert_step`), and without flash
+    attention their scores stand on the query twice (Qwen3's normed copy), the K and V rows and three batch rows.
 
     On a backend that offloads large batches (:data:`OFFLOAD_BACKENDS`, ``pulled`` given) with a batch of
     :data:`OFFLOAD_MIN_BATCH` tokens or more, the products of the layers and experts kept on the host run on the
@@ -499,6 +506,7 @@ def compute_buffer(
     logits = shape.n_vocab * t * 4
     variable = len({(layer.n_head, layer.n_head_kv, layer.n_ff) for layer in shape.layers}) > 1
     ffn_step = 0
+    dense_ffn = 3 * f_t + 6 * e_t
     if fa:
         tail = 5 if shape.softcap_logits or variable else 3
         out_step = logits + tail * e_t + (masks if variable or masks * 16 < logits else 0)
@@ -517,12 +525,24 @@ def compute_buffer(
     if shape.mla:
         attention = mla_attention(shape, t, cells, masks, e_t, f_t, fa=fa)
         ffn_step = max(ffn_step, moe_step(shape, t))
+    elif shape.n_expert and shape.n_expert_used:
+        # MoE layers: no feed-forward block below the scores, but the query twice (qwen3's normed copy) and the K
+        # and V rows, which stay alive through the experts too; no dense gate, up and SwiGLU blocks, the experts'
+        # own (:func:`expert_step`). Measured for qwen3moe and llama (Mixtral) only: other MoE architectures
+        # (gpt-oss's biases, qwen2moe's shared experts) keep the dense steps as a floor.
+        kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer in shape.layers), default=0)
+        moe_attention = scores + masks + 2 * query_width(shape) * t * 4 + kv_t + 3 * e_t if not fa else 0
+        moe_ffn = masks + kv_t + expert_step(shape, t)
+        if shape.arch in MEASURED_MOE:
+            attention, ffn_step, dense_ffn = moe_attention, moe_ffn, 0
+        else:
+            attention, ffn_step = max(attention, moe_attention), max(ffn_step, moe_ffn)
     out_step += small
     attention += small
     recurrent = 0
     if any(layer.recurrent for layer in shape.layers):
         recurrent = (shape.recurrent_r + shape.recurrent_s) * 4 * max(settings.n_seq, 1) * 3 + 4 * f_t
-    peak_layers = max(attention, recurrent, 3 * f_t + 6 * e_t, ffn_step + small)
+    peak_layers = max(attention, recurrent, dense_ffn, ffn_step + small)
     if not n_gpus or not device_of:
         return [max(out_step, peak_layers)]
     # a GPU's allocator packs the graph tighter than the CPU's (fitted to llama.cpp's CUDA and Metal reports,
@@ -609,6 +629,32 @@ def moe_step(shape: ModelShape, t: int) -> int:
         return 0
     used = shape.n_expert_used
     return (3 * shape.n_ff_exp * used + shape.n_embd * used) * t * 4 + 22 * shape.n_embd * t
+
+
+def expert_step(shape: ModelShape, t: int) -> int:
+    """A per-head model's MoE feed-forward on the CPU, without the masks: the layer's query and three batch rows
+    below the selected experts' gate, up and SwiGLU rows (``n_ff_exp`` each per expert used), and their down rows
+    (``n_embd`` each per expert used) on top where these do not fit the hole the gate and up rows leave
+    (``n_embd`` over twice ``n_ff_exp``: Qwen3-30B-A3B and -235B-A22B, not Mixtral). Gate, up and SwiGLU rows of
+    at most 2.25 batch rows in all fit a hole the attention left. 0 when every layer is dense.
+
+    Fitted to llama.cpp's reports for qwen3moe files of 1024-4096 wide embeddings, 2-8 experts used of 768-3072
+    (tests/unit/fit/test_fit_moe_compute.py holds the figures)."""
+    if not shape.n_expert or not shape.n_expert_used:
+        return 0
+    used, ff = shape.n_expert_used, shape.n_ff_exp or shape.n_ff_max
+    experts, down = 3 * ff * used, shape.n_embd * used
+    rows = query_width(shape) + 3 * shape.n_embd
+    if 4 * experts <= 9 * shape.n_embd:
+        rows += down
+    else:
+        rows += experts + (down if shape.n_embd > 2 * ff else 0)
+    return rows * t * 4
+
+
+def query_width(shape: ModelShape) -> int:
+    """The widest attention layer's query rows (``n_head x key_length``; wider than ``n_embd`` in Qwen3)."""
+    return max((layer.n_head * layer.k_len for layer in shape.layers if layer.has_kv), default=0)
 
 
 def attn_layers_of(shape: ModelShape, cells: int, swa_cells: int) -> list[tuple[Layer, int]]:
