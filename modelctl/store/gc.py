@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelctl.atomic import fsync_dir
 from modelctl.digest import Digest
@@ -18,7 +19,9 @@ from modelctl.errors import NotFound
 from modelctl.store import graph
 from modelctl.store.directory import OLD_GRAPH_FILE, TMP_DIR, blob_files, is_regular
 from modelctl.store.index import Tags
-from modelctl.store.refs import Refs
+
+if TYPE_CHECKING:
+    from modelctl.store.refs import Refs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,7 +59,10 @@ class Collector(Tags):
             return deleted
 
     def refs(self) -> Refs:
-        """The store's reference index, opened (in memory where the store cannot be written)."""
+        """The store's reference index, opened (in memory where the store cannot be written). Imported here:
+        sqlite3 is needed only by the commands that remove blobs or walk referrers, not by every start-up."""
+        from modelctl.store.refs import Refs
+
         with contextlib.suppress(OSError):
             (self.root / OLD_GRAPH_FILE).unlink(missing_ok=True)  # the JSON cache it replaced
         return Refs(self.refs_path if self.root.is_dir() else None, self.blobs_dir)
@@ -75,8 +81,9 @@ class Collector(Tags):
         if not self.blobs_dir.is_dir():
             return []
         cutoff = time.time() - grace_seconds
-        with self.locked():
-            nodes = self._scan()
+        with self.locked(), self.refs() as refs:
+            refs.sync(full=True)
+            nodes = refs.nodes()
             live = graph.reachable(nodes, self.roots())
             doomed: set[Digest] = set()
             for digest, path in blob_files(self.blobs_dir):
@@ -89,8 +96,7 @@ class Collector(Tags):
                 if is_regular(st.st_mode) and st.st_mtime < cutoff:
                     doomed.add(digest)
             deleted = self._delete(doomed, set(nodes))
-            with self.refs() as refs:
-                refs.changed(deleted)
+            refs.changed(deleted)
             tmp = self.root / TMP_DIR
             if tmp.is_dir():
                 for path in tmp.iterdir():
