@@ -67,6 +67,9 @@ class MLA:
     rope: int = 64
     nope: int = 128
     v_head: int = 128
+    split: bool = True
+    """The split K/V matrices of files converted since llama.cpp's MLA cache (April 2025); False: an older file
+    with one joint ``attn_kv_b``, which llama.cpp still loads with a per-head K and V cache."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -557,10 +560,14 @@ def _mla_metadata(w: Any, shape: Shape, mla: MLA) -> None:
 
     """deepseek2's keys: one latent K per layer (kv_lora + rope wide, V read from it), the per-head lengths the
     graph decompresses to, the ranks, and the experts (DeepSeek-V3's sigmoid gating)."""
-    w.add_key_length(mla.kv_lora + mla.rope)
-    w.add_value_length(mla.kv_lora)
-    w.add_key_length_mla(mla.nope + mla.rope)
-    w.add_value_length_mla(mla.v_head)
+    if mla.split:
+        w.add_key_length(mla.kv_lora + mla.rope)
+        w.add_value_length(mla.kv_lora)
+        w.add_key_length_mla(mla.nope + mla.rope)
+        w.add_value_length_mla(mla.v_head)
+    else:
+        w.add_key_length(mla.nope + mla.rope)
+        w.add_value_length(mla.v_head)
     w.add_rope_dimension_count(mla.rope)
     w.add_q_lora_rank(mla.q_lora)
     w.add_kv_lora_rank(mla.kv_lora)
@@ -589,8 +596,14 @@ def _mla_tensors(shape: Shape, mla: MLA) -> list[tuple[str, tuple[int, ...]]]:
             (b + "attn_q_b.weight", (mla.q_lora, h * (mla.nope + mla.rope))),
             (b + "attn_kv_a_mqa.weight", (e, mla.kv_lora + mla.rope)),
             (b + "attn_kv_a_norm.weight", (mla.kv_lora,)),
-            (b + "attn_k_b.weight", (mla.nope, mla.kv_lora, h)),
-            (b + "attn_v_b.weight", (mla.kv_lora, mla.v_head, h)),
+            *(
+                [
+                    (b + "attn_k_b.weight", (mla.nope, mla.kv_lora, h)),
+                    (b + "attn_v_b.weight", (mla.kv_lora, mla.v_head, h)),
+                ]
+                if mla.split
+                else [(b + "attn_kv_b.weight", (mla.kv_lora, h * (mla.nope + mla.v_head)))]
+            ),
             (b + "attn_output.weight", (h * mla.v_head, e)),
             (b + "ffn_norm.weight", (e,)),
         ]

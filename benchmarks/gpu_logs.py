@@ -22,6 +22,7 @@ import gguf
 import numpy as np
 
 from modelctl.cpu import WeightBuffers
+from modelctl.fit.builds import BUNDLED, LlamaBuild
 from modelctl.fit.estimate import Estimate, estimate
 from modelctl.fit.settings import RunSettings
 from modelctl.gguf import FileSource, GGUFHeader, read_header, row_bytes, type_sizes
@@ -30,6 +31,8 @@ MIB = 1 << 20
 KV_EXACT_MIB = 0.1
 COMPUTE_OVER = 0.15
 MODEL_WITHIN = 0.01
+PRINTED_MIB = 0.01
+"""llama.cpp prints buffer sizes to 0.01 MiB."""
 HOST_NAMES = ("CPU", "CPU_Mapped", "CPU_REPACK", "AMX", "CUDA_Host", "ROCm_Host", "Vulkan_Host", "Metal_Host")
 """Buffer names that are host memory: the host's weights, KV (without offload), compute and output."""
 TYPE_IDS: dict[str, int] = {t.name.lower(): int(t.value) for t in gguf.GGMLQuantizationType}
@@ -120,21 +123,35 @@ class Row:
     device: str
     logged_mib: float
     predicted_mib: float
+    replayed_mib: float | None = None
+    """The prediction with the log's own build's rules (records from builds that allocate differently)."""
 
     @property
     def error(self) -> float:
         """Relative error of the prediction (0 when both are 0)."""
-        return (self.predicted_mib - self.logged_mib) / self.logged_mib if self.logged_mib else 0.0
+        return _error(self.predicted_mib, self.logged_mib)
 
     def within(self) -> bool:
         """The issue's target for this buffer."""
-        if self.phase == "kv":
-            return abs(self.predicted_mib - self.logged_mib) <= KV_EXACT_MIB
-        if self.phase == "compute":
-            return 0.0 <= self.error <= COMPUTE_OVER
-        if self.phase == "model":
-            return abs(self.error) <= MODEL_WITHIN
-        return True  # output: reported, no target
+        return _within(self.phase, self.predicted_mib, self.logged_mib)
+
+    def replay_within(self) -> bool | None:
+        """The target for the replayed prediction (None: the record is not replayed)."""
+        return None if self.replayed_mib is None else _within(self.phase, self.replayed_mib, self.logged_mib)
+
+
+def _error(predicted: float, logged: float) -> float:
+    return (predicted - logged) / logged if logged else 0.0
+
+
+def _within(phase: str, predicted: float, logged: float) -> bool:
+    if phase == "kv":
+        return abs(predicted - logged) <= KV_EXACT_MIB
+    if phase == "compute":  # not under, to the log's resolution (both sides are rounded to 0.01 MiB)
+        return predicted >= logged - PRINTED_MIB and _error(predicted, logged) <= COMPUTE_OVER
+    if phase == "model":
+        return abs(_error(predicted, logged)) <= MODEL_WITHIN
+    return True  # output: reported, no target
 
 
 @dataclass
@@ -157,6 +174,7 @@ class Result:
             "allocates_differently": self.apart,
             "rows": [
                 {"phase": r.phase, "device": r.device, "logged_mib": r.logged_mib, "predicted_mib": r.predicted_mib}
+                | ({} if r.replayed_mib is None else {"replayed_mib": r.replayed_mib})
                 for r in self.rows
             ],
         }
@@ -408,11 +426,11 @@ def _group(name: str) -> str:
     return name
 
 
-def predict(record: dict[str, Any], header: GGUFHeader) -> Estimate:
-    """The bundled llama.cpp's buffers for the logged load. A record whose build placed tensors in a way the
-    bundled one reaches only with other flags (``replay``: its ``gpu_layers`` and ``override_tensor_cpu`` patterns,
-    llama.cpp's ``--override-tensor PATTERN=CPU``) is predicted with those, so that the same tensors sit on the same
-    devices."""
+def predict(record: dict[str, Any], header: GGUFHeader, build: LlamaBuild = BUNDLED) -> Estimate:
+    """The buffers of the logged load in the bundled llama.cpp (or under ``build``'s rules). A record whose build
+    placed tensors in a way the bundled one reaches only with other flags (``replay``: its ``gpu_layers`` and
+    ``override_tensor_cpu`` patterns, llama.cpp's ``--override-tensor PATTERN=CPU``) is predicted with those, so that
+    the same tensors sit on the same devices."""
     replay = record.get("replay") or {}
     settings = _settings(record)
     gpus = [d for d in record["devices"]]
@@ -428,6 +446,7 @@ def predict(record: dict[str, Any], header: GGUFHeader) -> Estimate:
         buffers=WeightBuffers(setting="none"),
         backend=record["backend"],
         host_tensors=tuple(replay.get("override_tensor_cpu") or ()),
+        build=build,
     )
 
 
@@ -435,6 +454,8 @@ def compare(record: dict[str, Any], name: str, workdir: Path) -> Result:
     path = write_header(record["model"], workdir / f"{Path(name).stem}.gguf")
     header = read_header(FileSource(path))
     est = predict(record, header)
+    rules = (record.get("replay") or {}).get("rules")
+    replayed = predict(record, header, LlamaBuild.from_names(rules)) if rules is not None else None
     gpu_names = [d["name"] for d in record["devices"]]
     logged: dict[tuple[str, str], float] = {}
     for b in record["buffers"]:
@@ -447,15 +468,23 @@ def compare(record: dict[str, Any], name: str, workdir: Path) -> Result:
         apart=bool(record.get("allocates_differently")),
     )
     known_mix = record["model"].get("tensor_types") is not None
+    skipped = {(n["phase"], n["device"]) for n in record.get("not_compared") or ()}
     for (phase, device), mib in sorted(logged.items()):
+        if (phase, device) in skipped:
+            continue  # the record says why: the log lacks what the prediction needs
         if phase == "model" and not known_mix:
             continue  # the log does not give the tensor types: the rebuilt file cannot have the logged sizes
         if phase == "model" and device == "host" and record["model"].get("mapped_range_known") is False:
             continue  # the host's mapped buffer spans the file range of its tensors: their order is not known
-        bufs = est.cpu if device == "host" else _gpu(est, gpu_names, device)
-        value = {"model": bufs.weights, "kv": bufs.kv_cache, "compute": bufs.compute, "output": bufs.output}[phase]
-        result.rows.append(Row(phase, device, round(mib, 2), round(value / MIB, 2)))
+        value = _buffer(est, gpu_names, phase, device)
+        again = None if replayed is None else round(_buffer(replayed, gpu_names, phase, device) / MIB, 2)
+        result.rows.append(Row(phase, device, round(mib, 2), round(value / MIB, 2), again))
     return result
+
+
+def _buffer(est: Estimate, gpu_names: Sequence[str], phase: str, device: str) -> int:
+    bufs = est.cpu if device == "host" else _gpu(est, gpu_names, device)
+    return int({"model": bufs.weights, "kv": bufs.kv_cache, "compute": bufs.compute, "output": bufs.output}[phase])
 
 
 def _gpu(est: Estimate, names: Sequence[str], device: str) -> Any:
@@ -472,51 +501,69 @@ def run(directory: Path, workdir: Path) -> list[Result]:
 
 
 def table(results: Iterable[Result]) -> str:
-    """Markdown: one line per logged buffer, records from builds that allocate differently last."""
+    """Markdown: one line per logged buffer, records from builds that allocate differently last, with the
+    prediction under their own build's rules beside the bundled one's where the record replays them."""
     lines = [
-        "| record | backend | buffer | device | logged MiB | predicted MiB | error | ok |",
-        "|---|---|---|---|---:|---:|---:|---|",
+        "| record | backend | buffer | device | logged MiB | predicted MiB | error | ok | its build's rules MiB | ok |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---|",
     ]
     for apart in (False, True):
         for res in (r for r in results if r.apart == apart):
             for row in res.rows:
-                err = f"{row.predicted_mib - row.logged_mib:+.2f} MiB" if row.phase == "kv" else f"{row.error:+.1%}"
-                mark = "yes" if row.within() else "no"
                 label = res.record + (" (apart)" if apart else "")
+                again = row.replay_within()
+                replayed = "" if row.replayed_mib is None else f"{row.replayed_mib:.2f}"
                 lines.append(
                     f"| {label} | {res.backend} | {row.phase} | {row.device} | {row.logged_mib:.2f} | "
-                    f"{row.predicted_mib:.2f} | {err} | {mark} |"
+                    f"{row.predicted_mib:.2f} | {_shown(row.phase, row.predicted_mib, row.logged_mib)} | "
+                    f"{_mark(row.within())} | {replayed} | {'' if again is None else _mark(again)} |"
                 )
     return "\n".join(lines)
 
 
+def _shown(phase: str, predicted: float, logged: float) -> str:
+    return f"{predicted - logged:+.2f} MiB" if phase == "kv" else f"{_error(predicted, logged):+.1%}"
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
 def summary(results: Sequence[Result]) -> str:
-    """Worst error per buffer and backend, for the records that match the bundled llama.cpp and the others."""
+    """Worst error per buffer and backend: the records that match the bundled llama.cpp, the others, and the others
+    again under their own build's rules (the buffers of the records that replay them)."""
     out = []
-    for apart in (False, True):
+    groups = (
+        ("records whose build allocates as the bundled llama.cpp does for that load:", False, False),
+        ("records from builds that allocate differently (apart), predicted for the bundled llama.cpp:", True, False),
+        ("the same records replayed with their build's rules (modelctl.fit.builds), where they name them:", True, True),
+    )
+    for title, apart, replayed in groups:
         chosen = [r for r in results if r.apart == apart]
-        if not chosen:
+        pairs = [
+            (r, row, row.replayed_mib if replayed else row.predicted_mib)
+            for r in chosen
+            for row in r.rows
+            if not replayed or row.replayed_mib is not None
+        ]
+        if not pairs:
             continue
-        out.append(
-            "records from builds that allocate differently (apart):"
-            if apart
-            else "records whose build allocates as the bundled llama.cpp does for that load:"
-        )
-        for backend in sorted({r.backend for r in chosen}):
+        out.append(title)
+        for backend in sorted({r.backend for r, _, _ in pairs}):
             parts = []
-            rows = [row for r in chosen if r.backend == backend for row in r.rows]
+            rows = [(row, value) for r, row, value in pairs if r.backend == backend]
             for phase in ("model", "kv", "compute", "output"):
-                these = [row for row in rows if row.phase == phase]
+                these = [(row, value) for row, value in rows if row.phase == phase and value is not None]
                 if not these:
                     continue
                 if phase in ("kv", "output"):
-                    worst = max(these, key=lambda x: abs(x.predicted_mib - x.logged_mib))
-                    parts.append(f"{phase} {worst.predicted_mib - worst.logged_mib:+.2f} MiB")
+                    worst = max((value - row.logged_mib for row, value in these), key=abs)
+                    parts.append(f"{phase} {worst:+.2f} MiB")
                 else:
-                    low, high = min(x.error for x in these), max(x.error for x in these)
-                    parts.append(f"{phase} {low:+.1%}..{high:+.1%}")
-            n = len({r.record for r in chosen if r.backend == backend})
-            misses = sum(1 for row in rows if not row.within())
+                    errors = [_error(value, row.logged_mib) for row, value in these]
+                    parts.append(f"{phase} {min(errors):+.1%}..{max(errors):+.1%}")
+            n = len({r.record for r, _, _ in pairs if r.backend == backend})
+            misses = sum(1 for row, value in rows if value is None or not _within(row.phase, value, row.logged_mib))
             out.append(
                 f"- {backend} ({n} records, {len(rows)} buffers, {misses} outside the targets): " + ", ".join(parts)
             )

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field, replace
 
 from modelctl import cpu as _cpu
 from modelctl.cpu import WeightBuffers
+from modelctl.fit.builds import BUNDLED, LlamaBuild
 from modelctl.fit.settings import CACHE_TYPES, RunSettings
 from modelctl.fit.shapes import Layer, ModelShape, shape_of, tensor_layer
 from modelctl.gguf import GGUFHeader, TensorInfo, merge, row_bytes, type_sizes
 
-KV_PAD = 256
 CPU_ALIGN = 32
 GPU_ALIGN = 128
 CUDA_ROW_PADDING = 512
@@ -145,6 +145,7 @@ def estimate(
     buffers: WeightBuffers | None = None,
     backend: str = "cuda",
     host_tensors: Sequence[str] = (),
+    build: LlamaBuild = BUNDLED,
 ) -> Estimate:
     """Predict llama.cpp's buffers.
 
@@ -153,7 +154,8 @@ def estimate(
     proportion to ``gpu_split`` (one GPU when it is empty and layers are offloaded). ``buffers`` are the extra CPU
     weight buffers the load uses (``None``: ``settings.cpu_buffers`` on this machine's CPU). ``backend`` is the GPUs'
     (:data:`BACKENDS`). ``host_tensors`` are llama.cpp's ``--override-tensor PATTERN=CPU`` patterns (searched in each
-    tensor's name): the tensors they match stay in host memory wherever their layer is.
+    tensor's name): the tensors they match stay in host memory wherever their layer is. ``build``: the llama.cpp
+    allocation rules (the bundled version's; older ones replay published logs, :mod:`modelctl.fit.builds`).
     """
     header = merge([model] if isinstance(model, GGUFHeader) else model)
     shape = shape_of(header)
@@ -179,11 +181,11 @@ def estimate(
         host_tensors=tuple(re.compile(p) for p in host_tensors),
     )
     weights = _weights(header, shape, place, buffers)
-    kv, cells = _kv_cache(shape, settings, ctx, device_of, n_gpus)
+    kv, cells = _kv_cache(shape, settings, ctx, device_of, n_gpus, build)
     overridden = bool(host_tensors) or settings.n_cpu_moe > 0
     copies = PIPELINE_COPIES if _pipelined(shape, settings, gpu_layers, shares, overridden=overridden) else 1
     pulled = _pulled_weights(header, shape, place) if n_gpus and backend in OFFLOAD_BACKENDS else None
-    compute = compute_buffer(shape, settings, ctx, device_of, n_gpus, copies=copies, pulled=pulled)
+    compute = compute_buffer(shape, settings, ctx, device_of, n_gpus, copies=copies, pulled=pulled, build=build)
     output = shape.n_vocab * settings.n_seq * 4
     extra = host_extra(shape, settings, ctx)
     cpu = Buffers(weights=weights[0], kv_cache=kv[0], compute=compute[0], output=output, host_extra=extra)
@@ -401,28 +403,29 @@ def _cpu_copy(t: TensorInfo, buffers: WeightBuffers, *, tied: bool) -> int:
     return 0
 
 
-def kv_cells(shape: ModelShape, settings: RunSettings, n_ctx: int) -> tuple[int, int]:
+def kv_cells(shape: ModelShape, settings: RunSettings, n_ctx: int, build: LlamaBuild = BUNDLED) -> tuple[int, int]:
     """(cells of a full-attention layer, cells of a sliding-window layer), over all sequences.
 
     A unified cache (``kv_unified``) is one stream of ``n_ctx`` cells whose window holds every sequence's
     (``n_swa * n_seq + n_ubatch``); otherwise each sequence has a stream of its own share of the context and its
     own window (``llama_kv_cache_iswa``)."""
     streams = settings.n_seq if settings.n_seq > 1 and not settings.kv_unified else 1
-    per_stream = _align(_align(n_ctx, KV_PAD) // streams, KV_PAD)
+    pad = build.kv_pad(settings.flash_attention)
+    per_stream = _align(_align(n_ctx, pad) // streams, pad)
     swa = per_stream
     if shape.swa_any and not settings.swa_full:
         n_batch = min(n_ctx, settings.n_batch)
         n_ubatch = min(n_batch, settings.n_ubatch)
         window = shape.n_swa * (settings.n_seq if streams == 1 else 1) + n_ubatch
-        swa = _align(min(per_stream, window), KV_PAD)
+        swa = _align(min(per_stream, window), pad)
     return per_stream * streams, swa * streams
 
 
 def _kv_cache(
-    shape: ModelShape, settings: RunSettings, n_ctx: int, device_of: list[int], n_gpus: int
+    shape: ModelShape, settings: RunSettings, n_ctx: int, device_of: list[int], n_gpus: int, build: LlamaBuild
 ) -> tuple[list[int], int]:
     out = [0] * (n_gpus + 1)
-    cells, swa_cells = kv_cells(shape, settings, n_ctx)
+    cells, swa_cells = kv_cells(shape, settings, n_ctx, build)
     k_type, v_type = CACHE_TYPES[settings.type_k], CACHE_TYPES[settings.type_v]
     v_trans = not settings.flash_attention
     attn = [layer for layer in shape.layers if layer.has_kv]
@@ -436,7 +439,7 @@ def _kv_cache(
             continue
         n = swa_cells if layer.swa else cells
         size = row_bytes(k_type, layer.n_head_kv * layer.k_len) * n
-        if not shape.mla:
+        if not shape.mla or build.mla_v:
             width = v_max if v_trans else layer.n_head_kv * layer.v_len
             size += row_bytes(v_type, width) * n
         out[dev] += size
@@ -452,6 +455,7 @@ def compute_buffer(
     *,
     copies: int = 1,
     pulled: Pulled | None = None,
+    build: LlamaBuild = BUNDLED,
 ) -> list[int]:
     """The compute buffer per device (CPU first), reserved for the worst-case batch.
 
@@ -492,7 +496,7 @@ def compute_buffer(
     activations, and the attention of a host layer beside that layer's K and V; the host computes only what a
     one-token batch needs there, besides the inputs and the batch's hidden state.
     """
-    cells, swa_cells = kv_cells(shape, settings, n_ctx)
+    cells, swa_cells = kv_cells(shape, settings, n_ctx, build)
     n_batch = min(n_ctx, settings.n_batch)
     t = min(settings.n_ubatch, n_batch, cells)
     fa = settings.flash_attention
@@ -549,10 +553,11 @@ def compute_buffer(
     # benchmarks/gpu_logs.py): the scores stand on the masks, one feed-forward block and two batch rows; the logits
     # on one batch row
     if shape.mla:
-        # MLA: the absorbed query tensors (and without flash attention the scores) on the masks and two batch rows
-        # (the DeepSeek-V3 CUDA record: 788 MiB logged, 844 predicted)
+        # MLA: the absorbed query tensors (and without flash attention the scores) on the masks and three batch
+        # rows (the DeepSeek-V3 CUDA record, its tensor overrides replayed, so not pipelined: 788 MiB logged and
+        # predicted)
         scores = 0 if fa else cells * t * shape.n_head_max * 4
-        gpu_layers = max(masks + mla_queries(shape, t) + scores + 2 * e_t, 3 * f_t + 2 * e_t)
+        gpu_layers = max(masks + mla_queries(shape, t) + scores + 3 * e_t, 3 * f_t + 2 * e_t)
     elif fa:
         gpu_layers = max(masks + 3 * f_t + 2 * e_t, recurrent)
     else:
@@ -568,7 +573,7 @@ def compute_buffer(
     # (``set_rows``: one per token for K, one per value for a transposed V) are inputs too; the GPUs copy the indices
     n_masks = 1 + (1 if shape.swa_any else 0)
     v_rows = 1 if fa else max((layer.n_head_kv * layer.v_len for layer in shape.layers if layer.has_kv), default=0)
-    idxs = 0 if shape.mla and fa else n_masks * t * 8 * (1 + v_rows)
+    idxs = 0 if (shape.mla and fa) or not build.set_rows else n_masks * t * 8 * (1 + v_rows)
     inputs = e_t * copies + n_masks * cells * t * 4 + 6 * t * 4 + idxs
     offload = pulled is not None and t >= OFFLOAD_MIN_BATCH
     for dev in set(device_of[:-1]):

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from modelctl.fit.builds import KV_PAD
 from modelctl.fit.devices import Device
-from modelctl.fit.estimate import KV_PAD, Estimate
+from modelctl.fit.estimate import Estimate
 
 GPU_MARGIN = 512 << 20
 """Kept free on every GPU for what no llama.cpp buffer reports: the CUDA (or ROCm) context and the cuBLAS

@@ -174,3 +174,52 @@ def test_the_gpt_oss_record_replays_the_logged_placement(results: dict[str, obje
     masks, idxs, experts = (4096 + 640) * 512 * 4, 2 * 512 * 8 * (1 + 512), 2 * 2880 * 4 * 512 * 4
     assert host.logged_mib == pytest.approx((masks + idxs + experts) / 2**20, abs=0.1)
     assert host.predicted_mib < host.logged_mib  # the bundled backend runs those adds on the GPU
+
+
+REPLAY_MISSES: dict[tuple[str, str, str], str] = {
+    ("cuda-orin-qwen3-0.6b-q4_k_m-ngl0.json", "compute", "CUDA0"): "2.46 MiB over the replay (b5489, no layer "
+    "offloaded): about one hidden state (n_embd x n_ubatch floats, 2 MiB) more than the rules explain",
+    ("cuda-orin-qwen3-0.6b-q4_k_m-ngl0.json", "compute", "host"): "the same hidden state on the host (12.01 logged, "
+    "10.01 replayed); the bundled prediction is over both (+0.4%, +16.7%)",
+    ("vulkan-m2pro-gpt-oss-20b-ncmoe14.json", "compute", "host"): "b6182's Vulkan op-offload rule (PR 19976), not a "
+    "rule modelctl.fit.builds replays",
+    **{
+        ("rocm-8x-mi250x-deepseek-r1-ollama.json", "compute", dev): "a DeepSeek file without the split MLA tensors "
+        "(per-head cache): the GPU formula is under for that graph"
+        for dev in ("host", *(f"ROCm{i}" for i in range(8)))
+    },
+    ("vulkan-deepseek-v2-236b-f16-kv-ctx4096.json", "compute", "Vulkan0"): "a DeepSeek file without the split MLA "
+    "tensors (per-head cache): the GPU formula is under for that graph",
+}
+"""Buffers still outside the targets when a record is replayed with its own build's rules, each with the reason."""
+
+
+def test_apart_records_replay_their_build_or_say_why_not() -> None:
+    for name, record in RECORDS:
+        if not record.get("allocates_differently"):
+            continue
+        replay = record.get("replay") or {}
+        assert isinstance(replay, dict)
+        assert replay.get("rules") is not None or record.get("not_replayed"), name
+
+
+def test_replayed_records_are_within_the_targets_but_the_known_misses(results: dict[str, object]) -> None:
+    """With the rules of the build that printed them (set_rows, cache padding, the MLA cache's V part), the apart
+    records' buffers are within the targets, except the listed ones: a miss that is fixed, or a new one, fails."""
+    misses = {
+        (name, row.phase, row.device)
+        for name, res in results.items()
+        for row in res.rows  # type: ignore[attr-defined]
+        if row.replay_within() is False
+    }
+    assert misses == set(REPLAY_MISSES)
+    replayed = [row for res in results.values() for row in res.rows if row.replayed_mib is not None]  # type: ignore[attr-defined]
+    assert len(replayed) >= 100
+
+
+def test_a_record_can_leave_a_buffer_out_only_with_a_reason(results: dict[str, object]) -> None:
+    for name, record in RECORDS:
+        for skipped in record.get("not_compared") or ():
+            assert skipped["why"], name
+            rows = {(r.phase, r.device) for r in results[name].rows}  # type: ignore[attr-defined]
+            assert (skipped["phase"], skipped["device"]) not in rows
