@@ -390,6 +390,23 @@ MLA_GRID_CASES: tuple[tuple[int, int, str, bool], ...] = (
 )
 
 
+HEADS_GRID: dict[str, Shape] = {
+    # DeepSeek files converted before llama.cpp's MLA cache (one joint attn_kv_b; llama.cpp keeps a per-head K and
+    # V cache for them): the pinned loads of tests/unit/fit/test_fit_deepseek_heads.py (--heads-grid measures them)
+    name: replace(MLA_GRID[base], name=name, n_head_kv=128, mla=MLA(split=False))
+    for name, base in (("v3-heads", "v3-moe"), ("v2-heads", "v2"))
+}
+HEADS_GRID_CASES: tuple[tuple[int, int, str, bool], ...] = (
+    (4096, 512, "f16", True),
+    (16384, 512, "f16", True),
+    (16384, 1024, "q8_0", True),
+    (1024, 256, "f16", True),
+    (512, 512, "f16", False),
+    (4096, 512, "f16", False),
+    (1024, 1024, "f16", False),
+)
+
+
 def grid_settings(n_ctx: int, n_ubatch: int, cache: str, flash: bool) -> RunSettings:
     """A grid load's settings: the batch as large as the micro-batch (llama.cpp caps n_ubatch at n_batch)."""
     flash_attn = "on" if flash else "off"
@@ -966,12 +983,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--moe-grid", action="store_true", help="the MoE loads tests/unit/fit/test_fit_moe_compute.py pins"
     )
+    parser.add_argument(
+        "--heads-grid", action="store_true", help="the per-head DeepSeek loads test_fit_deepseek_heads.py pins"
+    )
     args = parser.parse_args(argv)
     if args.mla_grid:
         mla_grid()
         return 0
     if args.moe_grid:
         measure_grid(MOE_GRID, MOE_GRID_CASES)
+        return 0
+    if args.heads_grid:
+        measure_grid(HEADS_GRID, HEADS_GRID_CASES)
         return 0
     if args.gpu_logs is not None:
         return gpu_main(args.gpu_logs, as_json=args.json, write=not args.no_write and not args.json)

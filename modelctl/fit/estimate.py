@@ -536,11 +536,14 @@ def compute_buffer(
         # (gpt-oss's biases, qwen2moe's shared experts) keep the dense steps as a floor.
         kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer in shape.layers), default=0)
         moe_attention = scores + masks + 2 * query_width(shape) * t * 4 + kv_t + 3 * e_t if not fa else 0
-        moe_ffn = masks + kv_t + expert_step(shape, t)
+        # the DeepSeek graph's experts are the MLA family's (:func:`moe_step`), not the per-head models' own
+        moe_ffn = moe_step(shape, t) if shape.arch == "deepseek2" else masks + kv_t + expert_step(shape, t)
         if shape.arch in MEASURED_MOE:
             attention, ffn_step, dense_ffn = moe_attention, moe_ffn, 0
         else:
             attention, ffn_step = max(attention, moe_attention), max(ffn_step, moe_ffn)
+        if fa and shape.arch == "deepseek2":
+            attention = max(attention, masks + deepseek_heads(shape, t))
     out_step += small
     attention += small
     recurrent = 0
@@ -560,10 +563,17 @@ def compute_buffer(
         gpu_layers = max(masks + mla_queries(shape, t) + scores + 3 * e_t, 3 * f_t + 2 * e_t)
     elif fa:
         gpu_layers = max(masks + 3 * f_t + 2 * e_t, recurrent)
+        if shape.arch == "deepseek2":  # no GPU log yet: the CPU's per-head tensors, batch rows and all
+            gpu_layers = max(gpu_layers, masks + deepseek_heads(shape, t))
     else:
         attn_layers = attn_layers_of(shape, cells, swa_cells)
         scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
         gpu_layers = max(scores + masks + f_t + 2 * e_t, 3 * f_t + 2 * e_t, recurrent)
+        if shape.n_expert and shape.n_expert_used:
+            # MoE layers, as on the CPU: the query twice and the K and V rows beside the scores (the per-head
+            # DeepSeek records: 1174 MiB logged on Vulkan, 2322 on eight ROCm GPUs)
+            kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer in shape.layers), default=0)
+            gpu_layers = max(gpu_layers, scores + masks + 2 * query_width(shape) * t * 4 + kv_t + 2 * e_t)
     gpu_out = shape.n_vocab * t * 4 + (3 if shape.softcap_logits else 1) * e_t
     out = [0] * (n_gpus + 1)
     output_dev = device_of[-1]
@@ -598,7 +608,9 @@ def compute_buffer(
         if out[dev]:
             out[dev] += idxs
         if out[dev] and copies > 1:
-            out[dev] += (copies - 1) * e_t  # the hidden state a stage receives, once per pipeline copy
+            # every input of a pipeline stage is kept once per copy (ggml's scheduler marks the copies as outputs,
+            # so none is reused): the hidden state it receives, the float32 masks and the KV row indices
+            out[dev] += (copies - 1) * (e_t + n_masks * cells * t * 4 + idxs)
     return out
 
 
@@ -655,6 +667,18 @@ def expert_step(shape: ModelShape, t: int) -> int:
     else:
         rows += experts + (down if shape.n_embd > 2 * ff else 0)
     return rows * t * 4
+
+
+def deepseek_heads(shape: ModelShape, t: int) -> int:
+    """The attention of a DeepSeek file without the split MLA tensors (a per-head cache) with flash attention, on
+    the CPU: per head the query, the query joined to its roped part, the decompressed K-nope and V rows, K joined to
+    the repeated rope part, and V made contiguous (``3 k + (k - rope) + 2 v`` values), beside four batch rows.
+    Measured on llama.cpp's reports for two-layer files of DeepSeek-V2 and -V3 widths: 142.01 to 568.03 MiB, exact
+    to 0.03 MiB at 256-1024 tokens and 4K-16K cells (f16 cache; a q8_0 cache takes less)."""
+    k = max((layer.k_len for layer in shape.layers if layer.has_kv), default=0)
+    v = max((layer.v_len for layer in shape.layers if layer.has_kv), default=0)
+    per_head = 3 * k + (k - shape.n_rot) + 2 * v
+    return (shape.n_head_max * per_head + 4 * shape.n_embd) * t * 4
 
 
 def query_width(shape: ModelShape) -> int:

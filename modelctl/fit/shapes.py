@@ -160,7 +160,8 @@ def shape_of(header: GGUFHeader) -> ModelShape:
         for i in range(n_layer)
     )
     mla = header.arch_int("attention.key_length_mla") > 0 and header.arch_int("attention.value_length_mla") > 0
-    n_rot = header.arch_int("rope.dimension_count") if mla else 0
+    # the roped part of a head: MLA's query, and the per-head DeepSeek graph's K, whose rope part is repeated per head
+    n_rot = header.arch_int("rope.dimension_count") if mla or arch == "deepseek2" else 0
     # the tokenizer's token list (counted even when skipped), else the vocab_size key
     n_vocab = header.array_lengths.get("tokenizer.ggml.tokens") or header.arch_int("vocab_size")
     if n_vocab <= 0:
