@@ -28,6 +28,7 @@ from pathlib import Path
 
 from modelctl import digest as _digest
 from modelctl.digest import Digest
+from modelctl.errors import NoSpace
 from modelctl.oci.descriptor import Descriptor
 from modelctl.store import graph
 from modelctl.store.directory import ALGORITHMS
@@ -64,8 +65,17 @@ class Refs:
     def __enter__(self) -> Refs:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         self._db.close()
+        if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+            # SQLITE_FULL: the disk filled while the index was written; the transaction was rolled back, so the
+            # index still matches what it said before, and nothing was deleted past what it recorded
+            where = str(self.path.parent) if self.path else ""
+            raise NoSpace(
+                f"no space left to update the store's reference index ({error})",
+                hint="free disk space (modelctl prune --partials removes interrupted downloads) and run it again",
+                directory=where,
+            ) from error
 
     # --- keeping the rows true to blobs/ ---
 

@@ -165,3 +165,23 @@ def test_an_index_in_memory_answers_the_same(store: Layout) -> None:
         refs.sync()
         assert set(refs.nodes()) == {desc.digest}
         assert refs.reach(desc.digest) == {desc.digest, *(c.digest for c in refs.nodes()[desc.digest].children)}
+
+
+def test_a_full_disk_while_the_index_is_written_is_exit_8_and_loses_nothing(store: Layout) -> None:
+    """SQLite's own SQLITE_FULL (a page limit stands in for the disk): the command ends as out of space (exit 8, the
+    contract's code for a full disk), not as an unexpected error, and the index and the blobs are as they were."""
+    from modelctl.errors import NoSpace
+
+    kept = put_manifest(store, b"GGUF kept")
+    store.tag("docker.io/ai/kept:1", kept)
+    before = set(store._scan())
+    for i in range(200):
+        put_manifest(store, b"GGUF new %d" % i)  # unknown to the index: learning them writes rows
+    with pytest.raises(NoSpace) as caught, store.refs() as refs:
+        pages = refs._db.execute("PRAGMA page_count").fetchone()[0]
+        refs._db.execute(f"PRAGMA max_page_count = {pages}")
+        refs.sync(full=True)
+    assert caught.value.exit_code == 8 and "free disk space" in (caught.value.hint or "")
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert before <= set(store._scan())  # reopened without the limit: the index still answers, nothing was lost
+    assert store.has_blob(kept.digest)
