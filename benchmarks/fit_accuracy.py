@@ -337,6 +337,10 @@ MOE_GRID: dict[str, Shape] = {
         _moe_probe(2048, 4, 768),
         _moe_probe(4096, 4, 768),
         _moe_probe(4096, 4, 1536),
+        # gate, up and SwiGLU blocks that part fit the holes the attention leaves (expert_step's best fit)
+        _moe_probe(2048, 3, 768),
+        _moe_probe(1024, 4, 768),
+        _moe_probe(4096, 2, 1536),
     )
 }
 MOE_GRID_CASES: tuple[tuple[int, int, str, bool], ...] = (

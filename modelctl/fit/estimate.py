@@ -486,8 +486,9 @@ def compute_buffer(
     width, so their attention step is the query tensors (:func:`mla_attention`), and their MoE layers' step the
     selected experts' rows (:func:`moe_step`); a GPU holds the same query tensors on the masks and two batch rows.
     Per-head MoE models (qwen3moe, Mixtral) have no dense feed-forward blocks: their step is the selected experts'
-    rows beside the query, the K and V rows and three batch rows (:func:`expert_step`), and without flash
-    attention their scores stand on the query twice (Qwen3's normed copy), the K and V rows and three batch rows.
+    rows beside the query, the K and V rows and three batch rows (:func:`expert_step`), and their attention step
+    is the query twice (its normed or roped copy) on the K and V rows and three batch rows, under the scores
+    without flash attention.
 
     On a backend that offloads large batches (:data:`OFFLOAD_BACKENDS`, ``pulled`` given) with a batch of
     :data:`OFFLOAD_MIN_BATCH` tokens or more, the products of the layers and experts kept on the host run on the
@@ -535,7 +536,7 @@ def compute_buffer(
         # own (:func:`expert_step`). Measured for qwen3moe and llama (Mixtral) only: other MoE architectures
         # (gpt-oss's biases, qwen2moe's shared experts) keep the dense steps as a floor.
         kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer in shape.layers), default=0)
-        moe_attention = scores + masks + 2 * query_width(shape) * t * 4 + kv_t + 3 * e_t if not fa else 0
+        moe_attention = (0 if fa else scores) + masks + 2 * query_width(shape) * t * 4 + kv_t + 3 * e_t
         # the DeepSeek graph's experts are the MLA family's (:func:`moe_step`), not the per-head models' own
         moe_ffn = moe_step(shape, t) if shape.arch == "deepseek2" else masks + kv_t + expert_step(shape, t)
         if shape.arch in MEASURED_MOE:
@@ -650,23 +651,55 @@ def moe_step(shape: ModelShape, t: int) -> int:
 
 def expert_step(shape: ModelShape, t: int) -> int:
     """A per-head model's MoE feed-forward on the CPU, without the masks: the layer's query and three batch rows
-    below the selected experts' gate, up and SwiGLU rows (``n_ff_exp`` each per expert used), and their down rows
-    (``n_embd`` each per expert used) on top where these do not fit the hole the gate and up rows leave
-    (``n_embd`` over twice ``n_ff_exp``: Qwen3-30B-A3B and -235B-A22B, not Mixtral). Gate, up and SwiGLU rows of
-    at most 2.25 batch rows in all fit a hole the attention left. 0 when every layer is dense.
+    below the selected experts' gate, up and SwiGLU blocks (``n_ff_exp`` rows each per expert used) and their down
+    block (``n_embd`` rows per expert used), each placed as ggml's allocator places it (:func:`_place`): in the
+    smallest free hole that holds it, else on top. The holes are the attention output's block (the query's width,
+    less the router's rows) and, once gate and up are computed, the normed input's (a batch row); gate and up are
+    freed before the down block. 0 when every layer is dense.
 
-    Fitted to llama.cpp's reports for qwen3moe files of 1024-4096 wide embeddings, 2-8 experts used of 768-3072
-    (tests/unit/fit/test_fit_moe_compute.py holds the figures)."""
+    Matches llama.cpp's reports for qwen3moe files of 1024-4096 wide embeddings, 2-8 experts used of 768-3072, and
+    Mixtral's widths (tests/unit/fit/test_fit_moe_compute.py holds the figures)."""
     if not shape.n_expert or not shape.n_expert_used:
         return 0
-    used, ff = shape.n_expert_used, shape.n_ff_exp or shape.n_ff_max
-    experts, down = 3 * ff * used, shape.n_embd * used
-    rows = query_width(shape) + 3 * shape.n_embd
-    if 4 * experts <= 9 * shape.n_embd:
-        rows += down
-    else:
-        rows += experts + (down if shape.n_embd > 2 * ff else 0)
-    return rows * t * 4
+    used, e, q, router = shape.n_expert_used, shape.n_embd, query_width(shape), 2 * shape.n_expert
+    size = (shape.n_ff_exp or shape.n_ff_max) * used
+    # rows below the top of the feed-forward input (one batch row): the attention output's block past the
+    # router's logits and their sort, and below it the normed input
+    holes = [(-e - q + router, q - router)]
+    gate, top = _place(holes, 0, size)
+    up, top = _place(holes, top, size)
+    top = _free(holes, top, (-2 * e - q, e))  # the normed input: read by gate and up only
+    _, top = _place(holes, top, size)  # SwiGLU
+    peak = top
+    for block in (gate, up):
+        top = _free(holes, top, (block, size))
+    _, top = _place(holes, top, e * used)  # down
+    return (q + 3 * e + max(peak, top)) * t * 4
+
+
+def _place(holes: list[tuple[int, int]], top: int, size: int) -> tuple[int, int]:
+    """ggml's allocator: a block of ``size`` goes to the smallest free hole that holds it, else on top. The
+    block's offset and the new top."""
+    fits = [h for h in holes if h[1] >= size]
+    if not fits:
+        return top, top + size
+    hole = min(fits, key=lambda h: h[1])
+    holes.remove(hole)
+    if hole[1] > size:
+        holes.append((hole[0] + size, hole[1] - size))
+    return hole[0], top
+
+
+def _free(holes: list[tuple[int, int]], top: int, block: tuple[int, int]) -> int:
+    """Free ``block`` into ``holes``, merged with its free neighbours; a hole that reaches the top lowers it."""
+    start, end = block[0], block[0] + block[1]
+    for hole in [h for h in holes if h[0] + h[1] == start or h[0] == end]:
+        holes.remove(hole)
+        start, end = min(start, hole[0]), max(end, hole[0] + hole[1])
+    if end >= top:
+        return start
+    holes.append((start, end - start))
+    return top
 
 
 def deepseek_heads(shape: ModelShape, t: int) -> int:
