@@ -484,7 +484,7 @@ def compute_buffer(
 
     MLA models (deepseek2 and its kin) run a different attention: each head's query is absorbed into the latent
     width, so their attention step is the query tensors (:func:`mla_attention`), and their MoE layers' step the
-    selected experts' rows (:func:`moe_step`); a GPU holds the same query tensors on the masks and two batch rows.
+    selected experts' rows (:func:`moe_step`); a GPU holds the same query tensors on the masks and three batch rows.
     Per-head MoE models (qwen3moe, Mixtral) have no dense feed-forward blocks: their step is the selected experts'
     rows beside the query, the K and V rows and three batch rows (:func:`expert_step`), and their attention step
     is the query twice (its normed or roped copy) on the K and V rows and three batch rows, under the scores
