@@ -21,6 +21,9 @@ class LlamaBuild:
     per token for K, one per value for a transposed V. Before, ``ggml_cpy`` into views needed no indices."""
     kv_pad_no_flash: int = KV_PAD
     """Cells a cache is padded to without flash attention. Before PR 17046 (November 2025): 32 (256 with it)."""
+    swa_cache: bool = True
+    """Sliding-window layers keep a cache of the window only unless ``swa_full`` (the iSWA cache, PR 13194, May
+    2025). Before, every layer kept the whole context."""
     mla_v: bool = False
     """The MLA cache keeps a V part (``kv_lora_rank`` values per cell) beside K. Before the V-less cache (PR 19067)
     it did; the bundled build reads V as a view of K."""
@@ -32,7 +35,7 @@ class LlamaBuild:
     @classmethod
     def from_names(cls, rules: dict[str, object]) -> LlamaBuild:
         """Rules from a record's ``{"set_rows": false, ...}``; an unknown name is an error, not ignored."""
-        known = {"set_rows", "kv_pad_no_flash", "mla_v"}
+        known = {"set_rows", "kv_pad_no_flash", "swa_cache", "mla_v"}
         unknown = set(rules) - known
         if unknown:
             raise ValueError(f"unknown llama.cpp build rule(s) {sorted(unknown)} (known: {sorted(known)})")

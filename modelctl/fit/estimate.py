@@ -413,7 +413,7 @@ def kv_cells(shape: ModelShape, settings: RunSettings, n_ctx: int, build: LlamaB
     pad = build.kv_pad(settings.flash_attention)
     per_stream = _align(_align(n_ctx, pad) // streams, pad)
     swa = per_stream
-    if shape.swa_any and not settings.swa_full:
+    if shape.swa_any and not settings.swa_full and build.swa_cache:
         n_batch = min(n_ctx, settings.n_batch)
         n_ubatch = min(n_batch, settings.n_ubatch)
         window = shape.n_swa * (settings.n_seq if streams == 1 else 1) + n_ubatch

@@ -58,3 +58,18 @@ def test_a_record_names_only_rules_that_exist() -> None:
     assert LlamaBuild.from_names({"set_rows": False}) == LlamaBuild(set_rows=False)
     with pytest.raises(ValueError, match=r"unknown llama\.cpp build rule"):
         LlamaBuild.from_names({"set_row": False})
+
+
+def test_before_the_iswa_cache_every_layer_keeps_the_whole_context() -> None:
+    """gemma3-style layers (five sliding-window layers to one global, window 512): the bundled build keeps
+    pad256(512 + 512) cells for the window layers; before the iSWA cache (PR 13194) they kept all of them."""
+    h = header(
+        arch="gemma3",
+        n_layer=6,
+        extra={"gemma3.attention.sliding_window": 512, "gemma3.attention.key_length": 32},
+    )
+    shape = shape_of(h)
+    settings = RunSettings(n_ctx=8192, swa_full=False)
+    assert kv_cells(shape, settings, 8192) == (8192, 1024)
+    assert kv_cells(shape, settings, 8192, LlamaBuild(swa_cache=False)) == (8192, 8192)
+    assert kv_cells(shape, RunSettings(n_ctx=8192, swa_full=True), 8192) == (8192, 8192)
