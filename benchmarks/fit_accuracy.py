@@ -411,6 +411,42 @@ HEADS_GRID_CASES: tuple[tuple[int, int, str, bool], ...] = (
 )
 
 
+FLASH_GRID: dict[str, Shape] = {
+    # dense models whose flash-attention layer step outgrows the logits (a small vocabulary stands in for a server's
+    # one-output reservation or a wide feed-forward): the loads tests/unit/fit/test_fit_flash_layers.py pins
+    # (--flash-grid measures them); a query twice the embedding (Qwen3-0.6B's widths) and Mistral-7B's widths
+    "qwen3-06b-widths": Shape(
+        name="qwen3-06b-widths",
+        n_layer=4,
+        n_embd=1024,
+        n_head=16,
+        n_head_kv=8,
+        head_dim=128,
+        n_ff=3072,
+        n_vocab=2048,
+        weights="Q8_0",
+    ),
+    "mistral-7b-widths": Shape(
+        name="mistral-7b-widths",
+        n_layer=2,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=8,
+        n_ff=14336,
+        n_vocab=2048,
+        weights="Q8_0",
+    ),
+}
+FLASH_GRID_CASES: tuple[tuple[int, int, str, bool], ...] = (
+    (4096, 512, "f16", True),
+    (16384, 512, "f16", True),
+    (16384, 512, "q8_0", True),
+    (4096, 256, "q8_0", True),
+    (4096, 1024, "f16", True),
+    (16384, 512, "q4_0", True),
+)
+
+
 def grid_settings(n_ctx: int, n_ubatch: int, cache: str, flash: bool) -> RunSettings:
     """A grid load's settings: the batch as large as the micro-batch (llama.cpp caps n_ubatch at n_batch)."""
     flash_attn = "on" if flash else "off"
@@ -990,6 +1026,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--heads-grid", action="store_true", help="the per-head DeepSeek loads test_fit_deepseek_heads.py pins"
     )
+    parser.add_argument(
+        "--flash-grid", action="store_true", help="the flash-attention layer loads test_fit_flash_layers.py pins"
+    )
     args = parser.parse_args(argv)
     if args.mla_grid:
         mla_grid()
@@ -999,6 +1038,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.heads_grid:
         measure_grid(HEADS_GRID, HEADS_GRID_CASES)
+        return 0
+    if args.flash_grid:
+        measure_grid(FLASH_GRID, FLASH_GRID_CASES)
         return 0
     if args.gpu_logs is not None:
         return gpu_main(args.gpu_logs, as_json=args.json, write=not args.no_write and not args.json)

@@ -24,6 +24,10 @@ class LlamaBuild:
     swa_cache: bool = True
     """Sliding-window layers keep a cache of the window only unless ``swa_full`` (the iSWA cache, PR 13194, May
     2025). Before, every layer kept the whole context."""
+    one_output_per_seq: bool = False
+    """The graph is reserved for one output per sequence (llama-server sets ``n_outputs_max`` so since PR 23861);
+    llama-cpp-python leaves it, so llama.cpp reserves logits for every token of the batch. Not a version's rule
+    but the program's: replaying it checks the layers' steps of a server's log, which its logits no longer hide."""
     mla_v: bool = False
     """The MLA cache keeps a V part (``kv_lora_rank`` values per cell) beside K. Before the V-less cache (PR 19067)
     it did; the bundled build reads V as a view of K."""
@@ -35,7 +39,7 @@ class LlamaBuild:
     @classmethod
     def from_names(cls, rules: dict[str, object]) -> LlamaBuild:
         """Rules from a record's ``{"set_rows": false, ...}``; an unknown name is an error, not ignored."""
-        known = {"set_rows", "kv_pad_no_flash", "swa_cache", "mla_v"}
+        known = {"set_rows", "kv_pad_no_flash", "swa_cache", "one_output_per_seq", "mla_v"}
         unknown = set(rules) - known
         if unknown:
             raise ValueError(f"unknown llama.cpp build rule(s) {sorted(unknown)} (known: {sorted(known)})")

@@ -467,7 +467,7 @@ def compute_buffer(
         without flash attention: max(V*T*4 + 3*E*T*4,                      the logits (5*E*T*4 if soft-capped)
                                      max_l(K*T*H_l*4) + masks + min(2*F, 8*E)*T*4 + 3*E*T*4,  the scores
                                      masks + 3*F*T*4 + 3*E*T*4 + KV*T*4)    the feed-forward step
-        with flash attention:    max(V*T*4 + 5*E*T*4 (+ masks when small), masks + 3*F*T*4 + 3*E*T*4)
+        with flash attention:    max(V*T*4 + 5*E*T*4 (+ masks when small), masks + 3*F*T*4 + 4*E*T*4)
 
     plus 256 KiB of small inputs (``KV``: the widest layer's K plus V row). Models whose layers differ in size
     fragment the allocator more: their logits step also counts the masks. ggml's allocator frees a tensor after
@@ -508,14 +508,15 @@ def compute_buffer(
     f_t = ff * t * 4
     small = 256 << 10  # positions, output ids, norms of a few rows
     masks = (1 + (1 if shape.swa_any else 0)) * cells * t * (2 if fa else 4)
-    logits = shape.n_vocab * t * 4
+    outputs = min(settings.n_seq, t) if build.one_output_per_seq else t
+    logits = shape.n_vocab * outputs * 4
     variable = len({(layer.n_head, layer.n_head_kv, layer.n_ff) for layer in shape.layers}) > 1
     ffn_step = 0
     dense_ffn = 3 * f_t + 6 * e_t
     if fa:
         tail = 5 if shape.softcap_logits or variable else 3
         out_step = logits + tail * e_t + (masks if variable or masks * 16 < logits else 0)
-        attention = masks + 3 * f_t + 3 * e_t
+        attention = masks + 3 * f_t + 4 * e_t
     else:
         out_step = logits + (5 if shape.softcap_logits else 3) * e_t + (masks + 2 * e_t if variable else 0)
         if e_t >= FRAGMENT_ROWS:
@@ -553,9 +554,11 @@ def compute_buffer(
     peak_layers = max(attention, recurrent, dense_ffn, ffn_step + small)
     if not n_gpus or not device_of:
         return [max(out_step, peak_layers)]
-    # a GPU's allocator packs the graph tighter than the CPU's (fitted to llama.cpp's CUDA and Metal reports,
-    # benchmarks/gpu_logs.py): the scores stand on the masks, one feed-forward block and two batch rows; the logits
-    # on one batch row
+    # a GPU's allocator packs the graph tighter than the CPU's without flash attention (fitted to llama.cpp's CUDA
+    # and Metal reports, benchmarks/gpu_logs.py): the scores stand on the masks, one feed-forward block and two batch
+    # rows; the logits on one batch row. With flash attention it holds one batch row more than the CPU (the input
+    # embeddings copied in: an MI300X llama-server load whose one-output reservation leaves the layers' step
+    # deciding, 32.09 MiB logged, 32.26 predicted; tests/unit/fit/test_fit_flash_layers.py has the CPU's step)
     if shape.mla:
         # MLA: the absorbed query tensors (and without flash attention the scores) on the masks and three batch
         # rows (the DeepSeek-V3 CUDA record, its tensor overrides replayed, so not pipelined: 788 MiB logged and
@@ -563,7 +566,7 @@ def compute_buffer(
         scores = 0 if fa else cells * t * shape.n_head_max * 4
         gpu_layers = max(masks + mla_queries(shape, t) + scores + 3 * e_t, 3 * f_t + 2 * e_t)
     elif fa:
-        gpu_layers = max(masks + 3 * f_t + 2 * e_t, recurrent)
+        gpu_layers = max(masks + 3 * f_t + 5 * e_t + small, recurrent)
         if shape.arch == "deepseek2":  # no GPU log yet: the CPU's per-head tensors, batch rows and all
             gpu_layers = max(gpu_layers, masks + deepseek_heads(shape, t))
     else:
@@ -575,7 +578,7 @@ def compute_buffer(
             # DeepSeek records: 1174 MiB logged on Vulkan, 2322 on eight ROCm GPUs)
             kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer in shape.layers), default=0)
             gpu_layers = max(gpu_layers, scores + masks + 2 * query_width(shape) * t * 4 + kv_t + 2 * e_t)
-    gpu_out = shape.n_vocab * t * 4 + (3 if shape.softcap_logits else 1) * e_t
+    gpu_out = logits + (3 if shape.softcap_logits else 1) * e_t
     out = [0] * (n_gpus + 1)
     output_dev = device_of[-1]
     # the host keeps the inputs for the GPUs: the batch's embeddings (one per pipeline stage), the masks, token

@@ -73,3 +73,18 @@ def test_before_the_iswa_cache_every_layer_keeps_the_whole_context() -> None:
     assert kv_cells(shape, settings, 8192) == (8192, 1024)
     assert kv_cells(shape, settings, 8192, LlamaBuild(swa_cache=False)) == (8192, 8192)
     assert kv_cells(shape, RunSettings(n_ctx=8192, swa_full=True), 8192) == (8192, 8192)
+
+
+def test_one_output_per_sequence_shrinks_only_the_logits() -> None:
+    """llama-server's n_outputs_max (PR 23861): the output device reserves logits for one token per sequence instead
+    of the whole batch; the layers' steps are untouched."""
+    h = header(n_layer=4, n_embd=256, n_vocab=32000)
+    settings = RunSettings(n_ctx=4096, flash_attn="on", n_seq=2, kv_unified=True)
+    every = estimate(h, settings, gpu_layers=-1, gpu_split=[1.0], buffers=NONE)
+    one = estimate(h, settings, gpu_layers=-1, gpu_split=[1.0], buffers=NONE, build=LlamaBuild(one_output_per_seq=True))
+    e_t, idxs = 256 * 512 * 4, 512 * 8 * 2  # a batch row; the K and V row indices (flash attention: V not transposed)
+    assert every.gpus[0].compute == 32000 * 512 * 4 + e_t + idxs  # the logits of every token decide
+    masks, f_t = 4096 * 512 * 2, 512 * 512 * 4  # f16 mask; the feed-forward rows (n_ff 512)
+    layers = masks + 3 * f_t + 5 * e_t + (256 << 10) + idxs
+    assert one.gpus[0].compute == layers  # two rows of logits no longer hide the layers' step
+    assert one.kv_cache == every.kv_cache and one.weights == every.weights

@@ -66,7 +66,7 @@ def test_a_tensor_override_keeps_its_matrix_on_the_host_and_the_gpu_copies_it_in
     """``--override-tensor output.weight=CPU`` with every layer offloaded: the output matrix is host weights, and a
     large batch's output product runs on the GPU with the matrix copied into its compute buffer beside the logits
     and one hidden state (a b6182 Vulkan load of gpt-oss-20b printed exactly that sum)."""
-    h = moe_header(n_layer=4, n_embd=512)
+    h = moe_header(n_layer=4, n_embd=1024)
     s = RunSettings(n_ctx=1024, n_batch=32, n_ubatch=32, flash_attn="on")  # 32 tokens: the offload threshold
     output = next(t for t in h.tensors if t.name == "output.weight")
     plain = estimate(h, s, gpu_layers=-1, gpu_split=[1.0], buffers=NONE, backend="vulkan")
@@ -74,7 +74,7 @@ def test_a_tensor_override_keeps_its_matrix_on_the_host_and_the_gpu_copies_it_in
     assert kept.gpus[0].weights == plain.gpus[0].weights - -(-output.n_bytes // 128) * 128
     # mapped: the host's buffer now spans the file from token_embd (first) to the output matrix (last)
     assert plain.cpu.weights < kept.cpu.weights == output.offset + output.n_bytes
-    logits, e_t, idxs = 2000 * 32 * 4, 512 * 32 * 4, 32 * 8 * 2  # idxs: the K and V row indices, copied in
+    logits, e_t, idxs = 2000 * 32 * 4, 1024 * 32 * 4, 32 * 8 * 2  # idxs: the K and V row indices, copied in
     assert kept.gpus[0].compute == output.n_bytes + logits + e_t + idxs > plain.gpus[0].compute
 
 
