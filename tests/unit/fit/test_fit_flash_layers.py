@@ -13,17 +13,13 @@ these shapes::
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from helpers.benchmarks import load  # tests/ is on sys.path
+from helpers import fit_grids  # tests/ is on sys.path
 
-from modelctl.fit.estimate import estimate
-from modelctl.gguf import FileSource, GGUFHeader, read_header
+from modelctl.gguf import GGUFHeader
 
-MIB = 1 << 20
-OVER = 0.15
-fa = load("fit_accuracy")  # its FLASH_GRID holds the shapes measured
+MIB = fit_grids.MIB
+fa = fit_grids.fa  # its FLASH_GRID holds the shapes measured
 
 # (shape, n_ctx, n_ubatch, cache, flash attention, llama.cpp's CPU compute buffer in MiB)
 MEASURED: list[tuple[str, int, int, str, bool, float]] = [
@@ -45,19 +41,14 @@ MEASURED: list[tuple[str, int, int, str, bool, float]] = [
 
 @pytest.fixture(scope="module")
 def headers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GGUFHeader]:
-    work = tmp_path_factory.mktemp("flash")
-    return {
-        name: read_header(FileSource(fa.write_gguf(shape, Path(work) / f"{name}.gguf")))
-        for name, shape in fa.FLASH_GRID.items()
-    }
+    return fit_grids.headers(fa.FLASH_GRID, tmp_path_factory.mktemp("flash"))
 
 
 @pytest.mark.parametrize(("name", "n_ctx", "n_ubatch", "cache", "flash", "llama_mib"), MEASURED)
 def test_flash_attention_layer_step_is_within_target(
     headers: dict[str, GGUFHeader], name: str, n_ctx: int, n_ubatch: int, cache: str, flash: bool, llama_mib: float
 ) -> None:
-    predicted = estimate(headers[name], fa.grid_settings(n_ctx, n_ubatch, cache, flash), n_ctx=n_ctx).compute / MIB
-    assert llama_mib - 0.01 <= predicted <= llama_mib * (1 + OVER), (predicted, llama_mib)
+    fit_grids.check(headers[name], n_ctx, n_ubatch, cache, flash, llama_mib)
 
 
 def test_the_layer_step_decides_these_loads(headers: dict[str, GGUFHeader]) -> None:
