@@ -511,6 +511,8 @@ def compute_buffer(
     outputs = min(settings.n_seq, t) if build.one_output_per_seq else t
     logits = shape.n_vocab * outputs * 4
     variable = len({(layer.n_head, layer.n_head_kv, layer.n_ff) for layer in shape.layers}) > 1
+    scores = attention_scores(shape, cells, swa_cells, t)  # without flash attention
+    kv_t = kv_rows(shape, t)
     ffn_step = 0
     dense_ffn = 3 * f_t + 6 * e_t
     if fa:
@@ -522,9 +524,6 @@ def compute_buffer(
         if e_t >= FRAGMENT_ROWS:
             # batch rows of 1 MiB and more no longer fit the holes the layers leave: the logits land higher
             out_step += 3 * e_t
-        attn_layers = attn_layers_of(shape, cells, swa_cells)
-        scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
-        kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer, _ in attn_layers), default=0)
         # the previous layer's feed-forward blocks below the scores, as far as the holes reach (see above)
         attention = scores + masks + min(2 * f_t, 8 * e_t) + 3 * e_t
         ffn_step = masks + 3 * f_t + 3 * e_t + kv_t
@@ -536,7 +535,6 @@ def compute_buffer(
         # and V rows, which stay alive through the experts too; no dense gate, up and SwiGLU blocks, the experts'
         # own (:func:`expert_step`). Measured for qwen3moe and llama (Mixtral) only: other MoE architectures
         # (gpt-oss's biases, qwen2moe's shared experts) keep the dense steps as a floor.
-        kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer in shape.layers), default=0)
         moe_attention = (0 if fa else scores) + masks + 2 * query_width(shape) * t * 4 + kv_t + 3 * e_t
         # the DeepSeek graph's experts are the MLA family's (:func:`moe_step`), not the per-head models' own
         moe_ffn = moe_step(shape, t) if shape.arch == "deepseek2" else masks + kv_t + expert_step(shape, t)
@@ -563,20 +561,17 @@ def compute_buffer(
         # MLA: the absorbed query tensors (and without flash attention the scores) on the masks and three batch
         # rows (the DeepSeek-V3 CUDA record, its tensor overrides replayed, so not pipelined: 788 MiB logged and
         # predicted)
-        scores = 0 if fa else cells * t * shape.n_head_max * 4
-        gpu_layers = max(masks + mla_queries(shape, t) + scores + 3 * e_t, 3 * f_t + 2 * e_t)
+        mla_scores = 0 if fa else cells * t * shape.n_head_max * 4
+        gpu_layers = max(masks + mla_queries(shape, t) + mla_scores + 3 * e_t, 3 * f_t + 2 * e_t)
     elif fa:
         gpu_layers = max(masks + 3 * f_t + 5 * e_t + small, recurrent)
         if shape.arch == "deepseek2":  # no GPU log yet: the CPU's per-head tensors, batch rows and all
             gpu_layers = max(gpu_layers, masks + deepseek_heads(shape, t))
     else:
-        attn_layers = attn_layers_of(shape, cells, swa_cells)
-        scores = max((n * t * layer.n_head * 4 for layer, n in attn_layers), default=0)
         gpu_layers = max(scores + masks + f_t + 2 * e_t, 3 * f_t + 2 * e_t, recurrent)
         if shape.n_expert and shape.n_expert_used:
             # MoE layers, as on the CPU: the query twice and the K and V rows beside the scores (the per-head
             # DeepSeek records: 1174 MiB logged on Vulkan, 2322 on eight ROCm GPUs)
-            kv_t = max((layer.n_head_kv * (layer.k_len + layer.v_len) * t * 4 for layer in shape.layers), default=0)
             gpu_layers = max(gpu_layers, scores + masks + 2 * query_width(shape) * t * 4 + kv_t + 2 * e_t)
     gpu_out = logits + (3 if shape.softcap_logits else 1) * e_t
     out = [0] * (n_gpus + 1)
@@ -601,8 +596,8 @@ def compute_buffer(
             steps.append(gpu_layers + pulled.kv_rows * cells)
             # the host's own graph is the one-token batch (its products are not offloaded); a large batch leaves
             # it the inputs and, where layers meet a GPU's, one hidden state
-            one_token = max((n * layer.n_head * 4 for layer, n in attn_layers_of(shape, cells, swa_cells)), default=0)
-            one_token += 3 * ff * 4 + (shape.n_vocab * 4 if output_dev == 0 else 0) + small
+            one_token = attention_scores(shape, cells, swa_cells, 1) + 3 * ff * 4 + small
+            one_token += shape.n_vocab * 4 if output_dev == 0 else 0
             meet = e_t if any(device_of) else 0
             out[0] = max(inputs + meet, one_token)
         out[1] = max([out[1], *steps])
@@ -715,6 +710,17 @@ def deepseek_heads(shape: ModelShape, t: int) -> int:
     v = max((layer.v_len for layer in shape.layers if layer.has_kv), default=0)
     per_head = 3 * k + (k - shape.n_rot) + 2 * v
     return (shape.n_head_max * per_head + 4 * shape.n_embd) * t * 4
+
+
+def attention_scores(shape: ModelShape, cells: int, swa_cells: int, t: int) -> int:
+    """The widest layer's attention scores without flash attention: one float32 per cell, token and head."""
+    return max((n * t * layer.n_head * 4 for layer, n in attn_layers_of(shape, cells, swa_cells)), default=0)
+
+
+def kv_rows(shape: ModelShape, t: int) -> int:
+    """The widest attention layer's K and V rows for ``t`` tokens, float32."""
+    widths = (layer.n_head_kv * (layer.k_len + layer.v_len) for layer in shape.layers if layer.has_kv)
+    return max(widths, default=0) * t * 4
 
 
 def query_width(shape: ModelShape) -> int:
